@@ -1,0 +1,138 @@
+"""`ServeConfig`: the one typed config of `dcgan-serve`, built from flags and `DCGAN_*` variables.
+
+Every flag has an environment variable (flag `--max-batch` <-> `DCGAN_MAX_BATCH`); a flag given
+on the command line wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9090
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    # --- network
+    host: str = "0.0.0.0"               # gRPC bind address ("127.0.0.1" for loopback only)
+    port: int = DEFAULT_PORT            # gRPC port; 0 picks a free one (logged)
+    metrics_host: str = "0.0.0.0"       # Prometheus /metrics bind address
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0 picks a free one (logged); -1 turns it off
+    # --- models: (name, path) pairs, the first is the default; empty = the bundled models
+    models: tuple[tuple[str, str], ...] = ()
+    device: str = "auto"                # auto | cpu | cuda (cuda that cannot work is an error)
+    # --- limits
+    max_batch: int = 1024               # most seeds one Generate may ask for
+    max_message_bytes: int = 64 << 20   # largest gRPC message sent or received
+    # --- threads: gRPC handlers and onnxruntime share the cores
+    grpc_workers: int = 8               # concurrent RPC handler threads
+    intra_op_threads: int = 0           # onnxruntime threads per run; 0 = one per core
+    # --- lifecycle
+    grace_seconds: float = 10.0         # SIGTERM: how long in-flight calls may take to finish
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def model_paths(self) -> list[tuple[str, Path]]:
+        if self.models:
+            return [(name, Path(path)) for name, path in self.models]
+        return bundled_models()
+
+
+def bundled_models() -> list[tuple[str, Path]]:
+    """The models shipped with the package, the default first (see models/README.md).
+
+    In a wheel they are the package `service.bundled_models`; in a source checkout or an
+    editable install, the repository's `models/` folder.
+    """
+    folders = [Path(__file__).resolve().parent.parent / "models"]
+    try:
+        folders.insert(0, Path(str(resources.files("service.bundled_models"))))
+    except ModuleNotFoundError:
+        pass
+    for folder in folders:
+        order_file = folder / "default_models.json"
+        if order_file.is_file():
+            import json
+            return [(entry["name"], folder / entry["file"])
+                    for entry in json.loads(order_file.read_text())["models"]]
+    return []
+
+
+def _env(name: str, default):
+    return os.environ.get(f"DCGAN_{name.upper()}", default)
+
+
+def _model_spec(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep:  # a bare path: name it after the file
+        path, name = text, Path(text).stem
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"--model expects NAME=PATH, got {text!r}")
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dcgan-serve",
+        description="Serve exported DCGAN generators over gRPC (dcgan.v1.GeneratorService, "
+                    "health, reflection) with Prometheus metrics. With no arguments it serves "
+                    "the bundled default models on port 50051, metrics on 9090. Every flag can "
+                    "also be set by an environment variable DCGAN_<FLAG> (e.g. DCGAN_PORT).")
+    d = ServeConfig()
+    p.add_argument("--host", default=_env("host", d.host), help=f"gRPC bind address ({d.host})")
+    p.add_argument("--port", type=int, default=int(_env("port", d.port)),
+                   help=f"gRPC port; 0 = pick a free one ({d.port})")
+    p.add_argument("--metrics-host", default=_env("metrics_host", d.metrics_host),
+                   help=f"metrics bind address ({d.metrics_host})")
+    p.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)),
+                   help=f"Prometheus metrics port; 0 = pick a free one, -1 = off "
+                        f"({d.metrics_port})")
+    env_models = [m for m in _env("models", "").split(",") if m]
+    p.add_argument("--model", dest="models", action="append", type=_model_spec,
+                   default=[_model_spec(m) for m in env_models] or None, metavar="NAME=PATH",
+                   help="an ONNX model to serve (repeatable; the first is the default). "
+                        "DCGAN_MODELS takes a comma-separated list. Default: the bundled models")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   default=_env("device", d.device),
+                   help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (auto)")
+    p.add_argument("--max-batch", type=int, default=int(_env("max_batch", d.max_batch)),
+                   help=f"most seeds per Generate request ({d.max_batch})")
+    p.add_argument("--max-message-bytes", type=int,
+                   default=int(_env("max_message_bytes", d.max_message_bytes)),
+                   help=f"largest gRPC message in either direction ({d.max_message_bytes})")
+    p.add_argument("--grpc-workers", type=int, default=int(_env("grpc_workers", d.grpc_workers)),
+                   help=f"RPC handler threads ({d.grpc_workers})")
+    p.add_argument("--intra-op-threads", type=int,
+                   default=int(_env("intra_op_threads", d.intra_op_threads)),
+                   help="onnxruntime threads per inference; 0 = one per core (0)")
+    p.add_argument("--grace-seconds", type=float,
+                   default=float(_env("grace_seconds", d.grace_seconds)),
+                   help=f"on SIGTERM, time for in-flight calls to finish ({d.grace_seconds})")
+    p.add_argument("--log-level", default=_env("log_level", d.log_level),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                   help=f"log level ({d.log_level})")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> ServeConfig:
+    args = build_parser().parse_args(argv)
+    values = vars(args)
+    values["models"] = tuple(tuple(m) for m in (values["models"] or ()))
+    problems = []
+    if values["max_batch"] < 1:
+        problems.append("--max-batch must be at least 1")
+    if values["grpc_workers"] < 1:
+        problems.append("--grpc-workers must be at least 1")
+    if values["max_message_bytes"] < 1 << 16:
+        problems.append("--max-message-bytes must be at least 65536")
+    names = [name for name, _ in values["models"]]
+    if len(set(names)) != len(names):
+        problems.append(f"model names must be unique, got {names}")
+    if problems:
+        build_parser().error("; ".join(problems))
+    return ServeConfig(**values)

@@ -1,0 +1,184 @@
+"""What the training package and the service must agree on, in one place.
+
+Both `dcgan-train sample` and the gRPC service import this module, so a seed gives the same
+pixels whichever one you ask. It owns:
+
+* the **seed → latent rule** (versioned: a model records the rule it was exported for);
+* the **default label rule** for class-conditional models asked for a seed without a label;
+* the **ONNX metadata keys** the exporter writes and the service reads;
+* the **output encoding** of exported graphs.
+
+It depends on numpy only (the serving image has no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+# --- seed -> latent ---------------------------------------------------------------------------
+
+#: Version 1 of the rule: for each seed, numpy's PCG64 bit generator seeded with that seed alone,
+#: then `standard_normal(latent_dim, dtype=float32)`. Each seed has its own stream, so a seed's
+#: latent (and so its image) never depends on the other seeds in a request.
+SEED_RULE = "pcg64-standard-normal-float32/v1"
+
+#: Seeds are uint64 on the wire; numpy's SeedSequence accepts any non-negative int.
+MAX_SEED = 2**64 - 1
+
+
+def seed_to_latent(seed: int, latent_dim: int) -> np.ndarray:
+    """The latent vector for one seed under rule v1: float32, shape [latent_dim]."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed {seed} is outside 0..2**64-1")
+    return np.random.Generator(np.random.PCG64(seed)).standard_normal(latent_dim, dtype=np.float32)
+
+
+def seeds_to_latents(seeds: Iterable[int], latent_dim: int) -> np.ndarray:
+    """Latents for many seeds, stacked: float32, shape [N, latent_dim], C-contiguous."""
+    seeds = list(seeds)
+    out = np.empty((len(seeds), latent_dim), dtype=np.float32)
+    for row, seed in enumerate(seeds):
+        out[row] = seed_to_latent(int(seed), latent_dim)
+    return out
+
+
+def default_labels(seeds: Iterable[int], num_classes: int) -> np.ndarray:
+    """The label a conditional model uses for a seed when the caller gives none: seed mod classes.
+
+    Documented and deterministic, and a range of consecutive seeds covers every class evenly.
+    """
+    return np.fromiter((int(s) % num_classes for s in seeds), dtype=np.int64)
+
+
+# --- exported graph ---------------------------------------------------------------------------
+
+#: Graph input names and the output name of every exported generator.
+INPUT_LATENT = "z"  # float32 [N, latent_dim]
+INPUT_LABEL = "label"  # int64 [N], only in class-conditional models
+OUTPUT_IMAGES = "images"  # uint8 [N, 1, H, W]
+
+#: The graph does the post-processing itself (scale to 0..255, round, clip, cast), so a server
+#: copies its output bytes as they are.
+OUTPUT_ENCODING = "uint8-gray-nchw"
+
+#: Version of the metadata layout below; bump when a key changes meaning.
+METADATA_FORMAT = "1"
+
+
+class MetadataKey:
+    """ONNX `metadata_props` keys the exporter writes and the service requires."""
+
+    FORMAT = "dcgan.metadata_format"
+    ARCH = "dcgan.arch"
+    DATASET = "dcgan.dataset"
+    LATENT_DIM = "dcgan.latent_dim"
+    NUM_CLASSES = "dcgan.num_classes"  # 0 for unconditional models
+    CLASS_NAMES = "dcgan.class_names"  # comma-separated, one per class
+    IMAGE_SHAPE = "dcgan.image_shape"  # "1,28,28"
+    OUTPUT_ENCODING = "dcgan.output_encoding"
+    SEED_RULE = "dcgan.seed_rule"
+    RUN_ID = "dcgan.run_id"
+    VERSION = "dcgan.version"  # model version: the run id and training step
+    TRAINED_STEPS = "dcgan.trained_steps"
+
+    REQUIRED = (FORMAT, ARCH, DATASET, LATENT_DIM, NUM_CLASSES, IMAGE_SHAPE, OUTPUT_ENCODING,
+                SEED_RULE, VERSION)
+
+
+class MetadataError(ValueError):
+    """An ONNX file lacks the metadata a server needs, or holds values it cannot use."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a server needs to know about an exported generator, parsed from its metadata."""
+
+    arch: str
+    dataset: str
+    latent_dim: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    version: str
+    run_id: str
+    trained_steps: int
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def to_props(self) -> dict[str, str]:
+        """The `metadata_props` to write into an ONNX file."""
+        return {
+            MetadataKey.FORMAT: METADATA_FORMAT,
+            MetadataKey.ARCH: self.arch,
+            MetadataKey.DATASET: self.dataset,
+            MetadataKey.LATENT_DIM: str(self.latent_dim),
+            MetadataKey.NUM_CLASSES: str(self.num_classes),
+            MetadataKey.CLASS_NAMES: ",".join(self.class_names),
+            MetadataKey.IMAGE_SHAPE: ",".join(str(d) for d in self.image_shape),
+            MetadataKey.OUTPUT_ENCODING: OUTPUT_ENCODING,
+            MetadataKey.SEED_RULE: SEED_RULE,
+            MetadataKey.RUN_ID: self.run_id,
+            MetadataKey.VERSION: self.version,
+            MetadataKey.TRAINED_STEPS: str(self.trained_steps),
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> "ModelMetadata":
+        """Parse and check metadata; raises MetadataError naming what is missing or wrong."""
+        missing = [k for k in MetadataKey.REQUIRED if k not in props]
+        if missing:
+            raise MetadataError(
+                f"missing metadata keys {missing}: export the model with `dcgan-train export`, "
+                "which writes them")
+        if props[MetadataKey.FORMAT] != METADATA_FORMAT:
+            raise MetadataError(f"metadata format {props[MetadataKey.FORMAT]!r} is not "
+                                f"{METADATA_FORMAT!r}: re-export with this version")
+        if props[MetadataKey.SEED_RULE] != SEED_RULE:
+            raise MetadataError(f"seed rule {props[MetadataKey.SEED_RULE]!r} is not the rule "
+                                f"this version implements ({SEED_RULE!r})")
+        if props[MetadataKey.OUTPUT_ENCODING] != OUTPUT_ENCODING:
+            raise MetadataError(f"output encoding {props[MetadataKey.OUTPUT_ENCODING]!r} is not "
+                                f"{OUTPUT_ENCODING!r}")
+        try:
+            latent_dim = int(props[MetadataKey.LATENT_DIM])
+            num_classes = int(props[MetadataKey.NUM_CLASSES])
+            shape = tuple(int(d) for d in props[MetadataKey.IMAGE_SHAPE].split(","))
+            trained_steps = int(props.get(MetadataKey.TRAINED_STEPS, "0"))
+        except ValueError as exc:
+            raise MetadataError(f"non-numeric metadata value: {exc}") from None
+        if latent_dim <= 0 or num_classes < 0 or len(shape) != 3 or min(shape) <= 0:
+            raise MetadataError(f"implausible metadata: latent_dim={latent_dim}, "
+                                f"num_classes={num_classes}, image_shape={shape}")
+        names = tuple(n for n in props.get(MetadataKey.CLASS_NAMES, "").split(",") if n)
+        if names and len(names) != num_classes:
+            raise MetadataError(f"{len(names)} class names for {num_classes} classes")
+        return cls(arch=props[MetadataKey.ARCH], dataset=props[MetadataKey.DATASET],
+                   latent_dim=latent_dim, num_classes=num_classes, class_names=names,
+                   image_shape=shape, version=props[MetadataKey.VERSION],
+                   run_id=props.get(MetadataKey.RUN_ID, ""), trained_steps=trained_steps)
+
+
+# --- seed lists on command lines --------------------------------------------------------------
+
+def parse_seeds(specs: Iterable[str]) -> list[int]:
+    """Seeds from command-line specs: "7", "0-15" (inclusive), "3,9,20-22"; order is kept."""
+    seeds: list[int] = []
+    for spec in specs:
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            try:
+                first, last = int(lo), int(hi) if sep else int(lo)
+            except ValueError:
+                raise ValueError(f"bad seed {part!r}: use N, N-M or comma-separated lists") from None
+            if first < 0 or last > MAX_SEED or last < first:
+                raise ValueError(f"bad seed range {part!r}: seeds are 0..2**64-1, low to high")
+            seeds.extend(range(first, last + 1))
+    return seeds

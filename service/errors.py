@@ -1,0 +1,33 @@
+"""The service's exceptions, raised where a problem is detected.
+
+None of these know about gRPC: `servicer.py` maps them to status codes in one place
+(`STATUS_FOR`), and anything not listed there becomes INTERNAL.
+"""
+
+
+class ServiceError(Exception):
+    """Base class: the message is what the caller is told, so it says what to fix."""
+
+
+class InvalidRequest(ServiceError):
+    """The request is malformed or asks for something the model cannot do."""
+
+
+class ModelNotFound(ServiceError):
+    """The request names a model this server does not serve."""
+
+
+class ModelLoadError(ServiceError):
+    """A model file cannot be served: missing, unreadable, not ONNX, wrong shape or metadata."""
+
+
+class DeviceUnavailable(ServiceError):
+    """The requested execution device (e.g. CUDA) cannot be used here."""
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed before the work could start."""
+
+
+class Cancelled(ServiceError):
+    """The caller went away; remaining work was dropped."""

@@ -1,0 +1,177 @@
+"""The core of a request, with no gRPC in it: validate -> latents -> run the model -> encode.
+
+`Generator.generate()` takes a plain `GenerationRequest` and returns a `GenerationResult`; the
+servicer converts protobuf messages to and from these. Problems are raised here, where they are
+detected, as `service.errors` exceptions whose messages say what to fix.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from service.contract import MAX_SEED, default_labels, seeds_to_latents
+from service.errors import InvalidRequest, ModelNotFound
+from service.imaging import encode_png, make_grid
+from service.runtime import OnnxGenerator
+
+log = logging.getLogger(__name__)
+
+
+class Format(enum.Enum):
+    RAW = "raw"
+    PNG = "png"
+    PNG_GRID = "png_grid"
+
+
+@dataclass
+class GenerationRequest:
+    seeds: Sequence[int]
+    labels: Sequence[int] = ()
+    model: str = ""
+    format: Format = Format.RAW
+
+
+@dataclass
+class GenerationResult:
+    model: str
+    version: str
+    seeds: list[int]
+    labels: np.ndarray | None       # int64 [N] for conditional models
+    images: np.ndarray              # uint8 [N, 1, H, W], C-contiguous
+    format: Format
+    pngs: list[bytes] = field(default_factory=list)
+    grid_png: bytes = b""
+    grid_columns: int = 0
+
+
+@dataclass
+class ServedModel:
+    name: str
+    runner: OnnxGenerator
+    is_default: bool
+
+
+class ModelRegistry:
+    """The loaded models by name; the first loaded is the default."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ServedModel] = {}
+
+    def add(self, name: str, runner: OnnxGenerator) -> None:
+        self._models[name] = ServedModel(name, runner, is_default=not self._models)
+
+    def get(self, name: str) -> ServedModel:
+        if not name:
+            return self.default
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(f"no model named {name!r}: this server serves "
+                                f"{', '.join(self._models)} (or leave model empty for the "
+                                "default)") from None
+
+    @property
+    def default(self) -> ServedModel:
+        return next(iter(self._models.values()))
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+#: Called around each onnxruntime run with (model name, batch size, seconds) for the metrics.
+InferenceObserver = Callable[[str, int, float], None]
+
+
+class Generator:
+    """Turns validated requests into images with the registry's models."""
+
+    def __init__(self, registry: ModelRegistry, max_batch: int,
+                 observe_inference: InferenceObserver | None = None):
+        self.registry = registry
+        self.max_batch = max_batch
+        self.observe_inference = observe_inference or (lambda *_: None)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        model = self.registry.get(request.model)
+        seeds = self.check_seeds(request.seeds, self.max_batch)
+        labels = self.resolve_labels(model, seeds, request.labels)
+        images = self.run(model, seeds, labels)
+        return self.encode(model, seeds, labels, images, request.format)
+
+    # --- the steps, in order
+
+    @staticmethod
+    def check_seeds(seeds: Sequence[int], max_batch: int) -> list[int]:
+        seeds = list(seeds)
+        if not seeds:
+            raise InvalidRequest("seeds is empty: send at least one seed")
+        if len(seeds) > max_batch:
+            raise InvalidRequest(f"{len(seeds)} seeds in one request; this server allows at most "
+                                 f"{max_batch}: split the request or use GenerateStream")
+        for s in seeds:  # protobuf already bounds uint64; this guards direct callers
+            if not 0 <= s <= MAX_SEED:
+                raise InvalidRequest(f"seed {s} is outside 0..2**64-1")
+        return seeds
+
+    @staticmethod
+    def resolve_labels(model: ServedModel, seeds: list[int], labels: Sequence[int]
+                       ) -> np.ndarray | None:
+        meta = model.runner.metadata
+        labels = list(labels)
+        if not meta.conditional:
+            if labels:
+                raise InvalidRequest(f"model {model.name!r} is not class-conditional: send no "
+                                     "labels")
+            return None
+        if not labels:
+            return default_labels(seeds, meta.num_classes)
+        bad = sorted({lab for lab in labels if not 0 <= lab < meta.num_classes})
+        if bad:
+            raise InvalidRequest(f"labels {bad[:5]} out of range: model {model.name!r} has "
+                                 f"classes 0..{meta.num_classes - 1}")
+        if len(labels) == 1:
+            return np.full(len(seeds), labels[0], dtype=np.int64)
+        if len(labels) != len(seeds):
+            raise InvalidRequest(f"{len(labels)} labels for {len(seeds)} seeds: send none, one "
+                                 "for all seeds, or one per seed")
+        return np.asarray(labels, dtype=np.int64)
+
+    def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None) -> np.ndarray:
+        latents = seeds_to_latents(seeds, model.runner.metadata.latent_dim)
+        started = time.perf_counter()
+        images = model.runner.generate(latents, labels)
+        self.observe_inference(model.name, len(seeds), time.perf_counter() - started)
+        return images
+
+    @staticmethod
+    def encode(model: ServedModel, seeds: list[int], labels: np.ndarray | None,
+               images: np.ndarray, fmt: Format) -> GenerationResult:
+        result = GenerationResult(model.name, model.runner.metadata.version, seeds, labels,
+                                  images, fmt)
+        if fmt is Format.PNG:
+            result.pngs = [encode_png(img[0]) for img in images]
+        elif fmt is Format.PNG_GRID:
+            result.grid_columns = math.ceil(math.sqrt(len(images)))
+            result.grid_png = encode_png(make_grid(images, result.grid_columns))
+        return result
+
+
+def stream_chunks(seeds_total: int, chunk_size: int, max_batch: int, bytes_per_image: int,
+                  max_message_bytes: int) -> int:
+    """Images per streamed message: as asked (or max_batch), within max_batch and the size limit.
+
+    PNG images are never larger than about raw size plus a few hundred bytes of headers, so
+    the raw size with headroom bounds either format.
+    """
+    fits = max(1, int(max_message_bytes * 0.8) // (bytes_per_image + 512))
+    return max(1, min(chunk_size or max_batch, max_batch, fits, seeds_total))

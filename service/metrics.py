@@ -1,0 +1,84 @@
+"""Prometheus metrics of the service, in their own registry (so tests can run several servers).
+
+    dcgan_request_duration_seconds{rpc, model, code}   histogram, whole RPC as the server sees it
+    dcgan_inference_duration_seconds{model}            histogram, one onnxruntime session.run
+    dcgan_images_generated_total{model}                counter
+    dcgan_images_per_request{model}                    histogram
+    dcgan_requests_in_flight{rpc}                      gauge
+    dcgan_model_info{model, version, arch, dataset, provider}  info (value 1)
+
+Label values are bounded: `model` is a served model's name or "_unknown", `code` a gRPC status
+name, `rpc` one of this service's methods.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+# From 100 µs to 10 s: batch-1 runs take well under a millisecond on a CPU, big batches and
+# PNG grids take up to seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025,
+                   0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+UNKNOWN_MODEL = "_unknown"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "dcgan_request_duration_seconds", "Time to answer an RPC, by method, model and status",
+            ["rpc", "model", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inference_seconds = Histogram(
+            "dcgan_inference_duration_seconds", "Time of one onnxruntime run, by model",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.images = Counter(
+            "dcgan_images_generated", "Images generated, by model", ["model"],
+            registry=self.registry)
+        self.images_per_request = Histogram(
+            "dcgan_images_per_request", "Images asked for per Generate request, by model",
+            ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge(
+            "dcgan_requests_in_flight", "RPCs being handled now", ["rpc"], registry=self.registry)
+        self.model_info = Info(
+            "dcgan_model", "Served models and where they run", ["model"], registry=self.registry)
+
+    def describe_model(self, name: str, version: str, arch: str, dataset: str,
+                       providers: list[str]) -> None:
+        self.model_info.labels(model=name).info(
+            {"version": version, "arch": arch, "dataset": dataset, "provider": ",".join(providers)})
+
+    def observe_inference(self, model: str, batch: int, seconds: float) -> None:
+        self.inference_seconds.labels(model=model).observe(seconds)
+
+    @contextmanager
+    def track(self, rpc: str):
+        """Time one RPC; the body sets `call.model`, `call.code` and `call.images` as it learns them."""
+        call = _Call()
+        gauge = self.in_flight.labels(rpc=rpc)
+        gauge.inc()
+        started = time.perf_counter()
+        try:
+            yield call
+        finally:
+            gauge.dec()
+            self.request_seconds.labels(rpc=rpc, model=call.model, code=call.code).observe(
+                time.perf_counter() - started)
+            if call.images:
+                self.images.labels(model=call.model).inc(call.images)
+
+    def serve_http(self, host: str, port: int):
+        """Start the /metrics HTTP server; returns (server, thread). Port 0 picks a free port."""
+        return start_http_server(port, addr=host, registry=self.registry)
+
+
+class _Call:
+    __slots__ = ("model", "code", "images")
+
+    def __init__(self) -> None:
+        self.model = UNKNOWN_MODEL
+        self.code = "OK"
+        self.images = 0

@@ -1,0 +1,150 @@
+"""`dcgan-serve`: load the models, start gRPC (+ health, reflection) and /metrics, stop gracefully.
+
+    create_server(config) -> RunningServer   builds and starts everything; tests bind port 0
+    serve(config)                            create_server, then block until SIGTERM/SIGINT
+    main()                                   flags/env -> ServeConfig -> serve; exit codes
+
+Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
+NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.config import ServeConfig, config_from_args
+from service.errors import ServiceError
+from service.generation import Generator, ModelRegistry
+from service.metrics import Metrics
+from service.runtime import OnnxGenerator, RuntimeOptions
+from service.servicer import GeneratorServicer
+
+log = logging.getLogger("dcgan-serve")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+
+
+def model_health_name(model: str) -> str:
+    """The health-check service name of one model (grpc.health.v1 `service` field)."""
+    return f"model/{model}"
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    metrics_port: int | None
+    health: health.HealthServicer
+    registry: ModelRegistry
+    metrics: Metrics
+    config: ServeConfig
+    _metrics_http: object = None
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace` seconds, then stop."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+
+
+def load_models(config: ServeConfig) -> ModelRegistry:
+    paths = config.model_paths()
+    if not paths:
+        raise ServiceError("no models to serve: pass --model NAME=PATH (no bundled models were "
+                           "found in this installation)")
+    options = RuntimeOptions(device=config.device, intra_op_threads=config.intra_op_threads)
+    registry = ModelRegistry()
+    for name, path in paths:
+        registry.add(name, OnnxGenerator(path, options))
+    return registry
+
+
+def create_server(config: ServeConfig) -> RunningServer:
+    registry = load_models(config)
+    metrics = Metrics()
+    for model in registry:
+        meta = model.runner.metadata
+        metrics.describe_model(model.name, meta.version, meta.arch, meta.dataset,
+                               model.runner.providers)
+        log.info("model %r%s: %s %s, version %s, on %s", model.name, " (default)" if model.is_default
+                 else "", meta.arch, meta.dataset, meta.version, ",".join(model.runner.providers))
+
+    generator = Generator(registry, config.max_batch, metrics.observe_inference)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="rpc"),
+        options=[("grpc.max_send_message_length", config.max_message_bytes),
+                 ("grpc.max_receive_message_length", config.max_message_bytes),
+                 # Without this a second server could bind the same port silently.
+                 ("grpc.so_reuseport", 0)])
+    pb_grpc.add_GeneratorServiceServicer_to_server(
+        GeneratorServicer(generator, metrics, config.max_message_bytes), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError as exc:
+        raise ServiceError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+    metrics_http, metrics_port = None, None
+    if config.metrics_port >= 0:
+        try:
+            metrics_http, _ = metrics.serve_http(config.metrics_host, config.metrics_port)
+        except OSError as exc:
+            raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
+                               f"{config.metrics_port}: {exc}") from None
+        metrics_port = metrics_http.server_port
+    server.start()
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in registry)):
+        health_servicer.set(name, serving)
+    log.info("listening grpc=%s:%d metrics=%s", config.host, port,
+             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off")
+    return RunningServer(server, port, metrics_port, health_servicer, registry, metrics, config,
+                         metrics_http)
+
+
+def serve(config: ServeConfig) -> None:
+    running = create_server(config)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("%s: draining (up to %.1fs)", signal.Signals(signum).name, config.grace_seconds)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    running.stop()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_args(argv)
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(config)
+    except ServiceError as exc:  # bad model file, port in use, CUDA missing: say which
+        log.error("%s", exc)
+        print(f"dcgan-serve: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`dcgan-train` as a user runs it: help texts, the documented spellings, exit codes, and the
+data-parallel path under torchrun (gloo, 2 processes on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, SUBSET_DIR, python_env
+from training import checkpoints
+
+TINY_FLAGS = ["--data-dir", str(SUBSET_DIR), "--no-download", "--g-width", "8", "--d-width", "16",
+              "--batch-size", "16", "--train-subset", "256", "--eval-every", "-1",
+              "--no-progress", "--threads", "1"]
+
+
+def run(*args, check=True, env=None):
+    proc = subprocess.run([PYTHON, "-m", "training", *args], env={**python_env(), **(env or {})},
+                          text=True, capture_output=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("train", ["--dataset", "--data-dir", "--arch", "--conditional", "--steps", "--epochs",
+               "--batch-size", "--device", "--out", "--lr-g", "--lr-d", "--label-smoothing",
+               "--d-dropout", "--latent-dim", "--sample-at", "--checkpoint-every", "--seed",
+               "--tensorboard"]),
+    ("resume", ["run_dir", "--steps"]),
+    ("export", ["checkpoint", "--out"]),
+    ("sample", ["model", "--seed", "--label", "--out", "--grid"]),
+    ("evaluate", ["model", "--data-dir", "--samples"]),
+])
+def test_help_explains_every_flag(command, flags):
+    out = run(command, "--help").stdout
+    for flag in flags:
+        assert flag in out, flag
+    # Every option line has a help text after it (argparse puts it on the same or next line).
+    assert "tf-dcgan" in run("train", "--help").stdout
+
+
+def test_bad_command_lines_exit_2_with_a_message():
+    proc = run("train", "--steps", "5", "--epochs", "1", check=False)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    proc = run("train", "--arch", "gan9000", check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_runtime_errors_exit_1_naming_the_problem(tmp_path):
+    proc = run("export", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "m.onnx"),
+               check=False)
+    assert proc.returncode == 1 and "no checkpoint at" in proc.stderr
+    proc = run("train", "--data-dir", str(tmp_path), "--no-download", "--steps", "1",
+               "--out", str(tmp_path / "r"), check=False,
+               env={"DCGAN_CACHE_DIR": str(tmp_path / "cache"), "DCGAN_DATA_DIR": ""})
+    assert proc.returncode == 1 and "train-images-idx3-ubyte" in proc.stderr
+
+
+def test_train_export_sample_evaluate_with_the_documented_spellings(tmp_path):
+    run_dir = tmp_path / "run"
+    run("train", "--dataset", "mnist", *TINY_FLAGS, "--arch", "dcgan", "--steps", "20",
+        "--device", "cpu", "--out", str(run_dir), "--conditional")
+    run("resume", str(run_dir), "--steps", "25")
+    assert checkpoints.load(run_dir)["step"] == 25
+    report = json.loads(run("export", str(run_dir / "checkpoints" / "last.pt"),
+                            "--out", str(tmp_path / "m.onnx")).stdout)
+    assert report["onnx_checker"] == "passed"
+    out = run("sample", str(tmp_path / "m.onnx"), "--seed", "7", "--seed", "0-2", "--label",
+              "3", "--out", str(tmp_path / "s"), "--grid").stdout
+    assert "wrote 5 files" in out
+    assert (tmp_path / "s" / "seed_7_label3.png").exists()
+    scores = json.loads(run("evaluate", str(tmp_path / "m.onnx"), "--data-dir", str(SUBSET_DIR),
+                            "--samples", "200").stdout)
+    assert scores["n"] == 200 and "fd" in scores and "label_accuracy" in scores
+
+
+def test_torchrun_data_parallel_on_cpu_with_gloo(tmp_path):
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "training", "train", *TINY_FLAGS, "--steps", "6", "--out", str(run_dir),
+         "--device", "cpu"],
+        env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = checkpoints.load(run_dir)
+    assert state["step"] == 6
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # Two processes of batch 16: 32 images per step, 256 // 32 = 8 steps per epoch.
+    assert [int(r["images_seen"]) for r in rows] == [32 * s for s in range(1, 7)]
+    assert all(torch.isfinite(p).all() for p in state["generator"].values()
+               if p.dtype.is_floating_point)

@@ -1,0 +1,136 @@
+"""The training loop end to end on the committed subset: files, determinism, resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import PYTHON, SUBSET_DIR, python_env, tiny_config
+from training import checkpoints
+from training.config import TrainConfig
+from training.loop import resume, train
+from training.models import ARCHS, build_discriminator, build_generator
+
+
+def _rows(run_dir):
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _weights_equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def test_a_few_hundred_steps_give_finite_losses_and_every_run_file(tmp_path):
+    run = train(tiny_config(tmp_path / "run", steps=200, sample_at=[1, 100],
+                            checkpoint_every=100))
+    rows = _rows(run)
+    assert [int(r["step"]) for r in rows] == list(range(1, 201))
+    for key in ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_after"):
+        values = np.array([float(r[key]) for r in rows])
+        assert np.isfinite(values).all(), key
+    # D's outputs are probabilities and the losses move away from their initial values.
+    assert all(0 <= float(r["d_real"]) <= 1 for r in rows)
+    assert float(rows[0]["loss_d"]) != float(rows[-1]["loss_d"])
+    # 512 images / batch 32 = 16 steps per epoch: grids at 1, 100 and every epoch end.
+    grids = sorted(p.name for p in (run / "samples").iterdir())
+    assert grids[:2] == ["step_0000001.png", "step_0000016.png"]
+    assert "step_0000100.png" in grids and "step_0000200.png" in grids
+    for name in ("config.json", "loss_curve.png", "progress.gif", "checkpoints/last.pt"):
+        assert (run / name).stat().st_size > 0, name
+    state = checkpoints.load(run)
+    assert state["step"] == 200 and state["config"]["arch"] == "dcgan"
+    assert state["opt_g"]["state"] and state["ema"] is not None
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    a = checkpoints.load(train(tiny_config(tmp_path / "a", steps=15)))
+    b = checkpoints.load(train(tiny_config(tmp_path / "b", steps=15)))
+    c = checkpoints.load(train(tiny_config(tmp_path / "c", steps=15, seed=1)))
+    assert _weights_equal(a["generator"], b["generator"])
+    assert _weights_equal(a["discriminator"], b["discriminator"])
+    assert not _weights_equal(a["generator"], c["generator"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    # 40 steps straight vs 25 steps, then resumed to 40 (crossing an epoch boundary at 16 and 32).
+    straight = train(tiny_config(tmp_path / "straight", steps=40, conditional=True))
+    split = train(tiny_config(tmp_path / "split", steps=25, conditional=True))
+    resume(split, steps=40)
+    a, b = checkpoints.load(straight), checkpoints.load(split)
+    assert b["step"] == 40
+    for key in ("generator", "discriminator", "ema"):
+        assert _weights_equal(a[key], b[key]), key
+    assert _rows(straight) == [dict(r, seconds=s["seconds"])
+                               for r, s in zip(_rows(split), _rows(straight))]
+
+
+def test_checkpoints_load_with_weights_only(tiny_run):
+    # checkpoints.load uses weights_only=True; a plain torch.load with it must accept the file.
+    state = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["format"] == checkpoints.FORMAT
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    cmd = [PYTHON, "-m", "training", "train", "--data-dir", str(SUBSET_DIR), "--no-download",
+           "--steps", "100000", "--g-width", "8", "--d-width", "16", "--batch-size", "32",
+           "--train-subset", "512", "--eval-every", "-1", "--no-progress", "--threads", "1",
+           "--out", str(run), "--log-every", "1"]
+    proc = subprocess.Popen(cmd, env=python_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (run / "metrics.csv").exists() and len(_rows(run)) >= 20:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "resume" in out
+    state = checkpoints.load(run)
+    assert 20 <= state["step"] < 100000
+    stopped_at = state["step"]
+    assert max(int(r["step"]) for r in _rows(run)) >= stopped_at
+    resume(run, steps=stopped_at + 5, overrides={"progress": False})
+    assert checkpoints.load(run)["step"] == stopped_at + 5
+    assert [int(r["step"]) for r in _rows(run)] == list(range(1, stopped_at + 6))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_arch_maps_latents_to_28x28_and_d_to_one_logit(arch, conditional):
+    cfg = TrainConfig(arch=arch).resolved()
+    classes = 10 if conditional else 0
+    g = build_generator(arch, 100, classes, cfg.g_width)
+    d = build_discriminator(arch, classes, cfg.d_width, cfg.d_dropout)
+    labels = torch.arange(4) if conditional else None
+    images = g(torch.randn(4, 100), labels)
+    assert images.shape == (4, 1, 28, 28)
+    lo, hi = ARCHS[arch].output_range
+    assert lo <= images.min() and images.max() <= hi
+    assert d(images, labels).shape == (4,)
+
+
+@pytest.mark.parametrize("arch", ["tf-dcgan", "upsample-dcgan", "mlp"])
+def test_presets_train_a_few_steps(arch, tmp_path):
+    run = train(tiny_config(tmp_path / arch, arch=arch, g_width=None, d_width=None, steps=3,
+                            batch_size=8, train_subset=64))
+    assert checkpoints.load(run)["config"]["arch"] == arch
+    assert all(np.isfinite(float(r["loss_g"])) for r in _rows(run))
+
+
+def test_bad_hyper_parameters_are_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--label-smoothing"):
+        train(tiny_config(tmp_path / "x", label_smoothing=0.7))
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        train(tiny_config(tmp_path / "y", batch_size=1024, train_subset=100))

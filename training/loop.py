@@ -1,0 +1,431 @@
+"""The training loop: data -> models -> (D step, G step) per iteration -> logs, samples, checkpoints.
+
+`train(cfg)` starts a run in `cfg.out`; `resume(run_dir)` continues one from its last checkpoint
+and reaches the same weights as an uninterrupted run would (same step count, same data order),
+because every step's randomness is derived from (seed, step, rank) rather than carried state.
+
+Run under `torchrun --nproc_per_node K` it trains data-parallel with DistributedDataParallel
+(NCCL on GPUs, gloo on CPUs): each process takes every K-th image of the shared epoch order, so
+the global batch is K x --batch-size; process 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from training import checkpoints
+from training.config import TrainConfig
+from training.data import DATASETS, load_split
+from training.models import ARCHS, build_discriminator, build_generator, from_uint8
+from training.sampling import TorchSource
+from training.reporting import (MetricsLog, TensorBoardLog, plot_losses, save_progress_gif,
+                                save_sample_grid)
+
+log = logging.getLogger(__name__)
+
+#: Grids show the images of seeds 0..15 (through the service's seed rule), so the samples in a
+#: run directory are the very images the exported model will serve for those seeds.
+GRID_SEEDS = range(16)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM arrived; a checkpoint of the last completed step has been written."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss went NaN/inf; training stops and the last good checkpoint stays as it was."""
+
+
+@dataclass
+class Placement:
+    """Where this process runs: its device, its rank in a torchrun group, and AMP settings."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    amp_dtype: torch.dtype | None = None  # None: full fp32
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Start a new run in `cfg.out`. Returns the run directory."""
+    cfg = cfg.resolved()
+    if not cfg.run_id:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        cfg.run_id = f"{cfg.arch}-{cfg.dataset}-{stamp}"
+    return _run(cfg, state=None)
+
+
+def resume(run_dir: str | os.PathLike, steps: int | None = None,
+           overrides: dict | None = None) -> Path:
+    """Continue a run from `run_dir/checkpoints/last.pt`, optionally to a new total of `steps`."""
+    state = checkpoints.load(run_dir)
+    cfg = TrainConfig.from_dict(state["config"])
+    cfg.out = str(run_dir)
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
+    if steps is not None:
+        cfg.steps, cfg.epochs = steps, None
+    return _run(cfg, state=state)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def _run(cfg: TrainConfig, state: dict | None) -> Path:
+    place = _place(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.out)
+    spec = ARCHS[cfg.arch]
+    num_classes = len(DATASETS[cfg.dataset].class_names) if cfg.conditional else 0
+
+    # --- data: the whole split lives in memory as uint8 (47 MB for MNIST)
+    split = load_split(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
+    images = torch.from_numpy(split.images[:cfg.train_subset].copy())
+    labels = torch.from_numpy(split.labels[:cfg.train_subset].copy())
+    global_batch = cfg.batch_size * place.world
+    steps_per_epoch = len(images) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(images)} training images cannot fill one batch of {global_batch}")
+    if cfg.epochs is not None:
+        total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    else:
+        total_steps = cfg.steps or steps_per_epoch  # neither given: one epoch
+    cfg.steps, cfg.epochs = total_steps, None  # the run is defined in steps from here on
+
+    # --- models and optimisers (initial weights from the run seed; same on every rank)
+    torch.manual_seed(cfg.seed)
+    g = build_generator(cfg.arch, cfg.latent_dim, num_classes, cfg.g_width).to(place.device)
+    d = build_discriminator(cfg.arch, num_classes, cfg.d_width, cfg.d_dropout).to(place.device)
+    ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema_decay else None
+    opt_g, opt_d = _optimizer(cfg, g, cfg.lr_g), _optimizer(cfg, d, cfg.lr_d)
+    # GradScalers matter only for fp16; with bf16 or fp32 they are disabled no-ops.
+    use_scaler = place.amp_dtype == torch.float16
+    scaler_g = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler_d = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    start_step = 0
+    best = {"fd": float("inf"), "step": -1}
+    if state is not None:
+        g.load_state_dict(state["generator"])
+        d.load_state_dict(state["discriminator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        scaler_g.load_state_dict(state["scaler_g"])
+        scaler_d.load_state_dict(state["scaler_d"])
+        start_step = int(state["step"])
+        best = dict(state.get("best", best))
+    g_train, d_train = g, d
+    if place.world > 1:
+        ids = [place.device.index] if place.device.type == "cuda" else None
+        g_train = DistributedDataParallel(g, device_ids=ids)
+        d_train = DistributedDataParallel(d, device_ids=ids)
+
+    # --- the run directory (process 0 only)
+    reporter = None
+    if place.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        reporter = _Reporter(cfg, run_dir, resume_step=start_step if state else None)
+        log.info("run %s: %s on %s, %d steps of %d images (%d per epoch), G %d params",
+                 cfg.run_id, cfg.arch, place.device, total_steps, global_batch, steps_per_epoch,
+                 sum(p.numel() for p in g.parameters()))
+
+    def snapshot(step: int) -> dict:
+        return {"config": _as_dict(cfg), "step": step, "run_id": cfg.run_id,
+                "num_classes": num_classes, "generator": g.state_dict(),
+                "discriminator": d.state_dict(), "ema": ema.state_dict() if ema else None,
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
+                "best": best}
+
+    def save_checkpoint(step: int, name: str = checkpoints.LAST) -> None:
+        if place.is_main:
+            checkpoints.save(run_dir / "checkpoints" / name, snapshot(step))
+
+    autocast = (torch.autocast(place.device.type, dtype=place.amp_dtype)
+                if place.amp_dtype else nullcontext())
+    real_target = 1.0 - cfg.label_smoothing
+    interrupted = _InterruptFlag()
+    step = start_step
+    try:
+        with interrupted:
+            for step in range(start_step, total_steps):
+                if interrupted.raised:
+                    raise TrainingInterrupted
+                started = time.perf_counter()
+                epoch = step // steps_per_epoch
+                real, real_labels = _batch(images, labels, cfg, place, step, steps_per_epoch,
+                                           spec.output_range)
+                z, fake_labels = _noise(cfg, place, step, num_classes)
+                g_train.train()
+                d_train.train()
+
+                # ------------------------------------------------------------------
+                # (1) D step: maximise log D(x) + log(1 - D(G(z)))
+                # ------------------------------------------------------------------
+                with autocast:
+                    fake = g_train(z, fake_labels)
+                    both_labels = (torch.cat([real_labels, fake_labels]) if num_classes
+                                   else None)
+                    logits = d_train(torch.cat([real, fake.detach()]), both_labels).float()
+                    real_logits, fake_logits = logits.split(len(real))
+                    loss_d = (F.binary_cross_entropy_with_logits(
+                                  real_logits, torch.full_like(real_logits, real_target))
+                              + F.binary_cross_entropy_with_logits(
+                                  fake_logits, torch.zeros_like(fake_logits)))
+                opt_d.zero_grad(set_to_none=True)
+                scaler_d.scale(loss_d).backward()
+                scaler_d.step(opt_d)
+                scaler_d.update()
+
+                # ------------------------------------------------------------------
+                # (2) G step: maximise log D(G(z)) (the non-saturating loss)
+                # ------------------------------------------------------------------
+                with autocast:
+                    fake_logits_after = d_train(fake, fake_labels).float()
+                    loss_g = F.binary_cross_entropy_with_logits(
+                        fake_logits_after, torch.ones_like(fake_logits_after))
+                opt_g.zero_grad(set_to_none=True)
+                scaler_g.scale(loss_g).backward()
+                scaler_g.step(opt_g)
+                scaler_g.update()
+                if ema is not None:
+                    _ema_update(ema, g, cfg.ema_decay, step)
+
+                # --- bookkeeping: stop before a NaN reaches a checkpoint
+                if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+                    raise NonFiniteLoss(
+                        f"step {step + 1}: loss_d={loss_d.item()}, loss_g={loss_g.item()}; "
+                        "try lower learning rates. The last good checkpoint is kept.")
+                done = step + 1
+                if reporter is not None:
+                    reporter.step(done, epoch, done * global_batch, loss_d, loss_g, real_logits,
+                                  fake_logits, fake_logits_after, time.perf_counter() - started)
+                    epoch_end = done % steps_per_epoch == 0
+                    if done in cfg.sample_at or epoch_end or done == total_steps:
+                        reporter.samples(done, ema or g, place.device)
+                    if _eval_due(cfg, done, epoch_end) and reporter.can_evaluate:
+                        fd = reporter.evaluate(done, ema or g, place.device)
+                        if fd < best["fd"]:
+                            best = {"fd": fd, "step": done}
+                            save_checkpoint(done, checkpoints.BEST)
+                if done % cfg.checkpoint_every == 0:
+                    save_checkpoint(done)
+        save_checkpoint(total_steps)
+    except TrainingInterrupted:
+        # Raised between steps, so `step` steps are complete and the state is consistent.
+        save_checkpoint(step)
+        if reporter is not None:
+            reporter.finish()
+            log.warning("interrupted: checkpoint of step %d saved in %s; continue with "
+                        "`dcgan-train resume %s`", step, run_dir, run_dir)
+        raise TrainingInterrupted(f"interrupted at step {step}") from None
+    except KeyboardInterrupt:
+        # A second Ctrl-C cut a step in half: keep the last good checkpoint untouched.
+        if reporter is not None:
+            reporter.finish()
+        raise
+    finally:
+        if place.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if reporter is not None:
+        reporter.finish()
+    return run_dir
+
+
+# --- pieces of a step -------------------------------------------------------------------------
+
+def _batch(images, labels, cfg, place, step, steps_per_epoch, output_range):
+    """This process's real batch for `step`: epoch order from (seed, epoch), strided by rank."""
+    epoch, index = divmod(step, steps_per_epoch)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
+        cfg.seed * 1_000_003 + epoch))
+    global_batch = cfg.batch_size * place.world
+    rows = order[index * global_batch:(index + 1) * global_batch][place.rank::place.world]
+    x = from_uint8(images[rows].unsqueeze(1), output_range).to(place.device, non_blocking=True)
+    return x, labels[rows].to(place.device, non_blocking=True)
+
+
+def _noise(cfg, place, step, num_classes):
+    """z (and fake labels) for `step`; also reseeds torch so dropout is a function of the step."""
+    step_seed = (cfg.seed * 1_000_003 + step) * 64 + place.rank
+    torch.manual_seed(step_seed)
+    gen = torch.Generator().manual_seed(step_seed)
+    z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen).to(place.device)
+    y = (torch.randint(0, num_classes, (cfg.batch_size,), generator=gen).to(place.device)
+         if num_classes else None)
+    return z, y
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, g: torch.nn.Module, decay: float, step: int) -> None:
+    # Warm-up: early on the average would be dominated by the random initial weights, so the
+    # effective decay ramps from 0.1 towards `decay` (after ~10/(1-decay) steps it is `decay`).
+    decay = min(decay, (1 + step) / (10 + step))
+    # Weights and BN running statistics both move towards G's, so the EMA model exports as is.
+    ema_p = [p for p in ema.state_dict().values() if p.dtype.is_floating_point]
+    g_p = [p for p in g.state_dict().values() if p.dtype.is_floating_point]
+    torch._foreach_lerp_(ema_p, g_p, 1.0 - decay)
+
+
+def _optimizer(cfg: TrainConfig, module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(module.parameters(), lr=lr)
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def _eval_due(cfg: TrainConfig, done: int, epoch_end: bool) -> bool:
+    if cfg.eval_every < 0:
+        return False
+    if cfg.eval_every > 0:
+        return done % cfg.eval_every == 0
+    return epoch_end
+
+
+def _place(device: str) -> Placement:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU "
+                           "(is this the CPU build of torch?); use --device cpu or auto")
+    use_cuda = device == "cuda" or (device == "auto" and cuda)
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dev, amp = torch.device("cpu"), None
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Placement(dev, rank, world, amp)
+
+
+def _as_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+class _InterruptFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a step is never cut in half
+    and the checkpoint written on the way out is of a completed step."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.raised:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class _Reporter:
+    """Process 0's outputs: metrics CSV (+TensorBoard), sample grids, plots, quick evaluations."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume_step: int | None):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.metrics = MetricsLog(run_dir / "metrics.csv", resume_from_step=resume_step)
+        self.tb = TensorBoardLog(run_dir / "tb") if cfg.tensorboard else None
+        self.num_classes = len(DATASETS[cfg.dataset].class_names) if cfg.conditional else 0
+        self.bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=cfg.steps, initial=resume_step or 0, unit="step",
+                            dynamic_ncols=True)
+        self.evaluator = None
+        self._eval_file = run_dir / "eval.csv"
+        if cfg.eval_every >= 0:
+            from training.evaluation import QuickEvaluator
+            self.evaluator = QuickEvaluator.for_dataset(cfg, self.num_classes)
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self.evaluator is not None
+
+    def step(self, done, epoch, seen, loss_d, loss_g, real_logits, fake_logits,
+             fake_logits_after, seconds):
+        if done % self.cfg.log_every and done != self.cfg.steps:
+            if self.bar is not None:
+                self.bar.update(1)
+            return
+        row = {"step": done, "epoch": epoch, "images_seen": seen,
+               "loss_d": f"{loss_d.item():.5f}", "loss_g": f"{loss_g.item():.5f}",
+               "d_real": f"{torch.sigmoid(real_logits).mean().item():.4f}",
+               "d_fake": f"{torch.sigmoid(fake_logits).mean().item():.4f}",
+               "d_fake_after": f"{torch.sigmoid(fake_logits_after).mean().item():.4f}",
+               "seconds": f"{seconds:.4f}"}
+        self.metrics.write(row)
+        if self.tb is not None:
+            self.tb.scalars({k: float(v) for k, v in row.items()})
+        if self.bar is not None:
+            self.bar.set_postfix(loss_d=row["loss_d"], loss_g=row["loss_g"],
+                                 d_x=row["d_real"], d_gz=row["d_fake"], refresh=False)
+            self.bar.update(1)
+
+    def samples(self, done: int, g: torch.nn.Module, device) -> None:
+        images, _ = TorchSource(g, self.cfg.dataset, self.cfg.arch, self.num_classes,
+                                device).generate(GRID_SEEDS)
+        save_sample_grid(images, self.run_dir / "samples" / f"step_{done:07d}.png")
+        if self.tb is not None:
+            self.tb.grid(images, done)
+        self.metrics.flush()
+
+    def evaluate(self, done: int, g: torch.nn.Module, device) -> float:
+        scores = self.evaluator.score_generator(g, device)
+        new = not self._eval_file.exists()
+        with self._eval_file.open("a") as f:
+            if new:
+                f.write("step,fd,inception_score,min_class_share\n")
+            f.write(f"{done},{scores['fd']:.4f},{scores['inception_score']:.4f},"
+                    f"{scores['min_class_share']:.4f}\n")
+        if self.bar is not None:
+            self.bar.write(f"step {done}: FD {scores['fd']:.3f}, IS "
+                           f"{scores['inception_score']:.3f}")
+        return scores["fd"]
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
+        plot_losses(self.run_dir / "metrics.csv", self.run_dir / "loss_curve.png")
+        save_progress_gif(self.run_dir / "samples", self.run_dir / "progress.gif")
