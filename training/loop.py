@@ -236,22 +236,18 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
         save_checkpoint(total_steps)
     except TrainingInterrupted:
         # Raised between steps, so `step` steps are complete and the state is consistent.
+        # (A second Ctrl-C, NonFiniteLoss or any error mid-step saves nothing: the last good
+        # checkpoint stays as it was.)
         save_checkpoint(step)
-        if reporter is not None:
-            reporter.finish()
+        if place.is_main:
             log.warning("interrupted: checkpoint of step %d saved in %s; continue with "
                         "`dcgan-train resume %s`", step, run_dir, run_dir)
         raise TrainingInterrupted(f"interrupted at step {step}") from None
-    except KeyboardInterrupt:
-        # A second Ctrl-C cut a step in half: keep the last good checkpoint untouched.
-        if reporter is not None:
-            reporter.finish()
-        raise
     finally:
+        if reporter is not None:
+            reporter.finish()  # the CSV, plots and GIF cover whatever steps were done
         if place.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    if reporter is not None:
-        reporter.finish()
     return run_dir
 
 

@@ -134,3 +134,23 @@ def test_bad_hyper_parameters_are_refused_before_training(tmp_path):
         train(tiny_config(tmp_path / "x", label_smoothing=0.7))
     with pytest.raises(ValueError, match="cannot fill one batch"):
         train(tiny_config(tmp_path / "y", batch_size=1024, train_subset=100))
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+    from training import loop
+    calls = {"n": 0}
+    real_bce = F.binary_cross_entropy_with_logits
+
+    def bce_turning_nan(logits, target):
+        calls["n"] += 1
+        loss = real_bce(logits, target)
+        return loss * float("nan") if calls["n"] > 3 * 12 else loss  # 3 BCE calls per step
+
+    monkeypatch.setattr(loop.F, "binary_cross_entropy_with_logits", bce_turning_nan)
+    with pytest.raises(loop.NonFiniteLoss, match="step 13"):
+        train(tiny_config(tmp_path / "run", steps=40, checkpoint_every=10))
+    state = checkpoints.load(tmp_path / "run")
+    assert state["step"] == 10
+    assert all(torch.isfinite(p).all() for p in state["generator"].values()
+               if p.dtype.is_floating_point)
