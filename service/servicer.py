@@ -93,6 +93,9 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
                         part, part_labels, model.name, fmt))
                     call.images += len(part)
                     yield _response(result)
+            except GeneratorExit:  # grpc closes the stream this way when the caller cancels
+                call.code = grpc.StatusCode.CANCELLED.name
+                raise
             except Exception as exc:
                 _abort(context, call, exc)
 

@@ -154,3 +154,13 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert state["step"] == 10
     assert all(torch.isfinite(p).all() for p in state["generator"].values()
                if p.dtype.is_floating_point)
+
+
+def test_tensorboard_events_hold_the_losses_and_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = train(tiny_config(tmp_path / "run", steps=5, tensorboard=True, sample_at=[2]))
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert {"loss_d", "loss_g", "d_real"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss_g")] == [1, 2, 3, 4, 5]
+    assert "samples" in events.Tags()["images"]
