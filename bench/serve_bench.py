@@ -88,11 +88,11 @@ def over_grpc(port: int, batch: int, concurrency: int, seconds: float) -> dict:
     return result
 
 
-def start_server(model: str, threads: int) -> tuple[subprocess.Popen, int]:
+def start_server(model: str, server_args: list[str]) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1",
                              "--port", "0", "--metrics-port", "-1", "--device", "cpu",
-                             "--intra-op-threads", str(threads), "--model", f"bench={model}"],
+                             "--model", f"bench={model}", *server_args],
                             env=env, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if m := re.search(r"listening grpc=[\d.]+:(\d+)", line):
@@ -125,13 +125,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     parser.add_argument("--threads", type=int, default=0,
-                        help="onnxruntime intra-op threads, both targets (0 = one per core)")
+                        help="onnxruntime intra-op threads in-process (0 = one per core)")
+    parser.add_argument("--server-args", default="",
+                        help="extra dcgan-serve flags, e.g. '--no-batching' (default: none, "
+                             "the server's defaults)")
     parser.add_argument("--out", help="write a Markdown table here (and .json beside it)")
     args = parser.parse_args()
     if not args.model:
         parser.error("no --model and no bundled model found")
 
-    server, port = start_server(args.model, args.threads)
+    server, port = start_server(args.model, args.server_args.split())
     rows = []
     try:
         for batch in map(int, args.batches.split(",")):
@@ -179,9 +182,11 @@ def write_report(out: Path, rows: list[dict], args) -> None:
             f"{r['service_p50_ms'] - r['inproc_p50_ms']:.3f} |")
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.\n"
               f"Model `{Path(args.model).name}`; {args.rounds} interleaved rounds of "
-              f"{args.seconds:g} s per cell (medians); onnxruntime intra-op threads "
-              f"{args.threads or 'one per core'}.\nCommand: `python bench/serve_bench.py "
+              f"{args.seconds:g} s per cell (medians); in-process onnxruntime intra-op threads "
+              f"{args.threads or 'one per core'}; server flags: "
+              f"`{args.server_args or '(defaults)'}`.\nCommand: `python bench/serve_bench.py "
               f"--model {args.model} --seconds {args.seconds:g} --rounds {args.rounds} "
+              f"{'--server-args=' + repr(args.server_args) + ' ' if args.server_args else ''}"
               f"--out {out}`\n")
     out.write_text(header + "\n" + "\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows},

@@ -29,13 +29,33 @@ class ServeConfig:
     # --- limits
     max_batch: int = 1024               # most seeds one Generate may ask for
     max_message_bytes: int = 64 << 20   # largest gRPC message sent or received
+    # --- dynamic batching: concurrent requests for a model share one onnxruntime run
+    batching: bool = True
+    batch_max_images: int = 256         # most images in one coalesced run
+    batch_max_delay_ms: float = 0.0     # how long a lone request waits for company (0: it runs
+                                        # at once; under load requests still coalesce while the
+                                        # previous batch runs)
     # --- threads: gRPC handlers and onnxruntime share the cores
     grpc_workers: int = 8               # concurrent RPC handler threads
-    intra_op_threads: int = 0           # onnxruntime threads per run; 0 = one per core
+    inference_workers: int = 0          # batching: runs in parallel per model; 0 = one per core
+    intra_op_threads: int = 0           # onnxruntime threads per run; 0 = auto: 1 with
+                                        # batching (the workers give the parallelism), else
+                                        # one per core
     # --- lifecycle
     grace_seconds: float = 10.0         # SIGTERM: how long in-flight calls may take to finish
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def resolved_inference_workers(self) -> int:
+        return self.inference_workers or os.cpu_count() or 1
+
+    @property
+    def resolved_intra_op_threads(self) -> int:
+        """onnxruntime's intra-op threads; 0 lets onnxruntime use one per core."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return 1 if self.batching else 0
 
     def model_paths(self) -> list[tuple[str, Path]]:
         if self.models:
@@ -92,9 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)),
                    help=f"Prometheus metrics port; 0 = pick a free one, -1 = off "
                         f"({d.metrics_port})")
-    env_models = [m for m in _env("models", "").split(",") if m]
-    p.add_argument("--model", dest="models", action="append", type=_model_spec,
-                   default=[_model_spec(m) for m in env_models] or None, metavar="NAME=PATH",
+    # No default here: argparse would append flags to it; DCGAN_MODELS is read after parsing.
+    p.add_argument("--model", dest="models", action="append", type=_model_spec, metavar="NAME=PATH",
                    help="an ONNX model to serve (repeatable; the first is the default). "
                         "DCGAN_MODELS takes a comma-separated list. Default: the bundled models")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
@@ -105,11 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int,
                    default=int(_env("max_message_bytes", d.max_message_bytes)),
                    help=f"largest gRPC message in either direction ({d.max_message_bytes})")
+    p.add_argument("--no-batching", dest="batching", action="store_false",
+                   default=_env("batching", "1") not in ("0", "false", "no"),
+                   help="run each request on its own instead of coalescing concurrent ones "
+                        "(DCGAN_BATCHING=0)")
+    p.add_argument("--batch-max-images", type=int,
+                   default=int(_env("batch_max_images", d.batch_max_images)),
+                   help=f"most images in one coalesced onnxruntime run ({d.batch_max_images})")
+    p.add_argument("--batch-max-delay-ms", type=float,
+                   default=float(_env("batch_max_delay_ms", d.batch_max_delay_ms)),
+                   help="how long a request may wait for others to share its run "
+                        f"({d.batch_max_delay_ms:g})")
     p.add_argument("--grpc-workers", type=int, default=int(_env("grpc_workers", d.grpc_workers)),
                    help=f"RPC handler threads ({d.grpc_workers})")
+    p.add_argument("--inference-workers", type=int,
+                   default=int(_env("inference_workers", d.inference_workers)),
+                   help="with batching, onnxruntime runs in parallel per model; 0 = one per core "
+                        "(0)")
     p.add_argument("--intra-op-threads", type=int,
                    default=int(_env("intra_op_threads", d.intra_op_threads)),
-                   help="onnxruntime threads per inference; 0 = one per core (0)")
+                   help="onnxruntime threads per run; 0 = auto: 1 with batching, else one per "
+                        "core (0)")
     p.add_argument("--grace-seconds", type=float,
                    default=float(_env("grace_seconds", d.grace_seconds)),
                    help=f"on SIGTERM, time for in-flight calls to finish ({d.grace_seconds})")
@@ -122,10 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> ServeConfig:
     args = build_parser().parse_args(argv)
     values = vars(args)
-    values["models"] = tuple(tuple(m) for m in (values["models"] or ()))
+    if values["models"] is None:  # no --model flags: the environment, else the bundled models
+        values["models"] = [_model_spec(m) for m in _env("models", "").split(",") if m]
+    values["models"] = tuple(tuple(m) for m in values["models"])
     problems = []
     if values["max_batch"] < 1:
         problems.append("--max-batch must be at least 1")
+    if values["batch_max_images"] < 1:
+        problems.append("--batch-max-images must be at least 1")
+    if values["batch_max_delay_ms"] < 0:
+        problems.append("--batch-max-delay-ms must not be negative")
     if values["grpc_workers"] < 1:
         problems.append("--grpc-workers must be at least 1")
     if values["max_message_bytes"] < 1 << 16:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -51,10 +50,19 @@ class GenerationResult:
     grid_columns: int = 0
 
 
+class Engine(Protocol):
+    """Runs latents through a model: `batching.Batcher` (shared runs) or `batching.Unbatched`."""
+
+    def generate(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class ServedModel:
     name: str
     runner: OnnxGenerator
+    engine: Engine
     is_default: bool
 
 
@@ -64,8 +72,12 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, ServedModel] = {}
 
-    def add(self, name: str, runner: OnnxGenerator) -> None:
-        self._models[name] = ServedModel(name, runner, is_default=not self._models)
+    def add(self, name: str, runner: OnnxGenerator, engine: Engine) -> None:
+        self._models[name] = ServedModel(name, runner, engine, is_default=not self._models)
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.engine.close()
 
     def get(self, name: str) -> ServedModel:
         if not name:
@@ -88,18 +100,12 @@ class ModelRegistry:
         return len(self._models)
 
 
-#: Called around each onnxruntime run with (model name, batch size, seconds) for the metrics.
-InferenceObserver = Callable[[str, int, float], None]
-
-
 class Generator:
     """Turns validated requests into images with the registry's models."""
 
-    def __init__(self, registry: ModelRegistry, max_batch: int,
-                 observe_inference: InferenceObserver | None = None):
+    def __init__(self, registry: ModelRegistry, max_batch: int):
         self.registry = registry
         self.max_batch = max_batch
-        self.observe_inference = observe_inference or (lambda *_: None)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         model = self.registry.get(request.model)
@@ -148,10 +154,7 @@ class Generator:
 
     def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None) -> np.ndarray:
         latents = seeds_to_latents(seeds, model.runner.metadata.latent_dim)
-        started = time.perf_counter()
-        images = model.runner.generate(latents, labels)
-        self.observe_inference(model.name, len(seeds), time.perf_counter() - started)
-        return images
+        return model.engine.generate(latents, labels)
 
     @staticmethod
     def encode(model: ServedModel, seeds: list[int], labels: np.ndarray | None,

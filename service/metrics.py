@@ -2,6 +2,8 @@
 
     dcgan_request_duration_seconds{rpc, model, code}   histogram, whole RPC as the server sees it
     dcgan_inference_duration_seconds{model}            histogram, one onnxruntime session.run
+    dcgan_batch_size{model}                            histogram, images per executed run
+    dcgan_batch_queue_wait_seconds{model}              histogram, queue wait before a run
     dcgan_images_generated_total{model}                counter
     dcgan_images_per_request{model}                    histogram
     dcgan_requests_in_flight{rpc}                      gauge
@@ -41,6 +43,13 @@ class Metrics:
         self.images_per_request = Histogram(
             "dcgan_images_per_request", "Images asked for per Generate request, by model",
             ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram(
+            "dcgan_batch_size", "Images per executed onnxruntime run (after dynamic batching)",
+            ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram(
+            "dcgan_batch_queue_wait_seconds",
+            "Time the oldest request of each executed batch waited in the batching queue",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge(
             "dcgan_requests_in_flight", "RPCs being handled now", ["rpc"], registry=self.registry)
         self.model_info = Info(
@@ -51,8 +60,17 @@ class Metrics:
         self.model_info.labels(model=name).info(
             {"version": version, "arch": arch, "dataset": dataset, "provider": ",".join(providers)})
 
-    def observe_inference(self, model: str, batch: int, seconds: float) -> None:
-        self.inference_seconds.labels(model=model).observe(seconds)
+    def batch_observer(self, model: str):
+        """A callback for one model's engine: (images, queue wait seconds, run seconds)."""
+        inference = self.inference_seconds.labels(model=model)
+        size = self.batch_size.labels(model=model)
+        wait = self.queue_wait.labels(model=model)
+
+        def observe(images: int, waited: float, seconds: float) -> None:
+            inference.observe(seconds)
+            size.observe(images)
+            wait.observe(waited)
+        return observe
 
     @contextmanager
     def track(self, rpc: str):

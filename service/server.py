@@ -10,6 +10,7 @@ NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.config import ServeConfig, config_from_args
+from service.batching import Batcher, Unbatched
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
 from service.metrics import Metrics
@@ -55,25 +57,38 @@ class RunningServer:
         """Refuse new calls, let in-flight ones finish within `grace` seconds, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.registry.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
 
 
-def load_models(config: ServeConfig) -> ModelRegistry:
+def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
     paths = config.model_paths()
     if not paths:
         raise ServiceError("no models to serve: pass --model NAME=PATH (no bundled models were "
                            "found in this installation)")
-    options = RuntimeOptions(device=config.device, intra_op_threads=config.intra_op_threads)
+    options = RuntimeOptions(device=config.device,
+                             intra_op_threads=config.resolved_intra_op_threads)
     registry = ModelRegistry()
     for name, path in paths:
-        registry.add(name, OnnxGenerator(path, options))
+        runner = OnnxGenerator(path, options)
+        observe = metrics.batch_observer(name)
+        if config.batching:
+            workers = config.resolved_inference_workers
+            lone = None
+            if workers > 1 and options.intra_op_threads == 1:
+                lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0))
+            engine = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
+                             observe, workers=workers, name=f"batcher-{name}", lone_runner=lone)
+        else:
+            engine = Unbatched(runner, observe)
+        registry.add(name, runner, engine)
     return registry
 
 
 def create_server(config: ServeConfig) -> RunningServer:
-    registry = load_models(config)
     metrics = Metrics()
+    registry = load_models(config, metrics)
     for model in registry:
         meta = model.runner.metadata
         metrics.describe_model(model.name, meta.version, meta.arch, meta.dataset,
@@ -81,7 +96,7 @@ def create_server(config: ServeConfig) -> RunningServer:
         log.info("model %r%s: %s %s, version %s, on %s", model.name, " (default)" if model.is_default
                  else "", meta.arch, meta.dataset, meta.version, ",".join(model.runner.providers))
 
-    generator = Generator(registry, config.max_batch, metrics.observe_inference)
+    generator = Generator(registry, config.max_batch)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="rpc"),
         options=[("grpc.max_send_message_length", config.max_message_bytes),

@@ -1,0 +1,113 @@
+"""Dynamic batching over real onnxruntime: coalesced callers get exactly their own images."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.batching import Batcher, Unbatched
+from service.client import images_from_response
+from service.contract import default_labels, seeds_to_latents
+from service.runtime import OnnxGenerator
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_cond_onnx):
+    return OnnxGenerator(tiny_cond_onnx)
+
+
+def _request(seeds):
+    return seeds_to_latents(seeds, 100), default_labels(seeds, 10)
+
+
+def test_concurrent_callers_get_exactly_their_unbatched_images(runner):
+    batches = []
+    batcher = Batcher(runner, max_batch=64, max_delay_s=0.02,
+                      observe=lambda n, waited, secs: batches.append(n))
+    requests = [list(range(i * 7, i * 7 + 1 + i % 5)) for i in range(24)]
+    expected = [runner.generate(*_request(seeds)) for seeds in requests]
+    start = threading.Barrier(24)
+
+    def call(seeds):
+        start.wait()
+        return batcher.generate(*_request(seeds))
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(call, requests))
+    batcher.close()
+    for got, want in zip(results, expected):
+        assert got.shape == want.shape and got.tobytes() == want.tobytes()
+    assert sum(batches) == sum(len(r) for r in requests)
+    assert max(batches) > 1 and len(batches) < len(requests)  # requests really were coalesced
+    assert max(batches) <= 64
+
+
+def test_a_request_larger_than_the_batch_runs_in_pieces(runner):
+    sizes = []
+    batcher = Batcher(runner, max_batch=16, max_delay_s=0,
+                      observe=lambda n, waited, secs: sizes.append(n))
+    seeds = list(range(50))
+    got = batcher.generate(*_request(seeds))
+    batcher.close()
+    assert got.tobytes() == runner.generate(*_request(seeds)).tobytes()
+    assert sorted(sizes) == [12, 12, 13, 13]  # cut into ceil(50/16) = 4 pieces
+
+
+def test_one_request_is_shared_between_the_workers(runner):
+    sizes = []
+    batcher = Batcher(runner, max_batch=256, max_delay_s=0, workers=2,
+                      observe=lambda n, waited, secs: sizes.append(n))
+    seeds = list(range(64))
+    got = batcher.generate(*_request(seeds))
+    small = batcher.generate(*_request(seeds[:10]))  # under 2 x MIN_PIECE: not split
+    batcher.close()
+    assert got.tobytes() == runner.generate(*_request(seeds)).tobytes()
+    assert small.tobytes() == runner.generate(*_request(seeds[:10])).tobytes()
+    assert sorted(sizes) == [10, 32, 32]
+
+
+def test_a_failed_run_reaches_every_caller_and_the_worker_survives(runner):
+    batcher = Batcher(runner, max_batch=64, max_delay_s=0.05)
+    bad = batcher.submit(np.zeros((2, 7), np.float32), np.zeros(2, np.int64))  # wrong latent size
+    with pytest.raises(Exception):
+        bad.result(timeout=10)
+    good = batcher.generate(*_request([1, 2]))
+    batcher.close()
+    assert good.shape == (2, 1, 28, 28)
+
+
+def test_unbatched_engine_reports_each_run(runner):
+    seen = []
+    engine = Unbatched(runner, observe=lambda n, waited, secs: seen.append((n, waited)))
+    engine.generate(*_request([3, 4, 5]))
+    assert seen == [(3, 0.0)]
+
+
+def test_concurrent_grpc_calls_share_runs_and_match_sequential_answers(server, stub):
+    from tests.service.test_health_metrics import _scrape, _value
+    seeds = [[s, s + 1000] for s in range(40)]
+    sequential = [stub.Generate(pb.GenerateRequest(seeds=s, model="plain"), timeout=10).raw
+                  for s in seeds]
+    before = _scrape(server)
+    start = threading.Barrier(16)
+
+    def call(s):
+        start.wait() if s[0] < 16 else None
+        return stub.Generate(pb.GenerateRequest(seeds=s, model="plain"), timeout=10).raw
+
+    with ThreadPoolExecutor(16) as pool:
+        concurrent = list(pool.map(call, seeds))
+    after = _scrape(server)
+    assert concurrent == sequential
+    runs = (_value(after, "dcgan_batch_size_count", model="plain")
+            - _value(before, "dcgan_batch_size_count", model="plain"))
+    images = (_value(after, "dcgan_batch_size_sum", model="plain")
+              - _value(before, "dcgan_batch_size_sum", model="plain"))
+    assert images == 80 and runs < 40
+    assert _value(after, "dcgan_batch_queue_wait_seconds_count", model="plain") > 0
+    assert images_from_response(stub.Generate(pb.GenerateRequest(seeds=[1], model="plain"),
+                                              timeout=10)).shape == (1, 28, 28)

@@ -1,0 +1,42 @@
+"""ServeConfig from flags and DCGAN_* variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import ServeConfig, config_from_args
+
+
+def test_defaults_without_flags_or_environment(monkeypatch):
+    for key in ("DCGAN_PORT", "DCGAN_BATCHING", "DCGAN_MODELS"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = config_from_args([])
+    assert (cfg.port, cfg.metrics_port, cfg.batching, cfg.models) == (50051, 9090, True, ())
+    assert cfg.resolved_intra_op_threads == 1 and cfg.resolved_inference_workers >= 1
+
+
+def test_flags_win_over_environment(monkeypatch):
+    monkeypatch.setenv("DCGAN_PORT", "6000")
+    monkeypatch.setenv("DCGAN_BATCHING", "0")
+    monkeypatch.setenv("DCGAN_MODELS", "a=/x/a.onnx,/y/b.onnx")
+    cfg = config_from_args(["--port", "7000"])
+    assert cfg.port == 7000 and not cfg.batching
+    assert cfg.models == (("a", "/x/a.onnx"), ("b", "/y/b.onnx"))
+    assert cfg.resolved_intra_op_threads == 0  # batching off: onnxruntime uses every core
+    assert config_from_args(["--model", "c=/z.onnx"]).models == (("c", "/z.onnx"),)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--max-batch", "0"], "--max-batch"),
+    (["--batch-max-delay-ms", "-1"], "--batch-max-delay-ms"),
+    (["--model", "a=/1.onnx", "--model", "a=/2.onnx"], "unique"),
+    (["--device", "tpu"], "invalid choice"),
+])
+def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_explicit_thread_count_is_kept():
+    assert ServeConfig(intra_op_threads=3).resolved_intra_op_threads == 3
