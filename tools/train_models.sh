@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# How the bundled models and the preset comparison runs are trained, one run after another on
+# one CPU thread (so a second core stays free for other work).
+#
+#   DATA=../shared/data RUNS=runs bash tools/train_models.sh default     # the bundled models
+#   DATA=../shared/data RUNS=runs bash tools/train_models.sh comparison  # same-budget presets
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs}
+COMMON=(--data-dir "$DATA" --threads 1 --no-progress --checkpoint-every 500 --eval-samples 5000)
+
+case "${1:-default}" in
+  default)
+    # The default MNIST model: class-conditional dcgan, 12 epochs (720k images).
+    dcgan-train train --dataset mnist --arch dcgan --conditional --epochs 12 \
+        --out "$RUNS/mnist-cond" "${COMMON[@]}"
+    # Fashion-MNIST, the same recipe.
+    dcgan-train train --dataset fashion-mnist --arch dcgan --conditional --epochs 12 \
+        --out "$RUNS/fashion-cond" "${COMMON[@]}"
+    ;;
+  comparison)
+    # Each architecture, unconditional, for the same budget of 3 epochs (180k images), with
+    # its own preset hyper-parameters; evaluated at every epoch's end.
+    for arch in dcgan tf-dcgan mlp upsample-dcgan; do
+      dcgan-train train --dataset mnist --arch "$arch" --epochs 3 \
+          --out "$RUNS/compare-$arch" "${COMMON[@]}"
+    done
+    ;;
+  *) echo "usage: $0 default|comparison" >&2; exit 2 ;;
+esac
