@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from service.errors import DeadlineExceeded, Overloaded
 from service.runtime import OnnxGenerator
 
 #: Requests smaller than twice this are not split across workers: tiny runs cost more than
@@ -45,6 +46,7 @@ BatchObserver = Callable[[int, float, float], None]
 class _Pending:
     latents: np.ndarray
     labels: np.ndarray | None
+    deadline: float | None = None  # time.perf_counter() after which nobody wants the result
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 
@@ -56,7 +58,8 @@ class _Pending:
 class Batcher:
     def __init__(self, runner: OnnxGenerator, max_batch: int, max_delay_s: float,
                  observe: BatchObserver | None = None, workers: int = 1,
-                 name: str = "batcher", lone_runner: OnnxGenerator | None = None):
+                 name: str = "batcher", lone_runner: OnnxGenerator | None = None,
+                 max_queued_images: int | None = None):
         self.runner = runner
         # A multi-threaded session for a batch that runs alone (every other worker idle,
         # nothing queued): one request then gets all the cores, which cuts batch-1 latency.
@@ -64,6 +67,9 @@ class Batcher:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.workers = workers
+        # Backpressure: past this many queued images new requests are refused at once, so
+        # memory and latency stay bounded under overload.
+        self.max_queued_images = max_queued_images or 16 * max_batch
         self.observe = observe or (lambda *_: None)
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
@@ -75,30 +81,46 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, latents: np.ndarray, labels: np.ndarray | None) -> Future:
+    def submit(self, latents: np.ndarray, labels: np.ndarray | None,
+               timeout: float | None = None) -> Future:
         """Queue one request; the future's result is its uint8 images [N, C, H, W]."""
-        return self._submit_pieces([(latents, labels)])[0]
+        return self._submit_pieces([(latents, labels)], timeout)[0]
 
-    def _submit_pieces(self, pieces) -> list[Future]:
-        items = [_Pending(latents, labels) for latents, labels in pieces]
+    def _submit_pieces(self, pieces, timeout: float | None = None) -> list[Future]:
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        items = [_Pending(latents, labels, deadline) for latents, labels in pieces]
+        size = sum(item.size for item in items)
         with self._cv:  # all pieces at once, so idle workers see them together
             if self._closed:
                 raise RuntimeError("the batcher is closed")
+            if self._queued_images and self._queued_images + size > self.max_queued_images:
+                raise Overloaded(f"server overloaded: {self._queued_images} images already "
+                                 f"queued for this model (limit {self.max_queued_images}); "
+                                 "retry with back-off")
             self._queue.extend(items)
             self._queued_images += sum(item.size for item in items)
             self._cv.notify_all() if len(items) > 1 else self._cv.notify()
         return [item.future for item in items]
 
-    def generate(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """Images for one request, its pieces run by as many workers as help."""
+    def generate(self, latents: np.ndarray, labels: np.ndarray | None,
+                 timeout: float | None = None) -> np.ndarray:
+        """Images for one request, its pieces run by as many workers as help.
+
+        `timeout` (seconds) is the caller's remaining deadline: pieces still queued when it
+        passes are dropped unrun and the call raises DeadlineExceeded.
+        """
         n = len(latents)
         pieces = max(math.ceil(n / self.max_batch), min(self.workers, n // MIN_PIECE), 1)
-        if pieces == 1:
-            return self.submit(latents, labels).result()
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         futures = self._submit_pieces([(latents[a:b], None if labels is None else labels[a:b])
-                                       for a, b in zip(bounds[:-1], bounds[1:])])
-        return np.concatenate([f.result() for f in futures])
+                                       for a, b in zip(bounds[:-1], bounds[1:])], timeout)
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:  # e.g. the caller was cancelled: drop what has not started
+                f.cancel()
+            raise
+        return results[0] if len(results) == 1 else np.concatenate(results)
 
     @property
     def queued_images(self) -> int:
@@ -149,7 +171,16 @@ class Batcher:
                 self._idle -= 1
 
     def _run(self, batch: list[_Pending], alone: bool = False) -> None:
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        now = time.perf_counter()
+        live = []
+        for p in batch:
+            if not p.future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            if p.deadline is not None and now > p.deadline:
+                p.future.set_exception(DeadlineExceeded(
+                    "the deadline passed while the request waited in the queue"))
+                continue
+            live.append(p)
         if not live:
             return
         waited = time.perf_counter() - min(p.queued_at for p in live)
@@ -182,7 +213,8 @@ class Unbatched:
         self.runner = runner
         self.observe = observe or (lambda *_: None)
 
-    def generate(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    def generate(self, latents: np.ndarray, labels: np.ndarray | None,
+                 timeout: float | None = None) -> np.ndarray:
         started = time.perf_counter()
         images = self.runner.generate(latents, labels)
         self.observe(len(latents), 0.0, time.perf_counter() - started)

@@ -29,6 +29,10 @@ class ServeConfig:
     # --- limits
     max_batch: int = 1024               # most seeds one Generate may ask for
     max_message_bytes: int = 64 << 20   # largest gRPC message sent or received
+    max_in_flight: int = 128            # RPCs handled or waiting at once; more get
+                                        # RESOURCE_EXHAUSTED at once instead of queueing
+    max_queued_images: int = 0          # per model, images waiting for onnxruntime; past it
+                                        # RESOURCE_EXHAUSTED; 0 = 16 x batch-max-images
     # --- dynamic batching: concurrent requests for a model share one onnxruntime run
     batching: bool = True
     batch_max_images: int = 256         # most images in one coalesced run
@@ -124,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int,
                    default=int(_env("max_message_bytes", d.max_message_bytes)),
                    help=f"largest gRPC message in either direction ({d.max_message_bytes})")
+    p.add_argument("--max-in-flight", type=int,
+                   default=int(_env("max_in_flight", d.max_in_flight)),
+                   help=f"RPCs in flight at once; more are refused with RESOURCE_EXHAUSTED "
+                        f"({d.max_in_flight})")
+    p.add_argument("--max-queued-images", type=int,
+                   default=int(_env("max_queued_images", d.max_queued_images)),
+                   help="images per model waiting for onnxruntime before new requests are "
+                        "refused with RESOURCE_EXHAUSTED; 0 = 16 x --batch-max-images (0)")
     p.add_argument("--no-batching", dest="batching", action="store_false",
                    default=_env("batching", "1") not in ("0", "false", "no"),
                    help="run each request on its own instead of coalescing concurrent ones "
@@ -167,6 +179,8 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
         problems.append("--batch-max-images must be at least 1")
     if values["batch_max_delay_ms"] < 0:
         problems.append("--batch-max-delay-ms must not be negative")
+    if values["max_in_flight"] < 1:
+        problems.append("--max-in-flight must be at least 1")
     if values["grpc_workers"] < 1:
         problems.append("--grpc-workers must be at least 1")
     if values["max_message_bytes"] < 1 << 16:

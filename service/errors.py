@@ -31,3 +31,11 @@ class DeadlineExceeded(ServiceError):
 
 class Cancelled(ServiceError):
     """The caller went away; remaining work was dropped."""
+
+
+class Overloaded(ServiceError):
+    """The server is at its limit of queued work; the caller should back off and retry."""
+
+
+class Unauthenticated(ServiceError):
+    """The call carries no valid credentials."""

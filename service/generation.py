@@ -35,6 +35,7 @@ class GenerationRequest:
     labels: Sequence[int] = ()
     model: str = ""
     format: Format = Format.RAW
+    timeout: float | None = None  # seconds left before the caller's deadline
 
 
 @dataclass
@@ -53,7 +54,8 @@ class GenerationResult:
 class Engine(Protocol):
     """Runs latents through a model: `batching.Batcher` (shared runs) or `batching.Unbatched`."""
 
-    def generate(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray: ...
+    def generate(self, latents: np.ndarray, labels: np.ndarray | None,
+                 timeout: float | None = None) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -111,7 +113,7 @@ class Generator:
         model = self.registry.get(request.model)
         seeds = self.check_seeds(request.seeds, self.max_batch)
         labels = self.resolve_labels(model, seeds, request.labels)
-        images = self.run(model, seeds, labels)
+        images = self.run(model, seeds, labels, request.timeout)
         return self.encode(model, seeds, labels, images, request.format)
 
     # --- the steps, in order
@@ -152,9 +154,10 @@ class Generator:
                                  "for all seeds, or one per seed")
         return np.asarray(labels, dtype=np.int64)
 
-    def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None) -> np.ndarray:
+    def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None,
+            timeout: float | None = None) -> np.ndarray:
         latents = seeds_to_latents(seeds, model.runner.metadata.latent_dim)
-        return model.engine.generate(latents, labels)
+        return model.engine.generate(latents, labels, timeout)
 
     @staticmethod
     def encode(model: ServedModel, seeds: list[int], labels: np.ndarray | None,

@@ -79,7 +79,8 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
             if workers > 1 and options.intra_op_threads == 1:
                 lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0))
             engine = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
-                             observe, workers=workers, name=f"batcher-{name}", lone_runner=lone)
+                             observe, workers=workers, name=f"batcher-{name}", lone_runner=lone,
+                             max_queued_images=config.max_queued_images or None)
         else:
             engine = Unbatched(runner, observe)
         registry.add(name, runner, engine)
@@ -99,6 +100,9 @@ def create_server(config: ServeConfig) -> RunningServer:
     generator = Generator(registry, config.max_batch)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="rpc"),
+        # Beyond this many RPCs gRPC answers RESOURCE_EXHAUSTED at once, so a flood cannot
+        # grow the executor's queue (and memory, and latency) without bound.
+        maximum_concurrent_rpcs=config.max_in_flight,
         options=[("grpc.max_send_message_length", config.max_message_bytes),
                  ("grpc.max_receive_message_length", config.max_message_bytes),
                  # Without this a second server could bind the same port silently.

@@ -14,7 +14,7 @@ from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.contract import MAX_SEED, SEED_RULE
 from service.errors import (Cancelled, DeadlineExceeded, DeviceUnavailable, InvalidRequest,
-                            ModelNotFound)
+                            ModelNotFound, Overloaded, Unauthenticated)
 from service.generation import (Format, GenerationRequest, GenerationResult, Generator,
                                 ServedModel, stream_chunks)
 from service.metrics import Metrics
@@ -27,6 +27,8 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Cancelled: grpc.StatusCode.CANCELLED,
     DeviceUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 _FORMATS = {
@@ -62,7 +64,7 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
                     len(request.seeds))
                 _check_still_wanted(context)
                 result = self.generator.generate(GenerationRequest(
-                    request.seeds, request.labels, model.name, fmt))
+                    request.seeds, request.labels, model.name, fmt, context.time_remaining()))
                 call.images = len(result.seeds)
                 return _response(result)
             except Exception as exc:
@@ -90,7 +92,7 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
                     part = seeds[start:start + chunk]
                     part_labels = labels[start:start + chunk] if len(labels) > 1 else labels
                     result = self.generator.generate(GenerationRequest(
-                        part, part_labels, model.name, fmt))
+                        part, part_labels, model.name, fmt, context.time_remaining()))
                     call.images += len(part)
                     yield _response(result)
             except GeneratorExit:  # grpc closes the stream this way when the caller cancels

@@ -24,6 +24,10 @@ case "${1:-default}" in
     for arch in dcgan tf-dcgan mlp upsample-dcgan; do
       dcgan-train train --dataset mnist --arch "$arch" --epochs 3 \
           --out "$RUNS/compare-$arch" "${COMMON[@]}"
+      if [ "$arch" = dcgan ]; then  # a cheaper discriminator: is the quality still there?
+        dcgan-train train --dataset mnist --arch dcgan --d-width 48 --epochs 3 \
+            --out "$RUNS/compare-dcgan-d48" "${COMMON[@]}"
+      fi
     done
     ;;
   *) echo "usage: $0 default|comparison" >&2; exit 2 ;;
