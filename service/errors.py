@@ -33,6 +33,10 @@ class Cancelled(ServiceError):
     """The caller went away; remaining work was dropped."""
 
 
+class ShuttingDown(ServiceError):
+    """The server is draining before it stops; the caller should retry elsewhere."""
+
+
 class Overloaded(ServiceError):
     """The server is at its limit of queued work; the caller should back off and retry."""
 

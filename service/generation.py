@@ -77,6 +77,16 @@ class ModelRegistry:
     def add(self, name: str, runner: OnnxGenerator, engine: Engine) -> None:
         self._models[name] = ServedModel(name, runner, engine, is_default=not self._models)
 
+    def replace_with(self, other: "ModelRegistry") -> list[ServedModel]:
+        """Serve `other`'s models from now on; returns the old ones (for closing later).
+
+        One reference assignment, so every request sees either the old set or the new set;
+        a request that already picked an old model finishes on it.
+        """
+        old = list(self._models.values())
+        self._models = other._models
+        return old
+
     def close(self) -> None:
         for model in self._models.values():
             model.engine.close()

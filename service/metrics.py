@@ -50,6 +50,9 @@ class Metrics:
             "dcgan_batch_queue_wait_seconds",
             "Time the oldest request of each executed batch waited in the batching queue",
             ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.reloads = Counter(
+            "dcgan_model_reloads", "Model reloads (SIGHUP), by result", ["result"],
+            registry=self.registry)
         self.in_flight = Gauge(
             "dcgan_requests_in_flight", "RPCs being handled now", ["rpc"], registry=self.registry)
         self.model_info = Info(

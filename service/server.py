@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -48,15 +49,50 @@ class RunningServer:
     port: int
     metrics_port: int | None
     health: health.HealthServicer
+    servicer: GeneratorServicer
     registry: ModelRegistry
     metrics: Metrics
     config: ServeConfig
     _metrics_http: object = None
+    _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def reload(self) -> bool:
+        """Load every configured model file again beside the served ones, warm them up, then
+        swap them in at once. On any failure the old models keep serving; the failure is
+        logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
+        with self._reload_lock:
+            try:
+                fresh = load_models(self.config, self.metrics)
+            except ServiceError as exc:
+                self.metrics.reloads.labels(result="failure").inc()
+                log.error("reload failed, still serving the previous models: %s", exc)
+                return False
+            old = self.registry.replace_with(fresh)
+            describe_models(self.registry, self.metrics)
+            self.metrics.reloads.labels(result="success").inc()
+            # Requests that picked an old model a moment ago may still submit to it: close
+            # the old engines only after the grace period.
+            timer = threading.Timer(self.config.grace_seconds + 5,
+                                    lambda: [m.engine.close() for m in old])
+            timer.daemon = True
+            timer.start()
+            log.info("reloaded %d model(s)", len(self.registry))
+            return True
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight ones finish within `grace` seconds, then stop."""
+        """Refuse new calls, let in-flight ones finish within `grace` seconds, then stop.
+
+        The drain happens in our servicer first (new calls get UNAVAILABLE from our own code,
+        admitted ones finish), and only then is the gRPC server stopped: grpc's own stop
+        cancels calls it has received but not yet handed to a handler thread.
+        """
+        grace = self.config.grace_seconds if grace is None else grace
+        started = time.monotonic()
         self.health.enter_graceful_shutdown()
-        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        drained = self.servicer.drain(grace)
+        if not drained:
+            log.warning("grace period of %.1fs over with calls still running", grace)
+        self.server.stop(max(0.5, grace - (time.monotonic() - started))).wait()
         self.registry.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -87,15 +123,20 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
     return registry
 
 
-def create_server(config: ServeConfig) -> RunningServer:
-    metrics = Metrics()
-    registry = load_models(config, metrics)
+def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
     for model in registry:
         meta = model.runner.metadata
         metrics.describe_model(model.name, meta.version, meta.arch, meta.dataset,
                                model.runner.providers)
-        log.info("model %r%s: %s %s, version %s, on %s", model.name, " (default)" if model.is_default
-                 else "", meta.arch, meta.dataset, meta.version, ",".join(model.runner.providers))
+        log.info("model %r%s: %s %s, version %s, on %s", model.name,
+                 " (default)" if model.is_default else "", meta.arch, meta.dataset,
+                 meta.version, ",".join(model.runner.providers))
+
+
+def create_server(config: ServeConfig) -> RunningServer:
+    metrics = Metrics()
+    registry = load_models(config, metrics)
+    describe_models(registry, metrics)
 
     generator = Generator(registry, config.max_batch)
     server = grpc.server(
@@ -107,8 +148,8 @@ def create_server(config: ServeConfig) -> RunningServer:
                  ("grpc.max_receive_message_length", config.max_message_bytes),
                  # Without this a second server could bind the same port silently.
                  ("grpc.so_reuseport", 0)])
-    pb_grpc.add_GeneratorServiceServicer_to_server(
-        GeneratorServicer(generator, metrics, config.max_message_bytes), server)
+    servicer = GeneratorServicer(generator, metrics, config.max_message_bytes)
+    pb_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -133,8 +174,8 @@ def create_server(config: ServeConfig) -> RunningServer:
         health_servicer.set(name, serving)
     log.info("listening grpc=%s:%d metrics=%s", config.host, port,
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off")
-    return RunningServer(server, port, metrics_port, health_servicer, registry, metrics, config,
-                         metrics_http)
+    return RunningServer(server, port, metrics_port, health_servicer, servicer, registry,
+                         metrics, config, metrics_http)
 
 
 def serve(config: ServeConfig) -> None:
@@ -145,8 +186,13 @@ def serve(config: ServeConfig) -> None:
         log.info("%s: draining (up to %.1fs)", signal.Signals(signum).name, config.grace_seconds)
         stop.set()
 
+    def on_hangup(signum, frame):
+        log.info("SIGHUP: reloading the model files")
+        threading.Thread(target=running.reload, name="reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     stop.wait()
     running.stop()
     log.info("stopped")

@@ -7,6 +7,9 @@ not listed there is a bug and becomes INTERNAL with the detail logged, not sent.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from contextlib import contextmanager
 
 import grpc
 
@@ -14,7 +17,7 @@ from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.contract import MAX_SEED, SEED_RULE
 from service.errors import (Cancelled, DeadlineExceeded, DeviceUnavailable, InvalidRequest,
-                            ModelNotFound, Overloaded, Unauthenticated)
+                            ModelNotFound, Overloaded, ShuttingDown, Unauthenticated)
 from service.generation import (Format, GenerationRequest, GenerationResult, Generator,
                                 ServedModel, stream_chunks)
 from service.metrics import Metrics
@@ -28,6 +31,7 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     Cancelled: grpc.StatusCode.CANCELLED,
     DeviceUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
@@ -53,53 +57,98 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
         self.generator = generator
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        self._active = 0
+        self._changed = threading.Condition()
+        self._draining = False
+        self._last_call = time.monotonic()
+
+    @contextmanager
+    def _admitted(self):
+        """Count a generation call in; refuse it once draining has begun."""
+        with self._changed:
+            self._last_call = time.monotonic()
+            if self._draining:
+                raise ShuttingDown("the server is shutting down: retry on another replica")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active -= 1
+                self._changed.notify_all()
+
+    def drain(self, timeout: float, quiet: float = 0.1, max_quiet_wait: float = 2.0) -> bool:
+        """Refuse new generation calls and wait for the admitted ones; True if all finished.
+
+        Then keep refusing until no call has arrived for `quiet` seconds (at most
+        `max_quiet_wait`): a caller whose call just finished may already have sent the next
+        one, and grpc cancels, rather than answers, calls it holds when the server stops.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._draining = True
+            while self._active and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            drained = self._active == 0
+        quiet_until = min(deadline, time.monotonic() + max_quiet_wait)
+        while (time.monotonic() - self._last_call < quiet
+               and time.monotonic() < quiet_until):
+            time.sleep(quiet / 4)
+        return drained
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         with self.metrics.track("Generate") as call:
             try:
-                fmt = _format(request.format)
-                model = self.generator.registry.get(request.model)
-                call.model = model.name
-                self.metrics.images_per_request.labels(model=model.name).observe(
-                    len(request.seeds))
-                _check_still_wanted(context)
-                result = self.generator.generate(GenerationRequest(
-                    request.seeds, request.labels, model.name, fmt, context.time_remaining()))
-                call.images = len(result.seeds)
-                return _response(result)
+                with self._admitted():
+                    return self._generate(request, context, call)
             except Exception as exc:
                 _abort(context, call, exc)
+
+    def _generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
+        fmt = _format(request.format)
+        model = self.generator.registry.get(request.model)
+        call.model = model.name
+        self.metrics.images_per_request.labels(model=model.name).observe(len(request.seeds))
+        _check_still_wanted(context)
+        result = self.generator.generate(GenerationRequest(
+            request.seeds, request.labels, model.name, fmt, context.time_remaining()))
+        call.images = len(result.seeds)
+        return _response(result)
 
     def GenerateStream(self, request: pb.GenerateStreamRequest, context: grpc.ServicerContext):
         with self.metrics.track("GenerateStream") as call:
             try:
-                fmt = _format(request.format)
-                if fmt is Format.PNG_GRID:
-                    raise InvalidRequest("GenerateStream returns RAW or PNG images; ask "
-                                         "Generate for a PNG grid")
-                model = self.generator.registry.get(request.model)
-                call.model = model.name
-                seeds = _stream_seeds(request)
-                labels = list(request.labels)
-                if len(labels) > 1 and len(labels) != len(seeds):
-                    raise InvalidRequest(f"{len(labels)} labels for {len(seeds)} seeds: send "
-                                         "none, one for all, or one per seed")
-                h, w = model.runner.image_shape[1:]
-                chunk = stream_chunks(len(seeds), request.chunk_size, self.generator.max_batch,
-                                      h * w, self.max_message_bytes)
-                for start in range(0, len(seeds), chunk):
-                    _check_still_wanted(context)
-                    part = seeds[start:start + chunk]
-                    part_labels = labels[start:start + chunk] if len(labels) > 1 else labels
-                    result = self.generator.generate(GenerationRequest(
-                        part, part_labels, model.name, fmt, context.time_remaining()))
-                    call.images += len(part)
-                    yield _response(result)
+                with self._admitted():
+                    yield from self._generate_stream(request, context, call)
             except GeneratorExit:  # grpc closes the stream this way when the caller cancels
                 call.code = grpc.StatusCode.CANCELLED.name
                 raise
             except Exception as exc:
                 _abort(context, call, exc)
+
+    def _generate_stream(self, request: pb.GenerateStreamRequest, context, call):
+        fmt = _format(request.format)
+        if fmt is Format.PNG_GRID:
+            raise InvalidRequest("GenerateStream returns RAW or PNG images; ask Generate for "
+                                 "a PNG grid")
+        model = self.generator.registry.get(request.model)
+        call.model = model.name
+        seeds = _stream_seeds(request)
+        labels = list(request.labels)
+        if len(labels) > 1 and len(labels) != len(seeds):
+            raise InvalidRequest(f"{len(labels)} labels for {len(seeds)} seeds: send none, one "
+                                 "for all, or one per seed")
+        h, w = model.runner.image_shape[1:]
+        chunk = stream_chunks(len(seeds), request.chunk_size, self.generator.max_batch, h * w,
+                              self.max_message_bytes)
+        for start in range(0, len(seeds), chunk):
+            _check_still_wanted(context)
+            part = seeds[start:start + chunk]
+            part_labels = labels[start:start + chunk] if len(labels) > 1 else labels
+            result = self.generator.generate(GenerationRequest(
+                part, part_labels, model.name, fmt, context.time_remaining()))
+            call.images += len(part)
+            yield _response(result)
 
     def ListModels(self, request, context):
         with self.metrics.track("ListModels"):

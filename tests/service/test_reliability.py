@@ -1,0 +1,204 @@
+"""Reliability: hot reload without downtime, backpressure, deadlines, SIGTERM under load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.batching import Batcher
+from service.contract import seeds_to_latents
+from service.errors import DeadlineExceeded, Overloaded
+from service.runtime import OnnxGenerator
+from tests.service.test_health_metrics import _value
+from tests.service.test_lifecycle import ServerProcess
+
+
+def _replace(src, dst):
+    tmp = str(dst) + ".new"
+    shutil.copy(src, tmp)
+    os.replace(tmp, dst)
+
+
+class _Load:
+    """Closed-loop Generate calls from a few threads, counting every status."""
+
+    def __init__(self, port: int, threads: int = 4, seeds=(1, 2, 3),
+                 leave_when_refused: bool = False):
+        self.codes: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.GeneratorServiceStub(self._channel)
+        request = pb.GenerateRequest(seeds=list(seeds))
+        lock = threading.Lock()
+
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    stub.Generate(request, timeout=10)
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                with lock:
+                    self.codes[code] = self.codes.get(code, 0) + 1
+                if leave_when_refused and code == "UNAVAILABLE":
+                    return  # as a client behind a load balancer: go to another replica
+
+        self._threads = [threading.Thread(target=loop) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self._channel.close()
+        return self.codes
+
+
+def _info(port):
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        return pb_grpc.GeneratorServiceStub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+
+
+def _metrics(port) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_sighup_reloads_without_downtime_and_a_bad_file_keeps_the_old_model(
+        tmp_path, tiny_onnx, tiny_cond_onnx):
+    served = tmp_path / "served.onnx"
+    shutil.copy(tiny_onnx, served)
+    server = ServerProcess("--model", f"m={served}")
+    try:
+        assert server.port, "".join(server.log)
+        assert _info(server.port).num_classes == 0
+        load = _Load(server.port)
+        time.sleep(0.5)
+        _replace(tiny_cond_onnx, served)  # a different model under the same name
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while _info(server.port).num_classes != 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _info(server.port).num_classes == 10
+        time.sleep(0.5)
+        served.write_bytes(b"not a model any more")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while (_value(_metrics(server.metrics_port), "dcgan_model_reloads_total",
+                      result="failure") < 1 and time.monotonic() < deadline):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        codes = load.stop()
+        text = _metrics(server.metrics_port)
+        assert _info(server.port).num_classes == 10  # the last good model still serves
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        code, log = server.finish()
+    assert codes.get("OK", 0) > 20 and set(codes) == {"OK"}, codes  # nothing failed throughout
+    assert _value(text, "dcgan_model_reloads_total", result="success") == 1
+    assert _value(text, "dcgan_model_reloads_total", result="failure") == 1
+    assert "reload failed, still serving the previous models" in log and code == 0
+
+
+def test_sigterm_under_load_loses_no_accepted_request(tiny_onnx):
+    server = ServerProcess("--model", f"m={tiny_onnx}", "--grace-seconds", "20")
+    try:
+        assert server.port, "".join(server.log)
+        load = _Load(server.port, threads=8, seeds=range(64), leave_when_refused=True)
+        time.sleep(1.5)
+        server.proc.send_signal(signal.SIGTERM)
+        code, log = server.finish()
+        codes = load.stop()
+    finally:
+        server.kill()
+    # Calls in flight at SIGTERM completed; later ones were refused with a retryable
+    # UNAVAILABLE (each client then left, as it would for another replica); none was lost.
+    assert code == 0 and codes.get("OK", 0) > 10
+    assert set(codes) == {"OK", "UNAVAILABLE"} and codes["UNAVAILABLE"] == 8, codes
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_onnx):
+    return OnnxGenerator(tiny_onnx)
+
+
+def test_a_full_queue_refuses_new_work_at_once(runner):
+    release = threading.Event()
+    slow = type("Slow", (), {"generate": lambda self, z, y: (release.wait(10),
+                                                             runner.generate(z, y))[1]})()
+    batcher = Batcher(slow, max_batch=8, max_delay_s=0, workers=1, max_queued_images=16)
+    z = seeds_to_latents(range(8), 100)
+    first = batcher.submit(z, None)  # taken by the worker, which blocks
+    time.sleep(0.2)
+    queued = [batcher.submit(z, None), batcher.submit(z, None)]  # 16 images wait
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="retry with back-off"):
+        batcher.submit(z, None)
+    assert time.perf_counter() - started < 0.1
+    release.set()
+    assert all(f.result(10).shape == (8, 1, 28, 28) for f in [first, *queued])
+    batcher.close()
+
+
+def test_requests_whose_deadline_passed_in_the_queue_are_not_run(runner):
+    release = threading.Event()
+    runs = []
+
+    class Slow:
+        def generate(self, z, y):
+            release.wait(10)
+            runs.append(len(z))
+            return runner.generate(z, y)
+
+    batcher = Batcher(Slow(), max_batch=64, max_delay_s=0, workers=1)
+    z = seeds_to_latents(range(4), 100)
+    first = batcher.submit(z, None)
+    time.sleep(0.1)
+    late = batcher.submit(z[:3], None, timeout=0.05)
+    time.sleep(0.2)
+    release.set()
+    first.result(10)
+    with pytest.raises(DeadlineExceeded):
+        late.result(10)
+    batcher.close()
+    assert runs == [4]  # the expired request never reached onnxruntime
+
+
+def test_rpc_flood_beyond_the_in_flight_limit_gets_resource_exhausted(tiny_onnx):
+    server = ServerProcess("--model", f"m={tiny_onnx}", "--max-in-flight", "2",
+                           "--grpc-workers", "2")
+    try:
+        assert server.port, "".join(server.log)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = pb_grpc.GeneratorServiceStub(ch)
+            request = pb.GenerateRequest(seeds=list(range(1024)), format=pb.IMAGE_FORMAT_PNG)
+
+            def call(_):
+                try:
+                    stub.Generate(request, timeout=30)
+                    return "OK", ""
+                except grpc.RpcError as err:
+                    return err.code().name, err.details()
+
+            with ThreadPoolExecutor(12) as pool:
+                results = list(pool.map(call, range(12)))
+            after = stub.Generate(pb.GenerateRequest(seeds=[1]), timeout=10)
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        server.finish()
+    codes = [c for c, _ in results]
+    assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert after.count == 1  # and it keeps serving
