@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,6 +30,35 @@ FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "png": pb.IMAGE_FORMAT_PNG,
            "grid": pb.IMAGE_FORMAT_PNG_GRID}
 
 
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        return _CallDetails(details.method, details.timeout,
+                            list(details.metadata or []) + [self._header], details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready = credentials, wait_for_ready
+        self.compression = compression
+
+
+def _with_token(channel: grpc.Channel, token: str) -> grpc.Channel:
+    return grpc.intercept_channel(channel, _TokenInterceptor(token))
+
+
 def images_from_response(response: pb.GenerateResponse) -> np.ndarray:
     """uint8 [N, H, W] from a RAW or PNG response (a PNG_GRID response holds one picture)."""
     if response.format == pb.IMAGE_FORMAT_PNG:
@@ -43,12 +73,21 @@ class GeneratorClient:
     """A thin, typed wrapper over the generated stub; `stub` is there for anything else."""
 
     def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = 30.0,
-                 max_message_bytes: int = 64 << 20, channel: grpc.Channel | None = None):
+                 max_message_bytes: int = 64 << 20, channel: grpc.Channel | None = None,
+                 tls_ca: bytes | None = None, tls_cert: bytes | None = None,
+                 tls_key: bytes | None = None, tls: bool = False, token: str = ""):
+        """`tls` (or any tls_* PEM bytes) connects over TLS; `tls_cert`/`tls_key` present a
+        client certificate (mutual TLS); `token` is sent as a bearer token on every call."""
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
-        self.stub = pb_grpc.GeneratorServiceStub(self.channel)
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if channel is None and (tls or tls_ca or tls_cert):
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key,
+                                                 certificate_chain=tls_cert)
+            channel = grpc.secure_channel(address, creds, options=options)
+        self.channel = channel or grpc.insecure_channel(address, options=options)
+        self.stub = pb_grpc.GeneratorServiceStub(_with_token(self.channel, token)
+                                                 if token else self.channel)
 
     def __enter__(self):
         return self
@@ -96,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1:50051",
                    help="server host:port (default 127.0.0.1:50051)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS, trusting the system's CAs (or --tls-ca)")
+    p.add_argument("--tls-ca", help="PEM CA bundle to trust for the server's certificate")
+    p.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--token-file",
+                   help="file with the bearer token to send (or set DCGAN_AUTH_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     g = sub.add_parser("generate", help="write PNGs for seeds")
     g.add_argument("--seed", action="append", required=True, metavar="SEEDS",
@@ -114,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with GeneratorClient(args.address, timeout=args.timeout) as client:
+        read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+        token = (Path(args.token_file).read_text().strip() if args.token_file
+                 else os.environ.get("DCGAN_AUTH_TOKEN", ""))
+        with GeneratorClient(args.address, timeout=args.timeout, tls=args.tls,
+                             tls_ca=read(args.tls_ca), tls_cert=read(args.tls_cert),
+                             tls_key=read(args.tls_key), token=token) as client:
             if args.command == "info":
                 for m in client.list_models():
                     classes = f", classes: {', '.join(m.class_names)}" if m.num_classes else ""
@@ -127,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as err:
         print(f"dcgan-client: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"dcgan-client: {err}", file=sys.stderr)
         return 2
 

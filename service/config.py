@@ -45,10 +45,27 @@ class ServeConfig:
     intra_op_threads: int = 0           # onnxruntime threads per run; 0 = auto: 1 with
                                         # batching (the workers give the parallelism), else
                                         # one per core
+    # --- security
+    tls_cert: str = ""                  # PEM certificate chain: serve gRPC over TLS
+    tls_key: str = ""                   # PEM private key for tls_cert
+    tls_client_ca: str = ""             # PEM CA bundle: require client certificates (mTLS)
+    auth_token_file: str = ""           # file holding a bearer token callers must send
+                                        # (DCGAN_AUTH_TOKEN sets the token itself)
     # --- lifecycle
     grace_seconds: float = 10.0         # SIGTERM: how long in-flight calls may take to finish
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False)
+
+    def auth_token(self) -> str:
+        """The bearer token callers must send, or "" when authentication is off."""
+        if self.auth_token_file:
+            try:
+                return Path(self.auth_token_file).read_text().strip()
+            except OSError as exc:
+                from service.errors import ServiceError
+                raise ServiceError(f"cannot read --auth-token-file {self.auth_token_file}: "
+                                   f"{exc.strerror}") from None
+        return os.environ.get("DCGAN_AUTH_TOKEN", "")
 
     @property
     def resolved_inference_workers(self) -> int:
@@ -157,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
                    default=int(_env("intra_op_threads", d.intra_op_threads)),
                    help="onnxruntime threads per run; 0 = auto: 1 with batching, else one per "
                         "core (0)")
+    p.add_argument("--tls-cert", default=_env("tls_cert", d.tls_cert),
+                   help="PEM certificate chain: serve gRPC over TLS (with --tls-key)")
+    p.add_argument("--tls-key", default=_env("tls_key", d.tls_key),
+                   help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default=_env("tls_client_ca", d.tls_client_ca),
+                   help="PEM CA bundle: require and verify client certificates (mutual TLS)")
+    p.add_argument("--auth-token-file", default=_env("auth_token_file", d.auth_token_file),
+                   help="file with a bearer token that every call except health checks must "
+                        "send as 'authorization: Bearer <token>' (or set DCGAN_AUTH_TOKEN)")
     p.add_argument("--grace-seconds", type=float,
                    default=float(_env("grace_seconds", d.grace_seconds)),
                    help=f"on SIGTERM, time for in-flight calls to finish ({d.grace_seconds})")
@@ -185,6 +211,10 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
         problems.append("--grpc-workers must be at least 1")
     if values["max_message_bytes"] < 1 << 16:
         problems.append("--max-message-bytes must be at least 65536")
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        problems.append("--tls-cert and --tls-key go together")
+    if values["tls_client_ca"] and not values["tls_cert"]:
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key")
     names = [name for name, _ in values["models"]]
     if len(set(names)) != len(names):
         problems.append(f"model names must be unique, got {names}")

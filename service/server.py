@@ -31,6 +31,7 @@ from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
 from service.metrics import Metrics
 from service.runtime import OnnxGenerator, RuntimeOptions
+from service.security import BearerTokenInterceptor, server_credentials
 from service.servicer import GeneratorServicer
 
 log = logging.getLogger("dcgan-serve")
@@ -139,8 +140,10 @@ def create_server(config: ServeConfig) -> RunningServer:
     describe_models(registry, metrics)
 
     generator = Generator(registry, config.max_batch)
+    token = config.auth_token()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="rpc"),
+        interceptors=[BearerTokenInterceptor(token)] if token else None,
         # Beyond this many RPCs gRPC answers RESOURCE_EXHAUSTED at once, so a flood cannot
         # grow the executor's queue (and memory, and latency) without bound.
         maximum_concurrent_rpcs=config.max_in_flight,
@@ -155,8 +158,11 @@ def create_server(config: ServeConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
+    credentials = server_credentials(config)
+    address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        port = (server.add_secure_port(address, credentials) if credentials
+                else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise ServiceError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
     metrics_http, metrics_port = None, None
@@ -172,8 +178,10 @@ def create_server(config: ServeConfig) -> RunningServer:
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in registry)):
         health_servicer.set(name, serving)
-    log.info("listening grpc=%s:%d metrics=%s", config.host, port,
-             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off")
+    log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
+             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
+             ("mutual" if config.tls_client_ca else "on") if credentials else "off",
+             "bearer" if token else "off")
     return RunningServer(server, port, metrics_port, health_servicer, servicer, registry,
                          metrics, config, metrics_http)
 

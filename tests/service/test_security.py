@@ -1,0 +1,149 @@
+"""TLS, mutual TLS and bearer tokens on 127.0.0.1, with a CA and certificates made by the test."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.client import GeneratorClient
+from service.config import ServeConfig
+from service.server import create_server
+
+
+def _cert(name, issuer_key, issuer_name, key, ca=False, server=False):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                          name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(obj) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test CA", ca_key, None, ca_key, ca=True)
+    files = {"ca.pem": _pem(ca)}
+    for who, server in (("server", True), ("client", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[f"{who}.pem"] = _pem(_cert(who, ca_key, ca.subject, key, server=server))
+        files[f"{who}.key"] = _pem(key)
+    other_key = ec.generate_private_key(ec.SECP256R1())  # a client cert from another CA
+    files["stranger.pem"] = _pem(_cert("stranger", other_key, None, other_key))
+    files["stranger.key"] = _pem(other_key)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _serve(tiny_onnx, **kw):
+    return create_server(ServeConfig(host="127.0.0.1", port=0, metrics_port=-1,
+                                     models=(("m", str(tiny_onnx)),), **kw))
+
+
+def _status(client: GeneratorClient) -> str:
+    try:
+        client.generate([1, 2])
+        return "OK"
+    except grpc.RpcError as err:
+        return err.code().name
+
+
+def test_tls_serves_encrypted_and_refuses_plaintext(pki, tiny_onnx):
+    running = _serve(tiny_onnx, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"))
+    address = f"127.0.0.1:{running.port}"
+    try:
+        with GeneratorClient(address, tls_ca=(pki / "ca.pem").read_bytes(), timeout=5) as c:
+            assert c.generate([1, 2]).shape == (2, 28, 28)
+        with GeneratorClient(address, timeout=2) as plain:
+            assert _status(plain) == "UNAVAILABLE"
+        with GeneratorClient(address, tls=True, timeout=2) as untrusted:  # system CAs only
+            assert _status(untrusted) == "UNAVAILABLE"
+    finally:
+        running.stop(grace=0)
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tiny_onnx):
+    running = _serve(tiny_onnx, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                     tls_client_ca=str(pki / "ca.pem"))
+    address, ca = f"127.0.0.1:{running.port}", (pki / "ca.pem").read_bytes()
+    try:
+        with GeneratorClient(address, tls_ca=ca, tls_cert=(pki / "client.pem").read_bytes(),
+                             tls_key=(pki / "client.key").read_bytes(), timeout=5) as good:
+            assert _status(good) == "OK"
+        with GeneratorClient(address, tls_ca=ca, timeout=2) as anonymous:
+            assert _status(anonymous) == "UNAVAILABLE"
+        with GeneratorClient(address, tls_ca=ca, tls_cert=(pki / "stranger.pem").read_bytes(),
+                             tls_key=(pki / "stranger.key").read_bytes(), timeout=2) as stranger:
+            assert _status(stranger) == "UNAVAILABLE"
+    finally:
+        running.stop(grace=0)
+
+
+def test_bearer_token_guards_every_rpc_but_health(tiny_onnx, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    running = _serve(tiny_onnx, auth_token_file=str(token_file))
+    address = f"127.0.0.1:{running.port}"
+    try:
+        with GeneratorClient(address, token="s3cret-token", timeout=5) as good:
+            assert _status(good) == "OK"
+            assert sum(r.count for r in good.generate_stream(start=0, count=20)) == 20
+        for token in ("", "wrong"):
+            with GeneratorClient(address, token=token, timeout=5) as bad:
+                with pytest.raises(grpc.RpcError) as err:
+                    bad.generate([1])
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "bearer token" in err.value.details()
+                with pytest.raises(grpc.RpcError) as err:
+                    list(bad.generate_stream(start=0, count=5))
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                with pytest.raises(grpc.RpcError):
+                    bad.list_models()
+        with grpc.insecure_channel(address) as ch:  # probes need no token
+            check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.stop(grace=0)
+
+
+def test_client_cli_speaks_tls_and_tokens(pki, tiny_onnx, tmp_path, monkeypatch):
+    from service.client import main
+    token_file = tmp_path / "token"
+    token_file.write_text("t0k")
+    running = _serve(tiny_onnx, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                     auth_token_file=str(token_file))
+    try:
+        base = ["--address", f"127.0.0.1:{running.port}", "--tls-ca", str(pki / "ca.pem")]
+        assert main([*base, "--token-file", str(token_file), "generate", "--seed", "0-2",
+                     "--out", str(tmp_path / "out")]) == 0
+        assert len(list((tmp_path / "out").iterdir())) == 3
+        assert main([*base, "info"]) == 1  # no token
+    finally:
+        running.stop(grace=0)
