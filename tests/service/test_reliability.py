@@ -202,3 +202,15 @@ def test_rpc_flood_beyond_the_in_flight_limit_gets_resource_exhausted(tiny_onnx)
     assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
     assert after.count == 1  # and it keeps serving
+
+
+def test_short_soak_serves_everything_and_memory_stays_flat(tiny_onnx):
+    from bench.soak import run
+    result = run(seconds=10, clients=8, model=str(tiny_onnx))
+    assert result["requests"] > 500
+    assert set(result["codes"]) == {"OK", "INVALID_ARGUMENT"}, result["codes"]
+    assert result["server_exit_code"] == 0
+    # The benchmark's pass line is 5% after warm-up over minutes (measured: +0.8% over 120 s).
+    # Ten seconds are still inside onnxruntime's and the allocator's warm-up (~+9% seen), so
+    # the short version only catches gross leaks: keeping each response would add far more.
+    assert result["rss_growth"] < 0.25, result

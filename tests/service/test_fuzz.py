@@ -1,0 +1,79 @@
+"""Hostile input: property-based requests (hypothesis) and raw malformed frames. Every call is
+answered with a status, none crashes the server, and it keeps serving correct images."""
+
+from __future__ import annotations
+
+import grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+
+UINT64 = st.integers(min_value=0, max_value=2**64 - 1)
+UINT32 = st.integers(min_value=0, max_value=2**32 - 1)
+EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+requests = st.builds(
+    pb.GenerateRequest,
+    seeds=st.one_of(st.lists(UINT64, max_size=300),
+                    st.lists(UINT64, min_size=1, max_size=3).map(lambda s: s * 200)),
+    labels=st.one_of(st.lists(UINT32, max_size=5), st.lists(st.integers(0, 9), max_size=300)),
+    model=st.one_of(st.sampled_from(["", "cond", "plain"]), st.text(max_size=40)),
+    format=st.integers(min_value=-2**31, max_value=2**31 - 1),
+)
+
+stream_requests = st.one_of(
+    st.builds(pb.GenerateStreamRequest,
+              range=st.builds(pb.SeedRange, start=UINT64, count=st.integers(0, 600)),
+              labels=st.lists(UINT32, max_size=3), model=st.sampled_from(["", "plain", "x"]),
+              format=st.integers(-3, 5), chunk_size=UINT32),
+    st.builds(pb.GenerateStreamRequest, list=st.builds(pb.SeedList,
+                                                       seeds=st.lists(UINT64, max_size=50)),
+              labels=st.lists(UINT32, max_size=60)),
+    st.just(pb.GenerateStreamRequest()),
+)
+
+
+def _status(call) -> grpc.StatusCode:
+    try:
+        call()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        assert err.details(), "every refusal carries a message"
+        return err.code()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests)
+def test_any_generate_request_gets_a_status(stub, request):
+    code = _status(lambda: stub.Generate(request, timeout=20))
+    assert code in EXPECTED, (code, request)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=stream_requests)
+def test_any_stream_request_gets_a_status(stub, request):
+    code = _status(lambda: list(stub.GenerateStream(request, timeout=20)))
+    assert code in EXPECTED, (code, request)
+
+
+@settings(max_examples=100, deadline=None)
+@given(payload=st.binary(max_size=2000))
+def test_malformed_frames_are_refused_and_serving_goes_on(channel, stub, payload):
+    raw = channel.unary_unary("/dcgan.v1.GeneratorService/Generate",
+                              request_serializer=None, response_deserializer=None)
+    try:
+        raw(payload, timeout=10)  # some byte strings are valid (empty) requests
+    except grpc.RpcError as err:
+        assert err.code() in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL,
+                              grpc.StatusCode.NOT_FOUND}, err
+    assert stub.Generate(pb.GenerateRequest(seeds=[7]), timeout=10).count == 1
+
+
+def test_unknown_methods_and_an_oversized_message(channel, stub):
+    unknown = channel.unary_unary("/dcgan.v1.GeneratorService/Nope", request_serializer=None,
+                                  response_deserializer=None)
+    assert _status(lambda: unknown(b"", timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+    huge = pb.GenerateRequest(seeds=[1], model="m" * (65 << 20))  # past the 64 MiB limit
+    assert _status(lambda: stub.Generate(huge, timeout=20)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.Generate(pb.GenerateRequest(seeds=[7]), timeout=10).count == 1
