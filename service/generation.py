@@ -130,12 +130,13 @@ class Generator:
 
     @staticmethod
     def check_seeds(seeds: Sequence[int], max_batch: int) -> list[int]:
-        seeds = list(seeds)
-        if not seeds:
+        # Count before copying: a hostile request may carry millions of seeds.
+        if not len(seeds):
             raise InvalidRequest("seeds is empty: send at least one seed")
         if len(seeds) > max_batch:
             raise InvalidRequest(f"{len(seeds)} seeds in one request; this server allows at most "
                                  f"{max_batch}: split the request or use GenerateStream")
+        seeds = list(seeds)
         for s in seeds:  # protobuf already bounds uint64; this guards direct callers
             if not 0 <= s <= MAX_SEED:
                 raise InvalidRequest(f"seed {s} is outside 0..2**64-1")
@@ -145,24 +146,22 @@ class Generator:
     def resolve_labels(model: ServedModel, seeds: list[int], labels: Sequence[int]
                        ) -> np.ndarray | None:
         meta = model.runner.metadata
-        labels = list(labels)
         if not meta.conditional:
-            if labels:
+            if len(labels):
                 raise InvalidRequest(f"model {model.name!r} is not class-conditional: send no "
                                      "labels")
             return None
-        if not labels:
+        if not len(labels):
             return default_labels(seeds, meta.num_classes)
-        bad = sorted({lab for lab in labels if not 0 <= lab < meta.num_classes})
-        if bad:
-            raise InvalidRequest(f"labels {bad[:5]} out of range: model {model.name!r} has "
-                                 f"classes 0..{meta.num_classes - 1}")
-        if len(labels) == 1:
-            return np.full(len(seeds), labels[0], dtype=np.int64)
-        if len(labels) != len(seeds):
+        if len(labels) not in (1, len(seeds)):  # counted before any label is looked at
             raise InvalidRequest(f"{len(labels)} labels for {len(seeds)} seeds: send none, one "
                                  "for all seeds, or one per seed")
-        return np.asarray(labels, dtype=np.int64)
+        values = np.asarray(labels, dtype=np.int64)
+        bad = np.unique(values[(values < 0) | (values >= meta.num_classes)])
+        if bad.size:
+            raise InvalidRequest(f"labels {bad[:5].tolist()} out of range: model {model.name!r} "
+                                 f"has classes 0..{meta.num_classes - 1}")
+        return np.full(len(seeds), values[0]) if len(values) == 1 else values
 
     def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None,
             timeout: float | None = None) -> np.ndarray:

@@ -4,6 +4,7 @@ answered with a status, none crashes the server, and it keeps serving correct im
 from __future__ import annotations
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,4 +77,23 @@ def test_unknown_methods_and_an_oversized_message(channel, stub):
     assert _status(lambda: unknown(b"", timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
     huge = pb.GenerateRequest(seeds=[1], model="m" * (65 << 20))  # past the 64 MiB limit
     assert _status(lambda: stub.Generate(huge, timeout=20)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.Generate(pb.GenerateRequest(seeds=[7]), timeout=10).count == 1
+
+
+def test_enormous_repeated_fields_up_to_the_message_limit(stub):
+    import time
+    seeds = pb.GenerateRequest(seeds=[2**64 - 1] * 3_000_000)  # ~30 MB on the wire
+    labels = pb.GenerateRequest(seeds=[1], labels=[2**32 - 1] * 5_000_000)  # ~25 MB
+    for request, message in ((seeds, "3000000 seeds"), (labels, "labels")):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in err.value.details()
+        assert time.monotonic() - started < 30
+    stream = pb.GenerateStreamRequest(list=pb.SeedList(seeds=list(range(2_000_000))),
+                                      labels=[1, 2])
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.GenerateStream(stream, timeout=60))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stub.Generate(pb.GenerateRequest(seeds=[7]), timeout=10).count == 1
