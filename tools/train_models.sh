@@ -22,6 +22,10 @@ case "${1:-default}" in
     # Each architecture, unconditional, for the same budget of 3 epochs (180k images), with
     # its own preset hyper-parameters; evaluated at every epoch's end.
     for arch in dcgan tf-dcgan mlp upsample-dcgan; do
+      if [ -e "$RUNS/compare-$arch/config.json" ]; then
+        echo "skipping $arch: $RUNS/compare-$arch exists (dcgan-train resume continues it)"
+        continue
+      fi
       dcgan-train train --dataset mnist --arch "$arch" --epochs 3 \
           --out "$RUNS/compare-$arch" "${COMMON[@]}"
       if [ "$arch" = dcgan ]; then  # a cheaper discriminator: is the quality still there?
