@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true",
                    help="use GenerateStream (for more seeds than one request allows)")
     sub.add_parser("info", help="list the server's models")
+    h = sub.add_parser("health", help="exit 0 if the server (or one model) is SERVING, else 1 "
+                                      "(for container HEALTHCHECKs and scripts)")
+    h.add_argument("--service", default="",
+                   help="health service name: '' (overall), dcgan.v1.GeneratorService, or "
+                        "model/<name>")
     return p
 
 
@@ -166,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         with GeneratorClient(args.address, timeout=args.timeout, tls=args.tls,
                              tls_ca=read(args.tls_ca), tls_cert=read(args.tls_cert),
                              tls_key=read(args.tls_key), token=token) as client:
+            if args.command == "health":
+                return _health(client, args.service)
             if args.command == "info":
                 for m in client.list_models():
                     classes = f", classes: {', '.join(m.class_names)}" if m.num_classes else ""
@@ -181,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"dcgan-client: {err}", file=sys.stderr)
         return 2
+
+
+def _health(client: GeneratorClient, service: str) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    status = health_pb2_grpc.HealthStub(client.channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=client.timeout).status
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(name)
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _generate(client: GeneratorClient, args) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 DEFAULT_PORT = 50051
@@ -90,12 +89,10 @@ def bundled_models() -> list[tuple[str, Path]]:
     In a wheel they are the package `service.bundled_models`; in a source checkout or an
     editable install, the repository's `models/` folder.
     """
-    folders = [Path(__file__).resolve().parent.parent / "models"]
-    try:
-        folders.insert(0, Path(str(resources.files("service.bundled_models"))))
-    except ModuleNotFoundError:
-        pass
-    for folder in folders:
+    here = Path(__file__).resolve().parent
+    # A wheel installs them as service/bundled_models (a data-only folder, looked up directly:
+    # importlib.resources does not resolve that namespace package on Python 3.11).
+    for folder in (here / "bundled_models", here.parent / "models"):
         order_file = folder / "default_models.json"
         if order_file.is_file():
             import json

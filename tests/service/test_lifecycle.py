@@ -155,6 +155,10 @@ def test_client_cli_writes_pngs_and_lists_models(server, tmp_path):
     assert info.returncode == 0 and "cond (default): dcgan on mnist" in info.stdout
     bad = run("generate", "--seed", "1", "--model", "nope", "--out", str(tmp_path / "d"))
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr
+    health = run("health")
+    assert health.returncode == 0 and health.stdout.strip() == "SERVING"
+    assert run("health", "--service", "model/plain").returncode == 0
+    assert run("health", "--service", "model/nope").returncode == 1  # NOT_FOUND
 
 
 def test_generated_stubs_match_the_proto():
