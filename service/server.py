@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -107,21 +108,30 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
     options = RuntimeOptions(device=config.device,
                              intra_op_threads=config.resolved_intra_op_threads)
     registry = ModelRegistry()
-    for name, path in paths:
-        runner = OnnxGenerator(path, options)
-        observe = metrics.batch_observer(name)
-        if config.batching:
-            workers = config.resolved_inference_workers
-            lone = None
-            if workers > 1 and options.intra_op_threads == 1:
-                lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0))
-            engine = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
-                             observe, workers=workers, name=f"batcher-{name}", lone_runner=lone,
-                             max_queued_images=config.max_queued_images or None)
-        else:
-            engine = Unbatched(runner, observe)
-        registry.add(name, runner, engine)
+    try:
+        for name, path in paths:
+            registry.add(name, *_load_one(name, path, config, options, metrics))
+    except BaseException:
+        registry.close()  # a failed (re)load leaves no worker threads behind
+        raise
     return registry
+
+
+def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOptions,
+              metrics: Metrics):
+    runner = OnnxGenerator(path, options)
+    observe = metrics.batch_observer(name)
+    if config.batching:
+        workers = config.resolved_inference_workers
+        lone = None
+        if workers > 1 and options.intra_op_threads == 1:
+            lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0))
+        engine = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
+                         observe, workers=workers, name=f"batcher-{name}", lone_runner=lone,
+                         max_queued_images=config.max_queued_images or None)
+    else:
+        engine = Unbatched(runner, observe)
+    return runner, engine
 
 
 def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:

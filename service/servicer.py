@@ -75,12 +75,14 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
         finally:
             with self._changed:
                 self._active -= 1
+                # Its caller may send the next call at once: the quiet period counts from here.
+                self._last_call = time.monotonic()
                 self._changed.notify_all()
 
     def drain(self, timeout: float, quiet: float = 0.1, max_quiet_wait: float = 2.0) -> bool:
         """Refuse new generation calls and wait for the admitted ones; True if all finished.
 
-        Then keep refusing until no call has arrived for `quiet` seconds (at most
+        Then keep refusing until no call has arrived or finished for `quiet` seconds (at most
         `max_quiet_wait`): a caller whose call just finished may already have sent the next
         one, and grpc cancels, rather than answers, calls it holds when the server stops.
         """
