@@ -14,14 +14,19 @@
 ARG BASE_IMAGE=python:3.11-slim
 ARG CUDA_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
-# --- build: install the serving package into a venv that the final stage copies -----------
-FROM ${BASE_IMAGE} AS build
+# --- src: the files every install needs, copied once ------------------------------------------
+FROM scratch AS src
 WORKDIR /src
-RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 COPY models ./models
+
+# --- build: install the serving package into a venv that the final stage copies -----------
+FROM ${BASE_IMAGE} AS build
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+COPY --from=src /src ./
 # The base dependency set is the serving set: onnxruntime, numpy, grpcio, protobuf,
 # prometheus-client, pillow. No torch.
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
@@ -35,10 +40,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin dcgan
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY training ./training
-COPY models ./models
+COPY --from=src /src ./
 # onnxruntime and onnxruntime-gpu must never share an environment (the CUDA provider would
 # silently disappear): install the package, then swap the runtime.
 RUN python3 -m venv /opt/venv \
@@ -60,10 +62,7 @@ ENTRYPOINT ["dcgan-serve"]
 FROM ${BASE_IMAGE} AS train
 RUN useradd --system --uid 10001 --create-home dcgan
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-COPY training ./training
-COPY models ./models
+COPY --from=src /src ./
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check ".[train,tensorboard]"
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 DCGAN_CACHE_DIR=/home/dcgan/.cache/dcgan-digits
