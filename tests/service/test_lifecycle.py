@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -40,15 +41,20 @@ class ServerProcess:
                 break
             if time.monotonic() > deadline:
                 break
+        # Keep reading, so the server never blocks on a full pipe and its log is kept.
+        self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stdout),
+                                        daemon=True)
+        self._reader.start()
 
     def finish(self, timeout=30) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.log) + (out or "")
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.proc.returncode, "".join(self.log)
 
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
 
 
 def _bad_models(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
