@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 50051
@@ -53,7 +53,6 @@ class ServeConfig:
     # --- lifecycle
     grace_seconds: float = 10.0         # SIGTERM: how long in-flight calls may take to finish
     log_level: str = "INFO"
-    extra: dict = field(default_factory=dict, compare=False)
 
     def auth_token(self) -> str:
         """The bearer token callers must send, or "" when authentication is off."""

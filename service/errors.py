@@ -40,6 +40,3 @@ class ShuttingDown(ServiceError):
 class Overloaded(ServiceError):
     """The server is at its limit of queued work; the caller should back off and retry."""
 
-
-class Unauthenticated(ServiceError):
-    """The call carries no valid credentials."""

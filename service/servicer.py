@@ -17,7 +17,7 @@ from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.contract import MAX_SEED, SEED_RULE
 from service.errors import (Cancelled, DeadlineExceeded, DeviceUnavailable, InvalidRequest,
-                            ModelNotFound, Overloaded, ShuttingDown, Unauthenticated)
+                            ModelNotFound, Overloaded, ShuttingDown)
 from service.generation import (Format, GenerationRequest, GenerationResult, Generator,
                                 ServedModel, stream_chunks)
 from service.metrics import Metrics
@@ -32,7 +32,6 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     DeviceUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 _FORMATS = {
