@@ -136,7 +136,7 @@ class Generator:
         if len(seeds) > max_batch:
             raise InvalidRequest(f"{len(seeds)} seeds in one request; this server allows at most "
                                  f"{max_batch}: split the request or use GenerateStream")
-        seeds = list(seeds)
+        seeds = seeds.tolist() if isinstance(seeds, np.ndarray) else list(seeds)
         for s in seeds:  # protobuf already bounds uint64; this guards direct callers
             if not 0 <= s <= MAX_SEED:
                 raise InvalidRequest(f"seed {s} is outside 0..2**64-1")

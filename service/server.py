@@ -11,6 +11,7 @@ NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to f
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
 import signal
 import sys
@@ -26,10 +27,14 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.api.inference import grpc_predict_v2_pb2 as v2
+from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from service.admission import CallGate
 from service.config import ServeConfig, config_from_args
 from service.batching import Batcher, Unbatched
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
+from service.inference_v2 import InferenceServicer
 from service.metrics import Metrics
 from service.runtime import OnnxGenerator, RuntimeOptions
 from service.security import BearerTokenInterceptor, server_credentials
@@ -38,6 +43,7 @@ from service.servicer import GeneratorServicer
 log = logging.getLogger("dcgan-serve")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def model_health_name(model: str) -> str:
@@ -51,7 +57,7 @@ class RunningServer:
     port: int
     metrics_port: int | None
     health: health.HealthServicer
-    servicer: GeneratorServicer
+    gate: CallGate  # admits generation calls of both APIs; drained on stop
     registry: ModelRegistry
     metrics: Metrics
     config: ServeConfig
@@ -84,14 +90,14 @@ class RunningServer:
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within `grace` seconds, then stop.
 
-        The drain happens in our servicer first (new calls get UNAVAILABLE from our own code,
+        The drain happens in our own gate first (new calls get UNAVAILABLE from our own code,
         admitted ones finish), and only then is the gRPC server stopped: grpc's own stop
         cancels calls it has received but not yet handed to a handler thread.
         """
         grace = self.config.grace_seconds if grace is None else grace
         started = time.monotonic()
         self.health.enter_graceful_shutdown()
-        drained = self.servicer.drain(grace)
+        drained = self.gate.drain(grace)
         if not drained:
             log.warning("grace period of %.1fs over with calls still running", grace)
         self.server.stop(max(0.5, grace - (time.monotonic() - started))).wait()
@@ -161,12 +167,15 @@ def create_server(config: ServeConfig) -> RunningServer:
                  ("grpc.max_receive_message_length", config.max_message_bytes),
                  # Without this a second server could bind the same port silently.
                  ("grpc.so_reuseport", 0)])
-    servicer = GeneratorServicer(generator, metrics, config.max_message_bytes)
-    pb_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
+    gate = CallGate()
+    pb_grpc.add_GeneratorServiceServicer_to_server(
+        GeneratorServicer(generator, metrics, config.max_message_bytes, gate), server)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(generator, metrics, gate), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     credentials = server_credentials(config)
     address = f"{config.host}:{config.port}"
@@ -192,7 +201,7 @@ def create_server(config: ServeConfig) -> RunningServer:
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if credentials else "off",
              "bearer" if token else "off")
-    return RunningServer(server, port, metrics_port, health_servicer, servicer, registry,
+    return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
                          metrics, config, metrics_http)
 
 
@@ -211,7 +220,14 @@ def serve(config: ServeConfig) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
-    stop.wait()
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck
+    # server is waiting on without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Wake up now and then rather than block for good: a signal that lands on one of grpc's
+    # or onnxruntime's threads only flags the main thread, whose Python handler then runs the
+    # next time it executes bytecode; a main thread blocked in an untimed wait never would.
+    while not stop.wait(0.25):
+        pass
     running.stop()
     log.info("stopped")
 

@@ -7,12 +7,10 @@ not listed there is a bug and becomes INTERNAL with the detail logged, not sent.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from contextlib import contextmanager
 
 import grpc
 
+from service.admission import CallGate
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.contract import MAX_SEED, SEED_RULE
@@ -52,58 +50,20 @@ def status_for(exc: Exception) -> grpc.StatusCode:
 
 
 class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
-    def __init__(self, generator: Generator, metrics: Metrics, max_message_bytes: int):
+    def __init__(self, generator: Generator, metrics: Metrics, max_message_bytes: int,
+                 gate: CallGate):
         self.generator = generator
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
-        self._active = 0
-        self._changed = threading.Condition()
-        self._draining = False
-        self._last_call = time.monotonic()
-
-    @contextmanager
-    def _admitted(self):
-        """Count a generation call in; refuse it once draining has begun."""
-        with self._changed:
-            self._last_call = time.monotonic()
-            if self._draining:
-                raise ShuttingDown("the server is shutting down: retry on another replica")
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._active -= 1
-                # Its caller may send the next call at once: the quiet period counts from here.
-                self._last_call = time.monotonic()
-                self._changed.notify_all()
-
-    def drain(self, timeout: float, quiet: float = 0.1, max_quiet_wait: float = 2.0) -> bool:
-        """Refuse new generation calls and wait for the admitted ones; True if all finished.
-
-        Then keep refusing until no call has arrived or finished for `quiet` seconds (at most
-        `max_quiet_wait`): a caller whose call just finished may already have sent the next
-        one, and grpc cancels, rather than answers, calls it holds when the server stops.
-        """
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            self._draining = True
-            while self._active and (left := deadline - time.monotonic()) > 0:
-                self._changed.wait(left)
-            drained = self._active == 0
-        quiet_until = min(deadline, time.monotonic() + max_quiet_wait)
-        while (time.monotonic() - self._last_call < quiet
-               and time.monotonic() < quiet_until):
-            time.sleep(quiet / 4)
-        return drained
+        self.gate = gate
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
         with self.metrics.track("Generate") as call:
             try:
-                with self._admitted():
+                with self.gate.admitted():
                     return self._generate(request, context, call)
             except Exception as exc:
-                _abort(context, call, exc)
+                abort(context, call, exc)
 
     def _generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
         fmt = _format(request.format)
@@ -119,13 +79,13 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
     def GenerateStream(self, request: pb.GenerateStreamRequest, context: grpc.ServicerContext):
         with self.metrics.track("GenerateStream") as call:
             try:
-                with self._admitted():
+                with self.gate.admitted():
                     yield from self._generate_stream(request, context, call)
             except GeneratorExit:  # grpc closes the stream this way when the caller cancels
                 call.code = grpc.StatusCode.CANCELLED.name
                 raise
             except Exception as exc:
-                _abort(context, call, exc)
+                abort(context, call, exc)
 
     def _generate_stream(self, request: pb.GenerateStreamRequest, context, call):
         fmt = _format(request.format)
@@ -163,7 +123,7 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
                 call.model = model.name
                 return self._info(model)
             except Exception as exc:
-                _abort(context, call, exc)
+                abort(context, call, exc)
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:
         meta = model.runner.metadata
@@ -227,7 +187,7 @@ def _check_still_wanted(context: grpc.ServicerContext) -> None:
         raise Cancelled("the call was cancelled")
 
 
-def _abort(context: grpc.ServicerContext, call, exc: Exception) -> None:
+def abort(context: grpc.ServicerContext, call, exc: Exception) -> None:
     """Record `exc`'s status on the metrics `call`, then end the RPC with it (abort raises)."""
     code = status_for(exc)
     call.code = code.name

@@ -3,7 +3,7 @@
     python tools/gen_protos.py            # regenerate in place
     python tools/gen_protos.py --check    # exit 1 if the committed stubs are stale
 
-protoc writes `from dcgan.v1 import generator_pb2`, which only works with the output folder on
+protoc writes `from dcgan.v1 import generator_pb2` (and `from inference import ...`), which only works with the output folder on
 sys.path; the import is rewritten to the package path so nothing needs sys.path tricks.
 """
 
@@ -17,7 +17,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUT = ROOT / "service" / "api"
-PROTOS = ["dcgan/v1/generator.proto"]
+PROTOS = ["dcgan/v1/generator.proto", "inference/grpc_predict_v2.proto"]
 INIT = '"""Generated gRPC stubs for proto/ (tools/gen_protos.py); do not edit."""\n'
 
 
@@ -31,7 +31,9 @@ def generate(out: Path) -> None:
             raise SystemExit(f"protoc failed on {proto}")
     for path in out.rglob("*.py*"):
         text = path.read_text()
-        path.write_text(text.replace("from dcgan.v1 import", "from service.api.dcgan.v1 import"))
+        for package in ("dcgan.v1", "inference"):
+            text = text.replace(f"from {package} import", f"from service.api.{package} import")
+        path.write_text(text)
     for folder in {p.parent for p in out.rglob("*_pb2.py")} | {out, out / "dcgan"}:
         (folder / "__init__.py").write_text(INIT)
 

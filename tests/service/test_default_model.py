@@ -8,7 +8,6 @@ import subprocess
 import zipfile
 
 import grpc
-import numpy as np
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc

@@ -10,13 +10,11 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import onnx
 import pytest
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-from service.client import images_from_response
 from tests.conftest import PYTHON, ROOT, python_env
 
 LISTENING = re.compile(r"listening grpc=[\d.]+:(\d+) metrics=[\d.]+:(\d+)")
@@ -47,7 +45,16 @@ class ServerProcess:
         self._reader.start()
 
     def finish(self, timeout=30) -> tuple[int, str]:
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Stuck: have it print its threads' stacks (SIGUSR1), then fail showing them.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            self.kill()
+            self._reader.join(timeout=10)
+            pytest.fail(f"the server did not exit within {timeout}s; its log and stacks:\n"
+                        + "".join(self.log))
         self._reader.join(timeout=10)
         return self.proc.returncode, "".join(self.log)
 

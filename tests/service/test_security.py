@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.api.dcgan.v1 import generator_pb2 as pb
 from service.client import GeneratorClient
 from service.config import ServeConfig
 from service.server import create_server
