@@ -72,7 +72,7 @@ def test_the_serving_install_has_no_torch_and_serves_the_bundled_model(serving_v
             if m := re.search(r"listening grpc=[\d.]+:(\d+)", line):
                 port = int(m[1])
                 break
-        assert port, "the server did not start"
+        assert port, "the server did not start: " + server.stderr.read()[-3000:]
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.GeneratorServiceStub(ch)
             info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
