@@ -7,12 +7,30 @@ on the command line wins over the variable, the variable over the default.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9090
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2; a Kubernetes CPU limit lands here
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """Cores this process may really use: its CPU affinity, capped by a cgroup CPU quota.
+
+    In a container `os.cpu_count()` reports the host's cores, so one worker per core would
+    start, say, 64 workers under a 2-CPU limit and the quota would throttle them all.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota readable: affinity it is
+    return cpus or 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,7 @@ class ServeConfig:
 
     @property
     def resolved_inference_workers(self) -> int:
-        return self.inference_workers or os.cpu_count() or 1
+        return self.inference_workers or usable_cpus()
 
     @property
     def resolved_intra_op_threads(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from service.config import ServeConfig, config_from_args
@@ -40,3 +42,16 @@ def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
 
 def test_an_explicit_thread_count_is_kept():
     assert ServeConfig(intra_op_threads=3).resolved_intra_op_threads == 3
+
+
+def test_usable_cpus_follows_a_cgroup_cpu_limit(tmp_path):
+    from service.config import usable_cpus
+    cpu_max = tmp_path / "cpu.max"
+    cores = len(os.sched_getaffinity(0))
+    cpu_max.write_text("150000 100000\n")  # a 1.5-CPU limit: two workers
+    assert usable_cpus(cpu_max) == min(cores, 2)
+    cpu_max.write_text("50000 100000\n")  # under one CPU: still one worker
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text("max 100000\n")  # no limit: the affinity mask decides
+    assert usable_cpus(cpu_max) == cores
+    assert usable_cpus(tmp_path / "absent") == cores
