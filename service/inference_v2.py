@@ -1,8 +1,7 @@
 """The KServe Open Inference Protocol (V2) gRPC edge: tensors in -> `generation.Generator` -> tensors out.
 
 Beside the project's own API, so that tools built for the standard protocol (`tritonclient`,
-Triton's perf_analyzer, KServe's custom-predictor deployments) work against this server
-unmodified. The same seeds give the same pixels as `Generate`: both go through the same
+KServe's custom-predictor deployments) work against this server unmodified. The same seeds give the same pixels as `Generate`: both go through the same
 `Generator`. Tensors (see proto/inference/grpc_predict_v2.proto):
 
     input  "seeds"   UINT64 or INT64, shape [N] or [N, 1]

@@ -1,0 +1,147 @@
+"""A real Prometheus server scrapes a running dcgan-serve on 127.0.0.1, and the PromQL in the
+README and in the Grafana dashboard is evaluated over Prometheus's HTTP API.
+
+Needs Debian's `prometheus` package: `.ci/run` installs it, so under CI (`CI=true`) its absence
+fails the test; on a user's machine without it the test skips and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.api.inference import grpc_predict_v2_pb2 as v2
+from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from tests.conftest import ROOT
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "dcgan-serve.json"
+
+
+def _prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    reason = "Prometheus is not installed (Debian: apt-get install prometheus)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + "; .ci/run should have installed it")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def prometheus(server, tmp_path_factory):
+    binary = _prometheus_binary()
+    folder = tmp_path_factory.mktemp("prometheus")
+    config = folder / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: dcgan-serve\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{server.metrics_port}']\n")
+    port = _free_port()
+    proc = subprocess.Popen([binary, f"--config.file={config}",
+                             f"--storage.tsdb.path={folder / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/-/ready", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("Prometheus did not start: " + proc.stderr.read()[-2000:])
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _query(base: str, promql: str) -> list[dict]:
+    answer = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+    assert answer["status"] == "success", (promql, answer)
+    return answer["data"]["result"]
+
+
+def _numbers(result: list[dict]) -> list[float]:
+    return [float(sample["value"][1]) for sample in result]
+
+
+def _load_for(seconds: float, stub, v2_stub) -> None:
+    """Steady traffic over a few scrapes: Generate, ModelInfer and some refused calls."""
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        stub.Generate(pb.GenerateRequest(model="plain", seeds=[1, 2, 3]), timeout=10)
+        request = v2.ModelInferRequest(model_name="cond", inputs=[
+            v2.ModelInferRequest.InferInputTensor(name="seeds", datatype="UINT64", shape=[2])])
+        request.raw_input_contents.append(bytes(16))
+        v2_stub.ModelInfer(request, timeout=10)
+        try:
+            stub.Generate(pb.GenerateRequest(model="nope", seeds=[1]), timeout=10)
+        except Exception:
+            pass
+        time.sleep(0.02)
+
+
+def test_readme_and_dashboard_queries_return_numbers(prometheus, server, stub, channel):
+    v2_stub = v2_grpc.GRPCInferenceServiceStub(channel)
+    load = threading.Thread(target=_load_for, args=(8, stub, v2_stub))
+    load.start()
+    # Prometheus must see the target up, then have a few scrapes during the load.
+    deadline = time.monotonic() + 30
+    while not _numbers(_query(prometheus, 'up{job="dcgan-serve"} == 1')):
+        assert time.monotonic() < deadline, _get(f"{prometheus}/api/v1/targets")
+        time.sleep(0.5)
+    load.join()
+    time.sleep(2)  # one more scrape after the last call
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```promql\n(.*?)```", readme, re.S)[1]
+    queries = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(queries) >= 4
+    for promql in queries:
+        values = _numbers(_query(prometheus, promql))
+        assert values and all(math.isfinite(v) and v >= 0 for v in values), promql
+    p99 = _numbers(_query(prometheus, queries[1]))
+    assert all(0 < v < 10 for v in p99)  # seconds: a real latency, not a bucket's edge
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    must_have_data = {"Generation latency p50 / p99, by model", "Images generated per second, by model",
+                      "Requests per second, by RPC", "Errors per second, by status code",
+                      "Served models"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            promql = (target["expr"].replace("$__rate_interval", "1m")
+                      .replace("$model", ".*"))
+            result = _query(prometheus, promql)  # every query parses and runs
+            if panel["title"] in must_have_data:
+                assert result, (panel["title"], promql)
+    assert len(exprs) >= 10
+    codes = {s["metric"]["code"] for s in _query(
+        prometheus, 'sum by (code) (rate(dcgan_request_duration_seconds_count{code!="OK"}[1m]))')}
+    assert "NOT_FOUND" in codes
