@@ -50,7 +50,7 @@ RUN python3 -m venv /opt/venv \
     && rm -rf /src
 WORKDIR /
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 DCGAN_HOST=0.0.0.0 DCGAN_PORT=50051 \
-    DCGAN_METRICS_PORT=9090 DCGAN_DEVICE=cuda
+    DCGAN_METRICS_PORT=9090 DCGAN_DEVICE=cuda ORT_DISABLE_TELEMETRY=1
 USER 10001
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
@@ -80,7 +80,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DCGAN_HOST=0.0.0.0 \
     DCGAN_PORT=50051 \
     DCGAN_METRICS_PORT=9090 \
-    DCGAN_LOG_LEVEL=INFO
+    DCGAN_LOG_LEVEL=INFO \
+    ORT_DISABLE_TELEMETRY=1
 USER 10001
 EXPOSE 50051 9090
 # The gRPC health service, as Kubernetes probes see it; honours a changed DCGAN_PORT.

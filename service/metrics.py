@@ -15,6 +15,7 @@ name, `rpc` one of this service's methods.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 
@@ -26,6 +27,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.007
                    0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 UNKNOWN_MODEL = "_unknown"
+
+# One line per RPC at DEBUG (`--log-level DEBUG`): the access log, off by default.
+access_log = logging.getLogger("dcgan-serve.access")
 
 
 class Metrics:
@@ -86,8 +90,11 @@ class Metrics:
             yield call
         finally:
             gauge.dec()
+            seconds = time.perf_counter() - started
             self.request_seconds.labels(rpc=rpc, model=call.model, code=call.code).observe(
-                time.perf_counter() - started)
+                seconds)
+            access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
+                             call.images, seconds * 1000)
             if call.images:
                 self.images.labels(model=call.model).inc(call.images)
 

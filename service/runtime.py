@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+# onnxruntime 1.29+ sends usage telemetry from Linux too, and writes a device id under $HOME.
+# A server should not phone home unasked: opt out unless the operator chose otherwise. It must
+# be set before onnxruntime is imported (the choice is latched at load).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
 
 from service.contract import (INPUT_LABEL, INPUT_LATENT, OUTPUT_IMAGES, MetadataError,
                               ModelMetadata)

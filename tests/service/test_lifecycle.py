@@ -188,3 +188,31 @@ def test_the_serving_path_imports_no_torch():
     proc = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_debug_level_logs_each_rpc_and_onnxruntime_telemetry_is_off(tiny_onnx):
+    env = python_env()
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    server = ServerProcess("--model", f"m={tiny_onnx}", "--log-level", "DEBUG", env=env)
+    try:
+        assert server.port, "".join(server.log)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            pb_grpc.GeneratorServiceStub(ch).Generate(pb.GenerateRequest(seeds=[1, 2]),
+                                                      timeout=10)
+        time.sleep(0.5)
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        code, log = server.finish()
+    assert code == 0
+    assert re.search(r"DEBUG dcgan-serve.access: Generate model=m code=OK images=2 [\d.]+ms",
+                     log), log[-2000:]
+    # The server opts out of onnxruntime's usage telemetry unless the operator set it.
+    probe = subprocess.run([PYTHON, "-c", "import os, service.runtime; "
+                            "print(os.environ['ORT_DISABLE_TELEMETRY'])"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "1", probe.stderr
+    probe = subprocess.run([PYTHON, "-c", "import os, service.runtime; "
+                            "print(os.environ['ORT_DISABLE_TELEMETRY'])"],
+                           env={**env, "ORT_DISABLE_TELEMETRY": "0"}, capture_output=True,
+                           text=True, timeout=60)
+    assert probe.stdout.strip() == "0", probe.stderr

@@ -1,0 +1,185 @@
+"""The serving image, built and run for real with podman (or Docker), as a user would run it.
+
+Builds the Dockerfile's default target on a local Debian 12 base (built once by mmdebstrap and
+cached in the engine's store), starts it with ports published on 127.0.0.1 only, and checks
+from outside: health, pixels identical to `dcgan-train sample`, metrics, the image's promises
+(non-root, no torch, the default models inside, DCGAN_* variables honoured), and a clean
+`stop` with requests in flight. Every step is time-bounded; containers are removed.
+
+Without podman or a Docker engine it skips and says why; under CI (`CI=true`, set by .ci/run,
+which installs podman, runc and mmdebstrap) it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from bench import image as img
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.client import images_from_response
+from service.imaging import decode_png
+from tests.conftest import PYTHON, ROOT, python_env
+
+GRACE_SECONDS = 20
+
+
+@pytest.fixture(scope="module")
+def engine():
+    try:
+        engine = img.find_engine()
+        base = img.ensure_base(engine)
+    except img.EngineUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc}; .ci/run should have installed it")
+        pytest.skip(str(exc))
+    img.build_image(engine, base)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def container(engine):
+    """The image as `docker run` starts it: no arguments, no environment."""
+    name = f"dcgan-test-{os.getpid()}"
+    started = time.monotonic()
+    try:
+        port, metrics_port = img.start(engine, name, env={"DCGAN_GRACE_SECONDS": GRACE_SECONDS})
+        first_answer = time.monotonic() - started + img.wait_first_answer(port, timeout=90)
+        yield dict(name=name, port=port, metrics_port=metrics_port, first_answer=first_answer)
+    finally:
+        img.remove(engine, name)
+
+
+def _exec(engine, name, *command) -> subprocess.CompletedProcess:
+    return engine.run("exec", name, *command, check=False, timeout=60)
+
+
+def test_it_turns_healthy_and_answers_soon_after_run(engine, container):
+    print(f"run -> first answer: {container['first_answer']:.2f}s")
+    assert container["first_answer"] < 60
+    # The image's own HEALTHCHECK (dcgan-client health inside it) agrees.
+    if engine.command == "podman":
+        deadline = time.monotonic() + 30
+        while engine.run("healthcheck", "run", container["name"], check=False,
+                         timeout=30).returncode != 0:
+            assert time.monotonic() < deadline, "the image's HEALTHCHECK never passed"
+            time.sleep(1)
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(f"127.0.0.1:{container['port']}") as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="model/mnist"), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_pixels_are_identical_to_the_cli_sample_of_the_same_model(container, tmp_path):
+    seeds = [0, 7, 42, 1234]
+    proc = subprocess.run([PYTHON, "-m", "training", "sample", str(ROOT / "models" /
+                                                                    "mnist-dcgan.onnx"),
+                           "--seed", ",".join(map(str, seeds)), "--out", str(tmp_path)],
+                          env=python_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    local = np.stack([decode_png((tmp_path / f"seed_{s}_label{s % 10}.png").read_bytes())
+                      for s in seeds])
+    with grpc.insecure_channel(f"127.0.0.1:{container['port']}") as ch:
+        response = pb_grpc.GeneratorServiceStub(ch).Generate(
+            pb.GenerateRequest(model="mnist", seeds=seeds), timeout=10)
+    assert response.labels == [s % 10 for s in seeds]
+    assert images_from_response(response).tobytes() == local.tobytes()
+
+
+def _scrape(port) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def _generate_count(text: str) -> float:
+    m = re.search(r'^dcgan_request_duration_seconds_count\{code="OK",model="mnist",'
+                  r'rpc="Generate"\} (\S+)$', text, re.M)
+    return float(m[1]) if m else 0.0
+
+
+def test_metrics_move_after_calls(container):
+    before = _generate_count(_scrape(container["metrics_port"]))
+    with grpc.insecure_channel(f"127.0.0.1:{container['port']}") as ch:
+        stub = pb_grpc.GeneratorServiceStub(ch)
+        for _ in range(5):
+            stub.Generate(pb.GenerateRequest(model="mnist", seeds=[1, 2]), timeout=10)
+    assert _generate_count(_scrape(container["metrics_port"])) == before + 5
+
+
+def test_the_image_keeps_its_promises(engine, container):
+    name = container["name"]
+    assert _exec(engine, name, "id", "-u").stdout.strip() == "10001"
+    no_torch = _exec(engine, name, "python3", "-c", "import torch")
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    with grpc.insecure_channel(f"127.0.0.1:{container['port']}") as ch:
+        models = pb_grpc.GeneratorServiceStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+    assert [m.name for m in models.models] == ["mnist", "fashion-mnist"]
+
+
+def test_environment_variables_configure_it(engine):
+    name = f"dcgan-test-env-{os.getpid()}"
+    try:
+        port, _ = img.start(engine, name, env={"DCGAN_PORT": 6000, "DCGAN_LOG_LEVEL": "DEBUG",
+                                               "DCGAN_MAX_BATCH": 4}, container_port=6000)
+        img.wait_first_answer(port, timeout=90)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.GeneratorServiceStub(ch).Generate(
+                    pb.GenerateRequest(seeds=list(range(5))), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 4" in err.value.details()
+        logs = engine.run("logs", name, timeout=30)
+        text = logs.stdout + logs.stderr
+        assert "listening grpc=0.0.0.0:6000" in text
+        assert "DEBUG dcgan-serve.access: Generate model=mnist code=INVALID_ARGUMENT" in text
+        assert "telemetry" not in text  # the image opts out of onnxruntime's telemetry
+    finally:
+        img.remove(engine, name)
+
+
+def test_stop_with_requests_in_flight_answers_them_and_exits_cleanly(engine):
+    name = f"dcgan-test-stop-{os.getpid()}"
+    try:
+        port, _ = img.start(engine, name, env={"DCGAN_GRACE_SECONDS": GRACE_SECONDS})
+        img.wait_first_answer(port, timeout=90)
+        results: list[str] = []
+        begun = threading.Event()
+
+        def client():
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.GeneratorServiceStub(ch)
+                begun.set()
+                try:  # a long call: 1024 images as PNGs, running when stop arrives
+                    stub.Generate(pb.GenerateRequest(seeds=list(range(1024)),
+                                                     format=pb.IMAGE_FORMAT_PNG), timeout=60)
+                    results.append("OK")
+                except grpc.RpcError as exc:
+                    results.append(exc.code().name)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        begun.wait(10)
+        time.sleep(0.3)  # the calls are in the server by now
+        started = time.monotonic()
+        engine.run("stop", "-t", str(GRACE_SECONDS + 10), name, timeout=GRACE_SECONDS + 40)
+        stopped_in = time.monotonic() - started
+        for t in threads:
+            t.join(60)
+        code = engine.run("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip()
+        logs = engine.run("logs", name, timeout=30)
+        assert code == "0", logs.stdout[-3000:] + logs.stderr[-3000:]
+        assert stopped_in < GRACE_SECONDS + 5
+        assert results == ["OK"] * 4, results
+    finally:
+        img.remove(engine, name)
