@@ -77,6 +77,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             except Exception as exc:
                 abort(context, call, exc)
 
+    def ModelConfig(self, request, context):
+        with self.metrics.track("ModelConfig") as call:
+            try:
+                model = _model(self.generator, request.name, request.version)
+                call.model = model.name
+                return v2.ModelConfigResponse(config=_config(model))
+            except Exception as exc:
+                abort(context, call, exc)
+
     # --- inference ------------------------------------------------------------------------------
 
     def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext):
@@ -116,6 +125,20 @@ def _metadata(model: ServedModel) -> v2.ModelMetadataResponse:
         outputs.append(tensor(name="labels", datatype="INT64", shape=[-1]))
     return v2.ModelMetadataResponse(name=model.name, versions=[meta.version],
                                     platform=PLATFORM, inputs=inputs, outputs=outputs)
+
+
+def _config(model: ServedModel) -> v2.ModelConfig:
+    """Triton's view of the same tensors as `_metadata`."""
+    meta = model.runner.metadata
+    inputs = [v2.ModelInput(name="seeds", data_type=v2.TYPE_UINT64, dims=[-1])]
+    outputs = [v2.ModelOutput(name="images", data_type=v2.TYPE_UINT8,
+                              dims=[-1, *meta.image_shape])]
+    if meta.conditional:
+        inputs.append(v2.ModelInput(name="labels", data_type=v2.TYPE_INT64, dims=[-1],
+                                    optional=True))
+        outputs.append(v2.ModelOutput(name="labels", data_type=v2.TYPE_INT64, dims=[-1]))
+    return v2.ModelConfig(name=model.name, platform=PLATFORM, backend="onnxruntime",
+                          max_batch_size=0, input=inputs, output=outputs)
 
 
 def _inputs(request: v2.ModelInferRequest, model: ServedModel

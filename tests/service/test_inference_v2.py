@@ -180,8 +180,12 @@ labels = tc.InferInput("labels", [4], "INT64")
 labels.set_data_from_numpy(np.array([7, 7, 7, 7], dtype=np.int64))
 result = client.infer("cond", [seeds, labels], outputs=[tc.InferRequestedOutput("images")])
 np.save(sys.argv[2], result.as_numpy("images"))
+config = client.get_model_config("cond", as_json=True)["config"]
 print(json.dumps({"live": client.is_server_live(), "ready": client.is_model_ready("cond"),
-                  "inputs": [i["name"] for i in meta["inputs"]]}))
+                  "inputs": [i["name"] for i in meta["inputs"]],
+                  "config": [config["name"], config.get("max_batch_size", 0),
+                             [(i["name"], i["data_type"], i["dims"]) for i in config["input"]],
+                             [(o["name"], o["data_type"], o["dims"]) for o in config["output"]]]}))
 """
 
 
@@ -197,7 +201,9 @@ def test_tritonclient_works_unmodified(server, stub, tmp_path_factory):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert report == {"live": True, "ready": True, "inputs": ["seeds", "labels"]}
+    assert report == {"live": True, "ready": True, "inputs": ["seeds", "labels"], "config": [
+        "cond", 0, [["seeds", "TYPE_UINT64", ["-1"]], ["labels", "TYPE_INT64", ["-1"]]],
+        [["images", "TYPE_UINT8", ["-1", "1", "28", "28"]], ["labels", "TYPE_INT64", ["-1"]]]]}
     expected = images_from_response(stub.Generate(pb.GenerateRequest(
         model="cond", seeds=[0, 1, 2, 3], labels=[7])))
     np.testing.assert_array_equal(np.load(out)[:, 0], expected)
