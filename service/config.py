@@ -68,6 +68,11 @@ class ServeConfig:
     tls_client_ca: str = ""             # PEM CA bundle: require client certificates (mTLS)
     auth_token_file: str = ""           # file holding a bearer token callers must send
                                         # (DCGAN_AUTH_TOKEN sets the token itself)
+    # --- processes
+    processes: int = 1                  # >1: that many server processes share the gRPC port
+                                        # (SO_REUSEPORT), each with its own GIL
+    reuse_port: bool = False            # let other processes bind the same port (set by the
+                                        # multi-process supervisor for its workers)
     # --- lifecycle
     grace_seconds: float = 10.0         # SIGTERM: how long in-flight calls may take to finish
     log_level: str = "INFO"
@@ -197,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token-file", default=_env("auth_token_file", d.auth_token_file),
                    help="file with a bearer token that every call except health checks must "
                         "send as 'authorization: Bearer <token>' (or set DCGAN_AUTH_TOKEN)")
+    p.add_argument("--processes", type=int, default=int(_env("processes", d.processes)),
+                   help="server processes sharing the gRPC port through SO_REUSEPORT, each with "
+                        "its own GIL and models; /metrics merges them (1)")
+    p.add_argument("--reuse-port", action="store_true",
+                   default=_env("reuse_port", "0") not in ("0", "false", "no"),
+                   help="allow other processes to bind the same gRPC port (what --processes "
+                        "gives its workers)")
     p.add_argument("--grace-seconds", type=float,
                    default=float(_env("grace_seconds", d.grace_seconds)),
                    help=f"on SIGTERM, time for in-flight calls to finish ({d.grace_seconds})")
@@ -221,6 +233,8 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
         problems.append("--batch-max-delay-ms must not be negative")
     if values["max_in_flight"] < 1:
         problems.append("--max-in-flight must be at least 1")
+    if values["processes"] < 1:
+        problems.append("--processes must be at least 1")
     if values["grpc_workers"] < 1:
         problems.append("--grpc-workers must be at least 1")
     if values["max_message_bytes"] < 1 << 16:

@@ -2,7 +2,8 @@
 
     create_server(config) -> RunningServer   builds and starts everything; tests bind port 0
     serve(config)                            create_server, then block until SIGTERM/SIGINT
-    main()                                   flags/env -> ServeConfig -> serve; exit codes
+    main()                                   flags/env -> ServeConfig -> serve (or, with
+                                             --processes N, supervisor.supervise); exit codes
 
 Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
 NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to finish.
@@ -39,6 +40,7 @@ from service.metrics import Metrics
 from service.runtime import OnnxGenerator, RuntimeOptions
 from service.security import BearerTokenInterceptor, server_credentials
 from service.servicer import GeneratorServicer
+from service.supervisor import supervise
 
 log = logging.getLogger("dcgan-serve")
 
@@ -165,8 +167,9 @@ def create_server(config: ServeConfig) -> RunningServer:
         maximum_concurrent_rpcs=config.max_in_flight,
         options=[("grpc.max_send_message_length", config.max_message_bytes),
                  ("grpc.max_receive_message_length", config.max_message_bytes),
-                 # Without this a second server could bind the same port silently.
-                 ("grpc.so_reuseport", 0)])
+                 # Off unless asked: a second server could otherwise bind the same port
+                 # silently. The multi-process supervisor's workers share it on purpose.
+                 ("grpc.so_reuseport", 1 if config.reuse_port else 0)])
     gate = CallGate()
     pb_grpc.add_GeneratorServiceServicer_to_server(
         GeneratorServicer(generator, metrics, config.max_message_bytes, gate), server)
@@ -228,6 +231,9 @@ def serve(config: ServeConfig) -> None:
     # next time it executes bytecode; a main thread blocked in an untimed wait never would.
     while not stop.wait(0.25):
         pass
+    # A watchdog for the drain itself: should anything hang past the grace period, print
+    # every thread's stack and exit 1 rather than wait for a SIGKILL that explains nothing.
+    faulthandler.dump_traceback_later(config.grace_seconds + 15, exit=True)
     running.stop()
     log.info("stopped")
 
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if config.processes > 1:
+            return supervise(config, sys.argv[1:] if argv is None else argv)
         serve(config)
     except ServiceError as exc:  # bad model file, port in use, CUDA missing: say which
         log.error("%s", exc)

@@ -33,6 +33,11 @@ case "${1:-default}" in
             --out "$RUNS/compare-dcgan-d48" "${COMMON[@]}"
       fi
     done
+    # The shipped default's own recipe (class-conditional dcgan) for the same 3 epochs.
+    if [ ! -e "$RUNS/compare-dcgan-cond/config.json" ]; then
+      dcgan-train train --dataset mnist --arch dcgan --conditional --epochs 3 \
+          --out "$RUNS/compare-dcgan-cond" "${COMMON[@]}"
+    fi
     ;;
   *) echo "usage: $0 default|comparison" >&2; exit 2 ;;
 esac

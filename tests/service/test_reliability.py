@@ -196,7 +196,8 @@ def test_rpc_flood_beyond_the_in_flight_limit_gets_resource_exhausted(tiny_onnx)
             after = stub.Generate(pb.GenerateRequest(seeds=[1]), timeout=10)
     finally:
         server.proc.send_signal(signal.SIGTERM)
-        server.finish()
+        code, log = server.finish()
+    assert code == 0, log[-5000:]
     codes = [c for c, _ in results]
     assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}

@@ -1,0 +1,184 @@
+"""Multi-process mode (`dcgan-serve --processes N`): N server processes share one gRPC port.
+
+One Python process serves RPCs under one GIL; on several cores small requests are limited by
+that, not by onnxruntime. Here a light supervisor process (no models, no onnxruntime) starts N
+ordinary `dcgan-serve` workers that all bind the same port with SO_REUSEPORT, so the kernel
+spreads incoming connections over them, and:
+
+  * serves /metrics itself, merging the workers' metrics with a `worker` label added (each
+    worker's own /metrics listens on a private loopback port), so one scrape sees them all and
+    `sum by (...)` queries work unchanged;
+  * forwards SIGTERM/SIGINT (each worker drains as a single server does) and SIGHUP (reload);
+  * stops everything and exits 1 if a worker dies, so the orchestrator restarts the whole.
+
+SO_REUSEPORT balances connections, not calls: a client holding one connection talks to one
+worker; several clients spread over all of them. (In one Python process grpc shares a
+connection between channels to the same target unless a channel is given the option
+`("grpc.use_local_subchannel_pool", 1)`.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Metric, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import ServeConfig, usable_cpus
+from service.errors import ServiceError
+
+log = logging.getLogger("dcgan-serve")
+
+LISTENING = re.compile(r"listening grpc=\S+:(\d+) metrics=127\.0\.0\.1:(\d+)")
+
+
+@dataclass
+class Worker:
+    index: int
+    proc: subprocess.Popen
+    metrics_port: int | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def relay_output(self) -> None:
+        """Echo the worker's log under a prefix, and note its metrics port when it says it."""
+        for line in self.proc.stdout:
+            if not self.ready.is_set() and (m := LISTENING.search(line)):
+                self.metrics_port = int(m[2])
+                self.ready.set()
+            sys.stdout.write(f"[worker {self.index}] {line}")
+            sys.stdout.flush()
+        self.ready.set()  # exited: whoever waits for it should look
+
+
+class WorkerMetrics:
+    """A Prometheus collector that scrapes every worker and relabels its samples."""
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+
+    def collect(self):
+        families: dict[str, Metric] = {}
+        for worker in self.workers:
+            try:
+                with urllib.request.urlopen(
+                        f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError as exc:  # a worker restarting or gone: the others still count
+                log.warning("worker %d metrics unavailable: %s", worker.index, exc)
+                continue
+            for family in text_string_to_metric_families(text):
+                merged = families.setdefault(family.name, Metric(
+                    family.name, family.documentation, family.type, family.unit))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "worker": str(worker.index)},
+                                      sample.value, sample.timestamp, sample.exemplar)
+        yield from families.values()
+
+
+def worker_command(config: ServeConfig, argv: list[str], port: int) -> list[str]:
+    """The worker's command line: the supervisor's own flags, then the overrides (argparse
+    keeps the last value of a repeated flag)."""
+    workers_each = config.inference_workers or max(1, usable_cpus() // config.processes)
+    return [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port",
+            "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+            "--inference-workers", str(workers_each)]
+
+
+def _pick_port(config: ServeConfig) -> int:
+    """The shared port: the configured one, or (for port 0) a free one chosen here, since every
+    worker must bind the same number."""
+    if config.port:
+        return config.port
+    with socket.socket() as s:
+        s.bind((config.host, 0))
+        return s.getsockname()[1]
+
+
+def supervise(config: ServeConfig, argv: list[str]) -> int:
+    port = _pick_port(config)
+    command = worker_command(config, argv, port)
+    workers = []
+    for index in range(config.processes):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)  # signals come from us
+        worker = Worker(index, proc)
+        threading.Thread(target=worker.relay_output, daemon=True).start()
+        workers.append(worker)
+    try:
+        for worker in workers:
+            worker.ready.wait(300)
+            if worker.proc.poll() is not None or worker.metrics_port is None:
+                raise ServiceError(f"worker {worker.index} did not start (exit code "
+                                   f"{worker.proc.poll()}); its log is above")
+        metrics_port = _serve_metrics(config, workers)
+    except BaseException:
+        _stop(workers, config.grace_seconds)
+        raise
+    log.info("listening grpc=%s:%d metrics=%s processes=%d", config.host, port,
+             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off", len(workers))
+    return _wait(workers, config)
+
+
+def _serve_metrics(config: ServeConfig, workers: list[Worker]) -> int | None:
+    if config.metrics_port < 0:
+        return None
+    registry = CollectorRegistry()
+    registry.register(WorkerMetrics(workers))
+    try:
+        server, _ = start_http_server(config.metrics_port, addr=config.metrics_host,
+                                      registry=registry)
+    except OSError as exc:
+        raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
+                           f"{config.metrics_port}: {exc}") from None
+    return server.server_port
+
+
+def _wait(workers: list[Worker], config: ServeConfig) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("%s: stopping %d workers", signal.Signals(signum).name, len(workers))
+        stop.set()
+
+    def on_hangup(signum, frame):
+        log.info("SIGHUP: each worker reloads its model files")
+        for worker in workers:
+            worker.proc.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+    while not stop.wait(0.25):
+        if dead := [w for w in workers if w.proc.poll() is not None]:
+            log.error("worker %d exited (code %s): stopping the others", dead[0].index,
+                      dead[0].proc.returncode)
+            _stop(workers, config.grace_seconds)
+            return 1
+    codes = _stop(workers, config.grace_seconds)
+    log.info("stopped")
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+def _stop(workers: list[Worker], grace: float) -> list[int]:
+    """SIGTERM every worker (each drains), wait past the grace period, then kill."""
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace + 20
+    for worker in workers:
+        try:
+            worker.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker %d did not stop in time: killed", worker.index)
+            worker.proc.kill()
+            worker.proc.wait()
+    return [worker.proc.returncode for worker in workers]
