@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def closed_loop(call, concurrency: int, seconds: float) -> dict:
+def closed_loop(call, concurrency: int, seconds: float, keep_latencies: bool = False) -> dict:
     """Run `call()` in `concurrency` threads for `seconds`; returns latencies and count."""
     stop = time.perf_counter() + seconds
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -53,8 +53,12 @@ def closed_loop(call, concurrency: int, seconds: float) -> dict:
         t.join()
     elapsed = time.perf_counter() - started
     flat = np.array([x for lat in latencies for x in lat])
-    return {"calls": len(flat), "seconds": elapsed, "p50_ms": float(np.percentile(flat, 50)) * 1e3,
-            "p99_ms": float(np.percentile(flat, 99)) * 1e3}
+    result = {"calls": len(flat), "seconds": elapsed,
+              "p50_ms": float(np.percentile(flat, 50)) * 1e3,
+              "p99_ms": float(np.percentile(flat, 99)) * 1e3}
+    if keep_latencies:
+        result["latencies"] = flat
+    return result
 
 
 def in_process(model: str, batch: int, concurrency: int, seconds: float, threads: int) -> dict:

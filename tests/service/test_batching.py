@@ -87,8 +87,27 @@ def test_unbatched_engine_reports_each_run(runner):
     assert seen == [(3, 0.0)]
 
 
-def test_concurrent_grpc_calls_share_runs_and_match_sequential_answers(server, stub):
+@pytest.fixture(scope="module")
+def waiting_server(tiny_onnx):
+    """A server whose batcher waits up to 5 ms for company: concurrent calls then share runs
+    for certain (with no wait, how many coalesce depends on how the threads are scheduled)."""
+    from service.config import ServeConfig
+    from service.server import create_server
+    running = create_server(ServeConfig(
+        host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+        models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5))
+    yield running
+    running.stop(grace=1)
+
+
+def test_concurrent_grpc_calls_share_runs_and_match_sequential_answers(waiting_server):
+    import grpc
+
+    from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
     from tests.service.test_health_metrics import _scrape, _value
+    server = waiting_server
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GeneratorServiceStub(channel)
     seeds = [[s, s + 1000] for s in range(40)]
     sequential = [stub.Generate(pb.GenerateRequest(seeds=s, model="plain"), timeout=10).raw
                   for s in seeds]
@@ -111,3 +130,27 @@ def test_concurrent_grpc_calls_share_runs_and_match_sequential_answers(server, s
     assert _value(after, "dcgan_batch_queue_wait_seconds_count", model="plain") > 0
     assert images_from_response(stub.Generate(pb.GenerateRequest(seeds=[1], model="plain"),
                                               timeout=10)).shape == (1, 28, 28)
+
+
+def test_a_small_request_on_an_idle_batcher_runs_on_the_callers_thread(runner):
+    threads = []
+
+    class Recording:
+        metadata = runner.metadata
+
+        def generate(self, z, y):
+            threads.append(threading.get_ident())
+            return runner.generate(z, y)
+
+    batcher = Batcher(Recording(), max_batch=64, max_delay_s=0, workers=2)
+    try:
+        z, y = _request([1, 2, 3])
+        np.testing.assert_array_equal(batcher.generate(z, y), runner.generate(z, y))
+        assert threads == [threading.get_ident()]  # no hand-off to a worker and back
+        # A configured wait for company turns the shortcut off: it goes through a worker.
+        waiting = Batcher(Recording(), max_batch=64, max_delay_s=0.001, workers=2)
+        waiting.generate(z, y)
+        waiting.close()
+        assert threads[-1] != threading.get_ident()
+    finally:
+        batcher.close()

@@ -1,0 +1,65 @@
+"""Seldon MLServer with a custom MLModel running the ONNX file, adaptive batching on.
+
+    .bench-venvs/mlserver/bin/python bench/peers/mlserver_runtime.py MODEL.onnx PORT WORKDIR
+
+Writes MLServer's settings.json and model-settings.json into WORKDIR and runs `mlserver start`
+there; MLServer then imports `DCGANRuntime` from this file (copied beside the settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+HERE = Path(__file__).resolve().parent
+
+
+class DCGANRuntime(MLModel):
+    async def load(self) -> bool:
+        sys.path.insert(0, str(HERE))
+        from common import open_session
+        self.session = open_session(self.settings.parameters.uri)
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        from common import run
+        latents = NumpyCodec.decode_input(payload.inputs[0])
+        labels = NumpyCodec.decode_input(payload.inputs[1]) if len(payload.inputs) > 1 else None
+        images = run(self.session, latents, labels)
+        return InferenceResponse(model_name=self.name, outputs=[
+            NumpyCodec.encode_output("images", images)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    model, port, workdir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "common.py", workdir / "common.py")
+    shutil.copy(Path(__file__), workdir / "mlserver_runtime.py")
+    (workdir / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "grpc_port": port, "http_port": _free_port(),
+        "metrics_port": _free_port(), "grpc_max_message_length": 64 << 20}))
+    (workdir / "model-settings.json").write_text(json.dumps({
+        "name": "dcgan", "implementation": "mlserver_runtime.DCGANRuntime",
+        "max_batch_size": 256, "max_batch_time": 0.001,
+        "parameters": {"uri": str(Path(model).resolve())}}))
+    os.chdir(workdir)
+    mlserver = Path(sys.executable).parent / "mlserver"
+    os.execv(str(mlserver), [str(mlserver), "start", str(workdir)])
+
+
+if __name__ == "__main__":
+    main()
