@@ -42,6 +42,13 @@ case "${1:-default}" in
             --epochs 3 --out "$RUNS/compare-dcgan-cond-d$width" "${COMMON[@]}"
       fi
     done
+    # And the presets given labels the same way, so conditional meets conditional.
+    for arch in tf-dcgan upsample-dcgan mlp; do
+      if [ ! -e "$RUNS/compare-$arch-cond/config.json" ]; then
+        dcgan-train train --dataset mnist --arch "$arch" --conditional --epochs 3 \
+            --out "$RUNS/compare-$arch-cond" "${COMMON[@]}"
+      fi
+    done
     ;;
   *) echo "usage: $0 default|comparison" >&2; exit 2 ;;
 esac
