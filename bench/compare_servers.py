@@ -11,7 +11,8 @@ concurrent clients) in interleaved rounds, so the machine's noise hits all alike
   dcgan-serve     this service, defaults (dynamic batching on), `Generate` with seeds
   dcgan-serve -p2 the same with `--processes 2` (two workers on one port)
   no batching     the same with `--no-batching`
-  handwritten     grpcio + onnxruntime by hand, V2 ModelInfer with latents
+  handwritten     grpcio + onnxruntime by hand, V2 ModelInfer with latents (thread-pool
+                  server; "handwritten aio": the same with grpc.aio)
   kserve, mlserver, pytriton   the peers (skipped when their venv is absent), V2 with latents
 
 Clients run in separate processes, one gRPC connection per client thread (so connections can
@@ -236,6 +237,9 @@ def targets(model: str, peers: Path | None, workdir: Path) -> list[Target]:
         Target("no batching", "generate", serve + ["--no-batching"], env),
         Target("handwritten", "v2", [sys.executable, str(PEERS / "handwritten_server.py"),
                                      model, "{port}"], env),
+        Target("handwritten aio", "v2", [sys.executable,
+                                         str(PEERS / "handwritten_aio_server.py"), model,
+                                         "{port}"], env),
     ]
     if peers is None:
         return found

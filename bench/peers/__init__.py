@@ -3,6 +3,7 @@
 Each is a small program run with the peer's own virtual environment (bench/peers/setup.sh):
 
     handwritten_server.py  grpcio + onnxruntime by hand (helloworld style), the V2 ModelInfer
+    handwritten_aio_server.py  the same with grpc.aio and a 2-thread run pool
     kserve_server.py       KServe's Python ModelServer (V2 gRPC)
     mlserver_runtime.py    Seldon MLServer, a custom MLModel, adaptive batching
     pytriton_server.py     NVIDIA PyTriton (Triton Inference Server), dynamic batching
