@@ -86,11 +86,15 @@ def ensure_base(engine: Engine, timeout: float = 600) -> str:
                                 "builds it, is not installed (apt-get install mmdebstrap)")
     with tempfile.TemporaryDirectory() as tmp:
         tar = Path(tmp) / "base.tar"
-        proc = subprocess.run(["mmdebstrap", "--variant=minbase",
-                               "--include=python3,python3-venv,ca-certificates", "bookworm",
-                               str(tar)], capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mmdebstrap failed: {proc.stderr[-2000:]}")
+        for attempt in (1, 2):  # it downloads from Debian's mirror: allow one hiccup
+            proc = subprocess.run(["mmdebstrap", "--variant=minbase",
+                                   "--include=python3,python3-venv,ca-certificates", "bookworm",
+                                   str(tar)], capture_output=True, text=True, timeout=timeout)
+            if proc.returncode == 0:
+                break
+            if attempt == 2:
+                raise RuntimeError(f"mmdebstrap failed: {proc.stderr[-2000:]}")
+            time.sleep(10)
         engine.run("import", str(tar), BASE_IMAGE, timeout=300)
     return BASE_IMAGE
 
