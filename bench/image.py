@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "localhost/dcgan-debian-python:bookworm"
 IMAGE = "localhost/dcgan-serve:test"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BUILD_LABEL = "io.dcgan-digits.built-by=bench-image"
 # podman settings these machines need (no raising rlimits, mixed cgroups, crun fails): given
 # through CONTAINERS_CONF, so nothing under /etc is changed.
 CONTAINERS_CONF = """\
@@ -104,14 +105,19 @@ def build_image(engine: Engine, base: str, tag: str = IMAGE, target: str = "serv
     """Build the Dockerfile's `target` on `base`; returns the seconds it took."""
     started = time.monotonic()
     args = ["build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}",
-            "--target", target, "-t", tag]
+            "--target", target, "-t", tag, "--label", BUILD_LABEL]
     if engine.command == "podman":
         # Keep HEALTHCHECK (the OCI format drops it); let pip inside trust this machine's CAs.
         args += ["--format", "docker"]
         if Path(CA_BUNDLE).exists():
             args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
     engine.run(*args, str(ROOT), timeout=timeout)
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    # Each build leaves its stage images and the previous tagged image behind, untagged: drop
+    # those of ours so repeated runs do not fill the disk (the base image stays cached).
+    engine.run("image", "prune", "-f", "--filter", f"label={BUILD_LABEL}", check=False,
+               timeout=120)
+    return seconds
 
 
 def free_port() -> int:
