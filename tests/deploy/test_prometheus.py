@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ import urllib.request
 
 import pytest
 
+from bench.image import free_port
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -39,12 +39,6 @@ def _prometheus_binary() -> str:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
@@ -59,7 +53,7 @@ def prometheus(server, tmp_path_factory):
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: dcgan-serve\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{server.metrics_port}']\n")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, f"--config.file={config}",
                              f"--storage.tsdb.path={folder / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"],
@@ -95,7 +89,8 @@ def _load_for(seconds: float, stub, v2_stub) -> None:
     """Steady traffic over a few scrapes: Generate, ModelInfer and some refused calls."""
     stop = time.monotonic() + seconds
     while time.monotonic() < stop:
-        stub.Generate(pb.GenerateRequest(model="plain", seeds=[1, 2, 3]), timeout=10)
+        for model in ("plain", "cond"):  # every served model's latency series moves
+            stub.Generate(pb.GenerateRequest(model=model, seeds=[1, 2, 3]), timeout=10)
         request = v2.ModelInferRequest(model_name="cond", inputs=[
             v2.ModelInferRequest.InferInputTensor(name="seeds", datatype="UINT64", shape=[2])])
         request.raw_input_contents.append(bytes(16))
