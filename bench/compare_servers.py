@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.image import free_port  # noqa: E402
 from bench.serve_bench import closed_loop, machine  # noqa: E402
 
 PEERS = ROOT / "bench" / "peers"
@@ -146,13 +147,6 @@ def _in_process(batch, concurrency, seconds) -> dict:
 
 # --- servers ------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants."""
     children: dict[int, list[int]] = {}
@@ -177,12 +171,13 @@ def _tree_rss_mb(pid: int) -> float:
 
 def start(target: Target, latent_dim: int, conditional: bool, log_dir: Path) -> None:
     """Start a target, time it to its first answer, then measure it at idle."""
-    target.port = _free_port()
+    target.port = free_port()
     command = [part.replace("{port}", str(target.port)) for part in target.command]
-    log = open(log_dir / f"{target.name.replace(' ', '_')}.log", "w")
+    log = log_dir / f"{target.name.replace(' ', '_')}.log"
     started = time.monotonic()
-    target.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **target.env}, start_new_session=True)
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor
+        target.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **target.env}, start_new_session=True)
     call = None
     while True:
         if target.proc.poll() is not None:

@@ -10,10 +10,9 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this project's V2 stubs
-from bench.peers.common import announce, open_session, run  # noqa: E402
+from bench.peers.common import announce, open_session, raw_v2_inputs, run  # noqa: E402
 from service.api.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
 
@@ -26,10 +25,7 @@ class Handwritten(v2_grpc.GRPCInferenceServiceServicer):
         return v2.ServerLiveResponse(live=True)
 
     def ModelInfer(self, request, context):
-        latents = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(
-            request.inputs[0].shape)
-        labels = (np.frombuffer(request.raw_input_contents[1], np.int64)
-                  if len(request.raw_input_contents) > 1 else None)
+        latents, labels = raw_v2_inputs(request)
         images = run(self.session, latents, labels)
         response = v2.ModelInferResponse(model_name=request.model_name)
         response.outputs.add(name="images", datatype="UINT8", shape=images.shape)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import open_session, run  # noqa: E402
+from common import free_port, open_session, run  # noqa: E402
 
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer  # noqa: E402
 
@@ -32,5 +32,5 @@ class DCGAN(Model):
 
 if __name__ == "__main__":
     path, port = sys.argv[1], int(sys.argv[2])
-    ModelServer(grpc_port=port, http_port=port + 1 if port < 65535 else 0, workers=1,
+    ModelServer(grpc_port=port, http_port=free_port(), workers=1,
                 enable_latency_logging=False).start([DCGAN("dcgan", path)])

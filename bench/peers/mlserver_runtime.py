@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -38,20 +37,17 @@ class DCGANRuntime(MLModel):
             NumpyCodec.encode_output("images", images)])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main() -> None:
+    sys.path.insert(0, str(HERE))
+    from common import free_port
     model, port, workdir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "common.py", workdir / "common.py")
     shutil.copy(Path(__file__), workdir / "mlserver_runtime.py")
     (workdir / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "grpc_port": port, "http_port": _free_port(),
-        "metrics_port": _free_port(), "grpc_max_message_length": 64 << 20}))
+        "host": "127.0.0.1", "grpc_port": port, "http_port": free_port(),
+        "metrics_port": free_port(), "grpc_max_message_length": 64 << 20}))
     (workdir / "model-settings.json").write_text(json.dumps({
         "name": "dcgan", "implementation": "mlserver_runtime.DCGANRuntime",
         "max_batch_size": 256, "max_batch_time": 0.001,

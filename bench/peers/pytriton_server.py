@@ -7,24 +7,18 @@ with Triton's dynamic batcher.
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import open_session, run  # noqa: E402
+from common import free_port, open_session, run  # noqa: E402
 
 from pytriton.decorators import batch  # noqa: E402
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor  # noqa: E402
 from pytriton.triton import Triton, TritonConfig  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -41,7 +35,7 @@ def main() -> None:
     tensors = [Tensor(name="latent", dtype=np.float32, shape=(latent_dim,))]
     if conditional:
         tensors.append(Tensor(name="label", dtype=np.int64, shape=(1,)))
-    config = TritonConfig(grpc_port=port, http_port=_free_port(), metrics_port=_free_port(),
+    config = TritonConfig(grpc_port=port, http_port=free_port(), metrics_port=free_port(),
                           grpc_address="127.0.0.1", http_address="127.0.0.1")
     with Triton(config=config) as triton:
         triton.bind(model_name="dcgan", infer_func=infer, inputs=tensors,

@@ -23,6 +23,8 @@ LISTENING = re.compile(r"listening grpc=[\d.]+:(\d+) metrics=[\d.]+:(\d+)")
 class ServerProcess:
     """`python -m service` on free loopback ports, its ports read from its log."""
 
+    listening = LISTENING  # the log line that gives the ports
+
     def __init__(self, *args: str, env: dict | None = None):
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "service", "--host", "127.0.0.1", "--port", "0",
@@ -34,7 +36,7 @@ class ServerProcess:
         deadline = time.monotonic() + 60
         for line in self.proc.stdout:
             self.log.append(line)
-            if m := LISTENING.search(line):
+            if m := self.listening.search(line):
                 self.port, self.metrics_port = int(m[1]), int(m[2])
                 break
             if time.monotonic() > deadline:

@@ -6,39 +6,26 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 
 import grpc
 import numpy as np
-import pytest
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.client import images_from_response
 from tests.conftest import PYTHON, python_env
+from tests.service.test_lifecycle import ServerProcess
 
-SUPERVISOR = re.compile(r"listening grpc=[\d.]+:(\d+) metrics=[\d.]+:(\d+) processes=(\d+)")
 
+class Supervised(ServerProcess):
+    """`python -m service --processes 2`, its ports read from the supervisor's own line."""
 
-class Supervised:
+    listening = re.compile(r"listening grpc=[\d.]+:(\d+) metrics=[\d.]+:(\d+) processes=2")
+
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "service", "--processes", "2", "--host", "127.0.0.1", "--port", "0",
-             "--metrics-host", "127.0.0.1", "--metrics-port", "0", *args],
-            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.log: list[str] = []
-        self.port = self.metrics_port = None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if m := SUPERVISOR.search(line):
-                self.port, self.metrics_port = int(m[1]), int(m[2])
-                assert m[3] == "2"
-                break
-        self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stdout),
-                                        daemon=True)
-        self._reader.start()
+        super().__init__("--processes", "2", *args)
 
     def workers(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
@@ -46,14 +33,7 @@ class Supervised:
         return [int(pid) for pid in out.split()]
 
     def finish(self, timeout=40) -> tuple[int, str]:
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail("the supervisor did not exit: " + "".join(self.log)[-4000:])
-        self._reader.join(timeout=10)
-        return self.proc.returncode, "".join(self.log)
+        return super().finish(timeout)
 
 
 def _per_worker_calls(metrics_port: int) -> dict[str, float]:
