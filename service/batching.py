@@ -22,11 +22,12 @@ tests check exactly.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -107,18 +108,14 @@ class Batcher:
 
     def generate(self, latents: np.ndarray, labels: np.ndarray | None,
                  timeout: float | None = None) -> np.ndarray:
-        """Images for one request, its pieces run by as many workers as help.
+        """Images for one request, its pieces run by as many workers as help (blocking).
 
         `timeout` (seconds) is the caller's remaining deadline: pieces still queued when it
         passes are dropped unrun and the call raises DeadlineExceeded.
         """
-        n = len(latents)
-        if n < MIN_PIECE * 2 and (images := self._try_inline(latents, labels)) is not None:
+        if (images := self._try_inline(latents, labels)) is not None:
             return images
-        pieces = max(math.ceil(n / self.max_batch), min(self.workers, n // MIN_PIECE), 1)
-        bounds = np.linspace(0, n, pieces + 1).astype(int)
-        futures = self._submit_pieces([(latents[a:b], None if labels is None else labels[a:b])
-                                       for a, b in zip(bounds[:-1], bounds[1:])], timeout)
+        futures = self._submit_request(latents, labels, timeout)
         try:
             results = [f.result() for f in futures]
         except BaseException:
@@ -127,13 +124,44 @@ class Batcher:
             raise
         return results[0] if len(results) == 1 else np.concatenate(results)
 
+    async def generate_async(self, latents: np.ndarray, labels: np.ndarray | None,
+                             timeout: float | None = None) -> np.ndarray:
+        """`generate` for an event loop: the loop is free while the workers run the pieces.
+
+        If the awaiting task is cancelled (the caller went away), pieces not yet started are
+        dropped.
+        """
+        if (images := self._try_inline(latents, labels)) is not None:
+            return images
+        futures = self._submit_request(latents, labels, timeout)
+        try:
+            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return results[0] if len(results) == 1 else np.concatenate(results)
+
+    def _submit_request(self, latents: np.ndarray, labels: np.ndarray | None,
+                        timeout: float | None) -> list[Future]:
+        """Cut one request into pieces (see the module docstring) and queue them."""
+        n = len(latents)
+        pieces = max(math.ceil(n / self.max_batch), min(self.workers, n // MIN_PIECE), 1)
+        bounds = np.linspace(0, n, pieces + 1).astype(int)
+        return self._submit_pieces([(latents[a:b], None if labels is None else labels[a:b])
+                                    for a, b in zip(bounds[:-1], bounds[1:])], timeout)
+
     def _try_inline(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
         """Run a small request on the caller's own thread when the server is idle.
 
         With every worker waiting and nothing queued there is nothing to batch with, and the
         two thread hand-offs (to a worker and back) would be most of a batch-1 request's
         latency. One such run at a time; anything arriving meanwhile is batched as usual.
+        On an event loop this blocks the loop for one small run (well under a millisecond for
+        batch 1), which only happens when nothing else is running.
         """
+        if len(latents) >= MIN_PIECE * 2:
+            return None
         with self._cv:
             if (self._closed or self._queue or self._inline or self.max_delay_s > 0
                     or self._idle < self.workers):
@@ -234,11 +262,17 @@ class Batcher:
 
 
 class Unbatched:
-    """The same interface with batching off: each request runs on its own, in its own thread."""
+    """The same interface with batching off: each request runs on its own.
 
-    def __init__(self, runner: OnnxGenerator, observe: BatchObserver | None = None):
+    `generate` runs on the caller's thread; `generate_async` on one of `workers` threads, so
+    an event loop is never blocked by a run.
+    """
+
+    def __init__(self, runner: OnnxGenerator, observe: BatchObserver | None = None,
+                 workers: int = 1, name: str = "unbatched"):
         self.runner = runner
         self.observe = observe or (lambda *_: None)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     def generate(self, latents: np.ndarray, labels: np.ndarray | None,
                  timeout: float | None = None) -> np.ndarray:
@@ -247,5 +281,9 @@ class Unbatched:
         self.observe(len(latents), 0.0, time.perf_counter() - started)
         return images
 
+    async def generate_async(self, latents: np.ndarray, labels: np.ndarray | None,
+                             timeout: float | None = None) -> np.ndarray:
+        return await asyncio.wrap_future(self._pool.submit(self.generate, latents, labels))
+
     def close(self) -> None:
-        pass
+        self._pool.shutdown(wait=True)

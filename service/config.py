@@ -56,8 +56,9 @@ class ServeConfig:
     batch_max_delay_ms: float = 0.0     # how long a lone request waits for company (0: it runs
                                         # at once; under load requests still coalesce while the
                                         # previous batch runs)
-    # --- threads: gRPC handlers and onnxruntime share the cores
-    grpc_workers: int = 8               # concurrent RPC handler threads
+    # --- threads: one event loop handles every RPC; these share the cores with it
+    encode_workers: int = 0             # threads encoding PNG responses off the event loop;
+                                        # 0 = one per core
     inference_workers: int = 0          # batching: runs in parallel per model; 0 = one per core
     intra_op_threads: int = 0           # onnxruntime threads per run; 0 = auto: 1 with
                                         # batching (the workers give the parallelism), else
@@ -87,6 +88,10 @@ class ServeConfig:
                 raise ServiceError(f"cannot read --auth-token-file {self.auth_token_file}: "
                                    f"{exc.strerror}") from None
         return os.environ.get("DCGAN_AUTH_TOKEN", "")
+
+    @property
+    def resolved_encode_workers(self) -> int:
+        return self.encode_workers or usable_cpus()
 
     @property
     def resolved_inference_workers(self) -> int:
@@ -183,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=float(_env("batch_max_delay_ms", d.batch_max_delay_ms)),
                    help="how long a request may wait for others to share its run "
                         f"({d.batch_max_delay_ms:g})")
-    p.add_argument("--grpc-workers", type=int, default=int(_env("grpc_workers", d.grpc_workers)),
-                   help=f"RPC handler threads ({d.grpc_workers})")
+    p.add_argument("--encode-workers", type=int,
+                   default=int(_env("encode_workers", d.encode_workers)),
+                   help="threads encoding PNG responses off the event loop; 0 = one per core (0)")
     p.add_argument("--inference-workers", type=int,
                    default=int(_env("inference_workers", d.inference_workers)),
                    help="with batching, onnxruntime runs in parallel per model; 0 = one per core "
@@ -235,8 +241,8 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
         problems.append("--max-in-flight must be at least 1")
     if values["processes"] < 1:
         problems.append("--processes must be at least 1")
-    if values["grpc_workers"] < 1:
-        problems.append("--grpc-workers must be at least 1")
+    if values["encode_workers"] < 0:
+        problems.append("--encode-workers must not be negative")
     if values["max_message_bytes"] < 1 << 16:
         problems.append("--max-message-bytes must be at least 65536")
     if bool(values["tls_cert"]) != bool(values["tls_key"]):

@@ -1,15 +1,20 @@
 """The core of a request, with no gRPC in it: validate -> latents -> run the model -> encode.
 
-`Generator.generate()` takes a plain `GenerationRequest` and returns a `GenerationResult`; the
-servicer converts protobuf messages to and from these. Problems are raised here, where they are
-detected, as `service.errors` exceptions whose messages say what to fix.
+`await Generator.generate()` takes a plain `GenerationRequest` and returns a
+`GenerationResult`; the servicers convert protobuf messages to and from these. It runs on the
+server's event loop: the cheap steps run there, the model runs on the engine's worker threads
+and PNG encoding on a thread pool, so the loop keeps answering other calls meanwhile.
+Problems are raised here, where they are detected, as `service.errors` exceptions whose
+messages say what to fix.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -54,8 +59,8 @@ class GenerationResult:
 class Engine(Protocol):
     """Runs latents through a model: `batching.Batcher` (shared runs) or `batching.Unbatched`."""
 
-    def generate(self, latents: np.ndarray, labels: np.ndarray | None,
-                 timeout: float | None = None) -> np.ndarray: ...
+    async def generate_async(self, latents: np.ndarray, labels: np.ndarray | None,
+                             timeout: float | None = None) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -113,18 +118,25 @@ class ModelRegistry:
 
 
 class Generator:
-    """Turns validated requests into images with the registry's models."""
+    """Turns validated requests into images with the registry's models.
 
-    def __init__(self, registry: ModelRegistry, max_batch: int):
+    `encoder` runs PNG encoding (milliseconds for a big grid) off the event loop.
+    """
+
+    def __init__(self, registry: ModelRegistry, max_batch: int, encoder: Executor):
         self.registry = registry
         self.max_batch = max_batch
+        self.encoder = encoder
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
         model = self.registry.get(request.model)
         seeds = self.check_seeds(request.seeds, self.max_batch)
         labels = self.resolve_labels(model, seeds, request.labels)
-        images = self.run(model, seeds, labels, request.timeout)
-        return self.encode(model, seeds, labels, images, request.format)
+        images = await self.run(model, seeds, labels, request.timeout)
+        if request.format is Format.RAW:  # nothing to encode: the bytes go out as they are
+            return self.encode(model, seeds, labels, images, request.format)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.encoder, self.encode, model, seeds, labels, images, request.format)
 
     # --- the steps, in order
 
@@ -163,10 +175,11 @@ class Generator:
                                  f"has classes 0..{meta.num_classes - 1}")
         return np.full(len(seeds), values[0]) if len(values) == 1 else values
 
-    def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None,
-            timeout: float | None = None) -> np.ndarray:
+    @staticmethod
+    async def run(model: ServedModel, seeds: list[int], labels: np.ndarray | None,
+                  timeout: float | None = None) -> np.ndarray:
         latents = seeds_to_latents(seeds, model.runner.metadata.latent_dim)
-        return model.engine.generate(latents, labels, timeout)
+        return await model.engine.generate_async(latents, labels, timeout)
 
     @staticmethod
     def encode(model: ServedModel, seeds: list[int], labels: np.ndarray | None,

@@ -15,6 +15,7 @@ Errors are raised as the service's own exceptions and become status codes throug
 
 from __future__ import annotations
 
+import asyncio
 from importlib import metadata as package_metadata
 
 import grpc
@@ -52,43 +53,43 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     # --- health and metadata -------------------------------------------------------------------
 
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         return v2.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):
+    async def ServerReady(self, request, context):
         return v2.ServerReadyResponse(ready=not self.gate.draining)
 
-    def ModelReady(self, request, context):
+    async def ModelReady(self, request, context):
         try:
             _model(self.generator, request.name, request.version)
         except ModelNotFound:
             return v2.ModelReadyResponse(ready=False)
         return v2.ModelReadyResponse(ready=not self.gate.draining)
 
-    def ServerMetadata(self, request, context):
+    async def ServerMetadata(self, request, context):
         return v2.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=[])
 
-    def ModelMetadata(self, request, context):
+    async def ModelMetadata(self, request, context):
         with self.metrics.track("ModelMetadata") as call:
             try:
                 model = _model(self.generator, request.name, request.version)
                 call.model = model.name
                 return _metadata(model)
             except Exception as exc:
-                abort(context, call, exc)
+                await abort(context, call, exc)
 
-    def ModelConfig(self, request, context):
+    async def ModelConfig(self, request, context):
         with self.metrics.track("ModelConfig") as call:
             try:
                 model = _model(self.generator, request.name, request.version)
                 call.model = model.name
                 return v2.ModelConfigResponse(config=_config(model))
             except Exception as exc:
-                abort(context, call, exc)
+                await abort(context, call, exc)
 
     # --- inference ------------------------------------------------------------------------------
 
-    def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext):
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext):
         with self.metrics.track("ModelInfer") as call:
             try:
                 with self.gate.admitted():
@@ -97,12 +98,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     seeds, labels = _inputs(request, model)
                     wanted = _wanted_outputs(request, model)
                     self.metrics.images_per_request.labels(model=model.name).observe(len(seeds))
-                    result = self.generator.generate(GenerationRequest(
+                    result = await self.generator.generate(GenerationRequest(
                         seeds, labels, model.name, Format.RAW, context.time_remaining()))
                     call.images = len(result.seeds)
                     return _response(request, result, wanted)
+            except asyncio.CancelledError:  # the caller cancelled or its deadline passed
+                call.code = grpc.StatusCode.CANCELLED.name
+                raise
             except Exception as exc:
-                abort(context, call, exc)
+                await abort(context, call, exc)
 
 
 def _model(generator: Generator, name: str, version: str) -> ServedModel:

@@ -38,25 +38,25 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=client_ca is not None)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation, details):
         if details.method.startswith(OPEN_METHOD_PREFIXES):
-            return continuation(details)
+            return await continuation(details)
         sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(sent.encode(), self._expected):  # constant time
-            return continuation(details)
-        handler = continuation(details)
-        return None if handler is None else _refusal(handler)
+        handler = await continuation(details)
+        if handler is None or hmac.compare_digest(sent.encode(), self._expected):  # constant time
+            return handler
+        return _refusal(handler)
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    def deny(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                      "missing or wrong bearer token: send metadata "
-                      "'authorization: Bearer <token>'")
+    async def deny(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or wrong bearer token: send metadata "
+                            "'authorization: Bearer <token>'")
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,

@@ -5,12 +5,19 @@
     main()                                   flags/env -> ServeConfig -> serve (or, with
                                              --processes N, supervisor.supervise); exit codes
 
+Threads: gRPC runs on one asyncio event loop (grpc.aio) in the `rpc-loop` thread; each model's
+batcher has its worker threads for onnxruntime; PNG encoding has a small pool. The caller of
+create_server (the main thread in `serve`) keeps signals, reload and stop, all synchronous.
+Why asyncio: at batch 1 the cost of a call is Python's per-call work under one GIL; a
+coroutine per call is cheaper than the thread hand-offs of grpc's thread-pool server.
+
 Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
 NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to finish.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import faulthandler
 import logging
@@ -18,12 +25,13 @@ import signal
 import sys
 import threading
 import time
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as _health_aio  # noqa: F401  (health.aio)
 from grpc_reflection.v1alpha import reflection
 
 from service.api.dcgan.v1 import generator_pb2 as pb
@@ -39,7 +47,7 @@ from service.inference_v2 import InferenceServicer
 from service.metrics import Metrics
 from service.runtime import OnnxGenerator, RuntimeOptions
 from service.security import BearerTokenInterceptor, server_credentials
-from service.servicer import GeneratorServicer
+from service.servicer import GeneratorServicer, add_servicer
 from service.supervisor import supervise
 
 log = logging.getLogger("dcgan-serve")
@@ -55,14 +63,16 @@ def model_health_name(model: str) -> str:
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     metrics_port: int | None
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     gate: CallGate  # admits generation calls of both APIs; drained on stop
     registry: ModelRegistry
     metrics: Metrics
     config: ServeConfig
+    loop: asyncio.AbstractEventLoop  # runs gRPC, in its own thread
+    encoder: ThreadPoolExecutor
     _metrics_http: object = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -94,18 +104,20 @@ class RunningServer:
 
         The drain happens in our own gate first (new calls get UNAVAILABLE from our own code,
         admitted ones finish), and only then is the gRPC server stopped: grpc's own stop
-        cancels calls it has received but not yet handed to a handler thread.
+        cancels calls it has received but not yet handed to a handler.
         """
         grace = self.config.grace_seconds if grace is None else grace
         started = time.monotonic()
-        self.health.enter_graceful_shutdown()
+        _on_loop(self.loop, self.health.enter_graceful_shutdown())
         drained = self.gate.drain(grace)
         if not drained:
             log.warning("grace period of %.1fs over with calls still running", grace)
-        self.server.stop(max(0.5, grace - (time.monotonic() - started))).wait()
+        _on_loop(self.loop, self.server.stop(max(0.5, grace - (time.monotonic() - started))))
         self.registry.close()
+        self.encoder.shutdown()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+        _stop_loop(self.loop)
 
 
 def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
@@ -138,7 +150,8 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
                          observe, workers=workers, name=f"batcher-{name}", lone_runner=lone,
                          max_queued_images=config.max_queued_images or None)
     else:
-        engine = Unbatched(runner, observe)
+        engine = Unbatched(runner, observe, workers=config.resolved_inference_workers,
+                           name=f"unbatched-{name}")
     return runner, engine
 
 
@@ -156,26 +169,57 @@ def create_server(config: ServeConfig) -> RunningServer:
     metrics = Metrics()
     registry = load_models(config, metrics)
     describe_models(registry, metrics)
+    encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
+                                 thread_name_prefix="encode")
+    generator = Generator(registry, config.max_batch, encoder)
+    gate = CallGate()
+    metrics_http, metrics_port, loop = None, None, None
+    try:
+        if config.metrics_port >= 0:
+            try:
+                metrics_http, _ = metrics.serve_http(config.metrics_host, config.metrics_port)
+            except OSError as exc:
+                raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
+                                   f"{config.metrics_port}: {exc}") from None
+            metrics_port = metrics_http.server_port
+        loop = _start_loop()
+        server, port, health_servicer = _on_loop(
+            loop, _start_grpc(config, generator, metrics, gate, registry))
+    except BaseException:
+        if loop is not None:
+            _stop_loop(loop)
+        if metrics_http is not None:
+            metrics_http.shutdown()
+        registry.close()
+        encoder.shutdown()
+        raise
+    log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
+             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
+             ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
+             "bearer" if config.auth_token() else "off")
+    return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
+                         metrics, config, loop, encoder, metrics_http)
 
-    generator = Generator(registry, config.max_batch)
+
+async def _start_grpc(config: ServeConfig, generator: Generator, metrics: Metrics,
+                      gate: CallGate, registry: ModelRegistry):
+    """Build, bind and start the gRPC server on the running loop; health turns SERVING last."""
     token = config.auth_token()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="rpc"),
+    server = grpc.aio.server(
         interceptors=[BearerTokenInterceptor(token)] if token else None,
         # Beyond this many RPCs gRPC answers RESOURCE_EXHAUSTED at once, so a flood cannot
-        # grow the executor's queue (and memory, and latency) without bound.
+        # grow memory and latency without bound.
         maximum_concurrent_rpcs=config.max_in_flight,
         options=[("grpc.max_send_message_length", config.max_message_bytes),
                  ("grpc.max_receive_message_length", config.max_message_bytes),
                  # Off unless asked: a second server could otherwise bind the same port
                  # silently. The multi-process supervisor's workers share it on purpose.
                  ("grpc.so_reuseport", 1 if config.reuse_port else 0)])
-    gate = CallGate()
-    pb_grpc.add_GeneratorServiceServicer_to_server(
-        GeneratorServicer(generator, metrics, config.max_message_bytes, gate), server)
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(generator, metrics, gate), server)
-    health_servicer = health.HealthServicer()
+    add_servicer(pb_grpc.add_GeneratorServiceServicer_to_server,
+                 GeneratorServicer(generator, metrics, config.max_message_bytes, gate), server)
+    add_servicer(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                 InferenceServicer(generator, metrics, gate), server)
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -187,25 +231,44 @@ def create_server(config: ServeConfig) -> RunningServer:
                 else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise ServiceError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
-    metrics_http, metrics_port = None, None
-    if config.metrics_port >= 0:
-        try:
-            metrics_http, _ = metrics.serve_http(config.metrics_host, config.metrics_port)
-        except OSError as exc:
-            raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
-                               f"{config.metrics_port}: {exc}") from None
-        metrics_port = metrics_http.server_port
-    server.start()
+    await server.start()
 
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in registry)):
-        health_servicer.set(name, serving)
-    log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
-             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
-             ("mutual" if config.tls_client_ca else "on") if credentials else "off",
-             "bearer" if token else "off")
-    return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
-                         metrics, config, metrics_http)
+        await health_servicer.set(name, serving)
+    return server, port, health_servicer
+
+
+# --- the event loop's thread -------------------------------------------------------------------
+
+def _start_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    threading.Thread(target=run, name="rpc-loop", daemon=True).start()
+    ready.wait()
+    return loop
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, coro):
+    """Run `coro` on `loop` (another thread's) and wait for its result here."""
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    finished = threading.Event()
+
+    def stop() -> None:
+        loop.stop()
+        finished.set()
+
+    loop.call_soon_threadsafe(stop)
+    finished.wait(5)
 
 
 def serve(config: ServeConfig) -> None:

@@ -1,14 +1,19 @@
 """The gRPC edge: protobuf in -> `generation.Generator` -> protobuf out, and errors -> status codes.
 
+Handlers are coroutines on the server's one event loop (grpc.aio): a call costs no thread of
+its own, and the loop hands the model runs to the batcher's worker threads.
+
 This is the only module that turns exceptions into gRPC status codes (`STATUS_FOR`); anything
 not listed there is a bug and becomes INTERNAL with the detail logged, not sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from service.admission import CallGate
 from service.api.dcgan.v1 import generator_pb2 as pb
@@ -57,37 +62,42 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
         self.max_message_bytes = max_message_bytes
         self.gate = gate
 
-    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext):
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         with self.metrics.track("Generate") as call:
             try:
                 with self.gate.admitted():
-                    return self._generate(request, context, call)
+                    return await self._generate(request, context, call)
+            except asyncio.CancelledError:  # the caller cancelled or its deadline passed
+                call.code = grpc.StatusCode.CANCELLED.name
+                raise
             except Exception as exc:
-                abort(context, call, exc)
+                await abort(context, call, exc)
 
-    def _generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
+    async def _generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
         fmt = _format(request.format)
         model = self.generator.registry.get(request.model)
         call.model = model.name
         self.metrics.images_per_request.labels(model=model.name).observe(len(request.seeds))
         _check_still_wanted(context)
-        result = self.generator.generate(GenerationRequest(
+        result = await self.generator.generate(GenerationRequest(
             request.seeds, request.labels, model.name, fmt, context.time_remaining()))
         call.images = len(result.seeds)
         return _response(result)
 
-    def GenerateStream(self, request: pb.GenerateStreamRequest, context: grpc.ServicerContext):
+    async def GenerateStream(self, request: pb.GenerateStreamRequest,
+                             context: grpc.aio.ServicerContext):
         with self.metrics.track("GenerateStream") as call:
             try:
                 with self.gate.admitted():
-                    yield from self._generate_stream(request, context, call)
-            except GeneratorExit:  # grpc closes the stream this way when the caller cancels
+                    async for response in self._generate_stream(request, context, call):
+                        yield response
+            except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED.name
                 raise
             except Exception as exc:
-                abort(context, call, exc)
+                await abort(context, call, exc)
 
-    def _generate_stream(self, request: pb.GenerateStreamRequest, context, call):
+    async def _generate_stream(self, request: pb.GenerateStreamRequest, context, call):
         fmt = _format(request.format)
         if fmt is Format.PNG_GRID:
             raise InvalidRequest("GenerateStream returns RAW or PNG images; ask Generate for "
@@ -106,24 +116,24 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
             _check_still_wanted(context)
             part = seeds[start:start + chunk]
             part_labels = labels[start:start + chunk] if len(labels) > 1 else labels
-            result = self.generator.generate(GenerationRequest(
+            result = await self.generator.generate(GenerationRequest(
                 part, part_labels, model.name, fmt, context.time_remaining()))
             call.images += len(part)
             yield _response(result)
 
-    def ListModels(self, request, context):
+    async def ListModels(self, request, context):
         with self.metrics.track("ListModels"):
             return pb.ListModelsResponse(
                 models=[self._info(m) for m in self.generator.registry])
 
-    def GetModelInfo(self, request, context):
+    async def GetModelInfo(self, request, context):
         with self.metrics.track("GetModelInfo") as call:
             try:
                 model = self.generator.registry.get(request.model)
                 call.model = model.name
                 return self._info(model)
             except Exception as exc:
-                abort(context, call, exc)
+                await abort(context, call, exc)
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:
         meta = model.runner.metadata
@@ -178,20 +188,85 @@ def _response(result: GenerationResult) -> pb.GenerateResponse:
     return response
 
 
-def _check_still_wanted(context: grpc.ServicerContext) -> None:
+# --- registration --------------------------------------------------------------------------------
+
+class MalformedRequest:
+    """What a request that is not a valid protobuf message decodes to (see `add_servicer`)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def add_servicer(add_to_server, servicer, server: grpc.aio.Server) -> None:
+    """Register `servicer` as the generated `add_*_to_server` would, plus one thing: a request
+    whose bytes are not a valid message is answered INVALID_ARGUMENT. (grpc.aio would answer
+    UNKNOWN and log a traceback per bad frame, which a hostile client could use to flood the
+    log.)"""
+    recorder = _HandlerRecorder()
+    add_to_server(servicer, recorder)
+    handlers = {name: _decoding_safely(handler) for name, handler in recorder.handlers.items()}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(recorder.service, handlers),))
+    server.add_registered_method_handlers(recorder.service, handlers)
+
+
+class _HandlerRecorder:
+    """Stands in for the server to catch the method handlers a generated function registers."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _decoding_safely(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+
+    def safe_decode(data: bytes):
+        try:
+            return decode(data)
+        except DecodeError as exc:
+            return MalformedRequest(str(exc))
+
+    async def refuse(request: MalformedRequest, context) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid message: {request.error}")
+
+    if handler.unary_unary:
+        answer = handler.unary_unary
+
+        async def unary_unary(request, context):
+            if isinstance(request, MalformedRequest):
+                await refuse(request, context)
+            return await answer(request, context)
+        return handler._replace(request_deserializer=safe_decode, unary_unary=unary_unary)
+    if handler.unary_stream:
+        stream = handler.unary_stream
+
+        async def unary_stream(request, context):
+            if isinstance(request, MalformedRequest):
+                await refuse(request, context)
+            async for response in stream(request, context):
+                yield response
+        return handler._replace(request_deserializer=safe_decode, unary_stream=unary_stream)
+    raise TypeError(f"no request-streaming methods are served: {handler}")
+
+
+def _check_still_wanted(context: grpc.aio.ServicerContext) -> None:
     """Do not start work nobody will read: the deadline passed or the caller cancelled."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         raise DeadlineExceeded("the deadline passed before generation started")
-    if not context.is_active():
+    if context.cancelled():
         raise Cancelled("the call was cancelled")
 
 
-def abort(context: grpc.ServicerContext, call, exc: Exception) -> None:
+async def abort(context: grpc.aio.ServicerContext, call, exc: Exception) -> None:
     """Record `exc`'s status on the metrics `call`, then end the RPC with it (abort raises)."""
     code = status_for(exc)
     call.code = code.name
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error")
-        context.abort(code, "internal error; the server log has the details")
-    context.abort(code, str(exc))
+        await context.abort(code, "internal error; the server log has the details")
+    await context.abort(code, str(exc))

@@ -176,8 +176,7 @@ def test_requests_whose_deadline_passed_in_the_queue_are_not_run(runner):
 
 
 def test_rpc_flood_beyond_the_in_flight_limit_gets_resource_exhausted(tiny_onnx):
-    server = ServerProcess("--model", f"m={tiny_onnx}", "--max-in-flight", "2",
-                           "--grpc-workers", "2")
+    server = ServerProcess("--model", f"m={tiny_onnx}", "--max-in-flight", "2")
     try:
         assert server.port, "".join(server.log)
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
