@@ -145,7 +145,8 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
         workers = config.resolved_inference_workers
         lone = None
         if workers > 1 and options.intra_op_threads == 1:
-            lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0))
+            lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0,
+                                                           allow_spinning=False))
         engine = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
                          observe, workers=workers, name=f"batcher-{name}", lone_runner=lone,
                          max_queued_images=config.max_queued_images or None)
