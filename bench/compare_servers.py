@@ -15,15 +15,24 @@ concurrent clients) in interleaved rounds, so the machine's noise hits all alike
                   server; "handwritten aio": the same with grpc.aio)
   kserve, mlserver, pytriton   the peers (skipped when their venv is absent), V2 with latents
 
-Clients run in separate processes, one gRPC connection per client thread (so connections can
-spread over a multi-process server). The peers receive latents (what their users would send);
-this service receives seeds and makes the latents itself: the same images either way.
+Two load generators (`--load`):
+  python  client processes, one gRPC connection per client thread (so connections can spread
+          over a multi-process server); shares the 2 cores' GIL-bound Python work with the
+          server, so it caps what any Python server can show at batch 1.
+  h2load  nghttp2's HTTP/2 load tool (Debian `nghttp2-client`), written in C: C connections,
+          one call in flight on each, the same pre-serialised gRPC request repeated; latencies
+          from its per-request log. A gRPC error still answers HTTP 200, so every cell checks
+          that the responses carried the images' bytes (an error carries none).
+The peers receive latents (what their users would send); this service receives seeds and makes
+the latents itself: the same images either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import math
 import multiprocessing as mp
 import os
@@ -110,10 +119,56 @@ def _client_process(kind, port, batch, threads, seconds, latent_dim, conditional
     queue.put(closed_loop(call, threads, seconds, keep_latencies=True))
 
 
+_GRPC_PATH = {"generate": "/dcgan.v1.GeneratorService/Generate",
+              "v2": "/inference.GRPCInferenceService/ModelInfer"}
+
+
+def _grpc_frame(kind: str, batch: int, latent_dim: int, conditional: bool) -> bytes:
+    """One request as gRPC puts it on the wire: uncompressed flag, 4-byte length, message."""
+    if kind == "generate":
+        from service.api.dcgan.v1 import generator_pb2 as pb
+        message = pb.GenerateRequest(seeds=list(range(batch))).SerializeToString()
+    else:
+        message = _v2_request(batch, latent_dim, conditional).SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def drive_h2load(target: Target, batch: int, concurrency: int, seconds: float, latent_dim: int,
+                 conditional: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        body, log = Path(tmp) / "request", Path(tmp) / "log.tsv"
+        body.write_bytes(_grpc_frame(target.kind, batch, latent_dim, conditional))
+        out = subprocess.run(
+            ["h2load", "--clients", str(concurrency), "--max-concurrent-streams", "1",
+             "--threads", "1", "--duration", f"{int(seconds * 1000)}ms",
+             "--warm-up-time", "300ms",
+             "--header", "content-type: application/grpc", "--header", "te: trailers",
+             "--data", str(body), f"--log-file={log}",
+             f"http://127.0.0.1:{target.port}{_GRPC_PATH[target.kind]}"],
+            capture_output=True, text=True, timeout=seconds + 120).stdout
+        rows = np.loadtxt(log, dtype=np.int64, ndmin=2) if log.stat().st_size else \
+            np.empty((0, 3), np.int64)
+    done = int(re.search(r"(\d+) succeeded", out).group(1))
+    data = int(re.search(r"traffic: .*?\((\d+)\) data", out).group(1))
+    elapsed = float(re.search(r"finished in ([\d.]+)(m?s)", out).group(1))
+    elapsed /= 1000 if re.search(r"finished in [\d.]+ms", out) else 1
+    # Calls that carried their images; the rest were gRPC errors (e.g. RESOURCE_EXHAUSTED
+    # from a server's backpressure), reported beside the throughput rather than counted in it.
+    answered = min(done, data // (batch * 28 * 28))
+    if not answered:
+        raise RuntimeError(f"{target.name}: none of {done} calls carried images")
+    latencies = rows[rows[:, 1] == 200, 2] / 1e6
+    return {"calls": answered, "errors": done - answered, "seconds": elapsed,
+            "p50_ms": float(np.percentile(latencies, 50)) * 1e3,
+            "p99_ms": float(np.percentile(latencies, 99)) * 1e3}
+
+
 def drive(target: Target, batch: int, concurrency: int, seconds: float, latent_dim: int,
-          conditional: bool) -> dict:
+          conditional: bool, load: str = "python") -> dict:
     if target.kind == "inproc":
         return _in_process(batch, concurrency, seconds)
+    if load == "h2load":
+        return drive_h2load(target, batch, concurrency, seconds, latent_dim, conditional)
     processes = 1 if concurrency <= 8 else 2  # one Python client process tops out near 8
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -272,8 +327,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell")
     parser.add_argument("--only", help="comma-separated target names to run")
+    parser.add_argument("--load", choices=("python", "h2load"), default="python",
+                        help="load generator (see above)")
     parser.add_argument("--out", type=Path, help="Markdown report (and .json beside it)")
     args = parser.parse_args()
+    if args.load == "h2load" and not shutil.which("h2load"):
+        parser.error("--load h2load needs nghttp2's h2load (apt-get install nghttp2-client)")
 
     runner = OnnxGenerator(args.model, RuntimeOptions(device="cpu", intra_op_threads=0))
     _RUNNER["runner"] = runner
@@ -304,7 +363,7 @@ def main() -> int:
                     order = live if r % 2 == 0 else live[::-1]
                     for target in order:
                         runs[target.name].append(drive(target, batch, conc, args.seconds,
-                                                       latent_dim, conditional))
+                                                       latent_dim, conditional, args.load))
                 ceiling = float(np.median([x["calls"] * batch / x["seconds"]
                                            for x in runs["in-process"]]))
                 for target in live:
@@ -314,10 +373,12 @@ def main() -> int:
                            "p50_ms": float(np.median([x["p50_ms"] for x in runs[target.name]])),
                            "p99_ms": float(np.median([x["p99_ms"] for x in runs[target.name]]))}
                     row["vs_ceiling"] = row["img_s"] / ceiling
+                    row["errors"] = sum(x.get("errors", 0) for x in runs[target.name])
                     rows.append(row)
                     print(f"batch {batch:4d} clients {conc:2d} {target.name:16s} "
                           f"{row['img_s']:8.0f} img/s p50 {row['p50_ms']:8.3f} ms p99 "
-                          f"{row['p99_ms']:8.3f} ms  {row['vs_ceiling']:.2f} of ceiling",
+                          f"{row['p99_ms']:8.3f} ms  {row['vs_ceiling']:.2f} of ceiling"
+                          + (f"  ({row['errors']} calls refused)" if row["errors"] else ""),
                           flush=True)
     finally:
         for target in live:
@@ -332,8 +393,13 @@ def write_report(out: Path, rows: list[dict], chosen: list[Target], args) -> Non
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; model "
              f"`{Path(args.model).name}`; {args.rounds} interleaved rounds of {args.seconds:g} s "
              "per cell (medians).",
+             f"Load generator: {args.load}.",
              f"Command: `python bench/compare_servers.py --peers .bench-venvs --seconds "
-             f"{args.seconds:g} --rounds {args.rounds} --out {out}`", "",
+             f"{args.seconds:g} --rounds {args.rounds} --load {args.load}"
+             + (f" --batches {args.batches}" if args.batches != "1,16,64,256" else "")
+             + (f" --concurrency {args.concurrency}" if args.concurrency != "1,8,32" else "")
+             + (f" --only '{args.only}'" if args.only else "")
+             + f" --out {out}`", "",
              "| target | start-up to first answer s | idle RSS MB | note |", "|---|---:|---:|---|"]
     for t in chosen:
         lines.append(f"| {t.name} | {t.start_s:.2f} | {t.idle_rss_mb:.0f} | {t.note} |")
@@ -341,7 +407,8 @@ def write_report(out: Path, rows: list[dict], chosen: list[Target], args) -> Non
               "|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['batch']} | {r['clients']} | {r['target']} | {r['img_s']:.0f} | "
-                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['vs_ceiling']:.2f} |")
+                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['vs_ceiling']:.2f} |"
+                     + (f" {r['errors']} calls refused" if r.get("errors") else ""))
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(
         {"rows": rows, "targets": [{"name": t.name, "start_s": t.start_s,
