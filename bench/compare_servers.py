@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
 import math
 import multiprocessing as mp
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -150,11 +150,12 @@ def drive_h2load(target: Target, batch: int, concurrency: int, seconds: float, l
             np.empty((0, 3), np.int64)
     done = int(re.search(r"(\d+) succeeded", out).group(1))
     data = int(re.search(r"traffic: .*?\((\d+)\) data", out).group(1))
-    elapsed = float(re.search(r"finished in ([\d.]+)(m?s)", out).group(1))
-    elapsed /= 1000 if re.search(r"finished in [\d.]+ms", out) else 1
+    value, unit = re.search(r"finished in ([\d.]+)(m?s)", out).groups()
+    elapsed = float(value) / (1000 if unit == "ms" else 1)
     # Calls that carried their images; the rest were gRPC errors (e.g. RESOURCE_EXHAUSTED
     # from a server's backpressure), reported beside the throughput rather than counted in it.
-    answered = min(done, data // (batch * 28 * 28))
+    image_bytes = int(np.prod(_RUNNER["runner"].image_shape))
+    answered = min(done, data // (batch * image_bytes))
     if not answered:
         raise RuntimeError(f"{target.name}: none of {done} calls carried images")
     latencies = rows[rows[:, 1] == 200, 2] / 1e6

@@ -160,8 +160,6 @@ class Batcher:
         With every worker waiting and nothing queued there is nothing to batch with, and the
         two thread hand-offs (to a worker and back) would be most of a batch-1 request's
         latency. One such run at a time; anything arriving meanwhile is batched as usual.
-        On an event loop this blocks the loop for one small run (well under a millisecond for
-        batch 1), which only happens when nothing else is running.
         """
         if len(latents) >= MIN_PIECE * 2:
             return None
@@ -172,14 +170,18 @@ class Batcher:
             self._inline += 1
         try:
             started = time.perf_counter()
-            runner = self.lone_runner if self.lone_runner is not None \
-                and len(latents) >= MIN_PIECE else self.runner
-            images = runner.generate(latents, labels)
+            images = self._runner_for(len(latents), alone=True).generate(latents, labels)
             self.observe(len(latents), 0.0, time.perf_counter() - started)
             return images
         finally:
             with self._cv:
                 self._inline -= 1
+
+    def _runner_for(self, images: int, alone: bool) -> OnnxGenerator:
+        """The multi-threaded session for a run of MIN_PIECE+ images alone, else a 1-thread one."""
+        if alone and self.lone_runner is not None and images >= MIN_PIECE:
+            return self.lone_runner
+        return self.runner
 
     @property
     def queued_images(self) -> int:
@@ -251,10 +253,7 @@ class Batcher:
                 labels = np.concatenate([p.labels for p in live]) if len(live) > 1 \
                     else live[0].labels
             started = time.perf_counter()
-            runner = self.runner
-            if alone and self.lone_runner is not None and len(latents) >= MIN_PIECE:
-                runner = self.lone_runner
-            images = runner.generate(latents, labels)
+            images = self._runner_for(len(latents), alone).generate(latents, labels)
             self.observe(len(latents), waited, time.perf_counter() - started)
         except BaseException as exc:  # hand the failure to every caller, keep the worker alive
             for p in live:

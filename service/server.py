@@ -31,7 +31,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as _health_aio  # noqa: F401  (health.aio)
 from grpc_reflection.v1alpha import reflection
 
 from service.api.dcgan.v1 import generator_pb2 as pb
@@ -174,6 +173,7 @@ def create_server(config: ServeConfig) -> RunningServer:
                                  thread_name_prefix="encode")
     generator = Generator(registry, config.max_batch, encoder)
     gate = CallGate()
+    token = config.auth_token()
     metrics_http, metrics_port, loop = None, None, None
     try:
         if config.metrics_port >= 0:
@@ -185,7 +185,7 @@ def create_server(config: ServeConfig) -> RunningServer:
             metrics_port = metrics_http.server_port
         loop = _start_loop()
         server, port, health_servicer = _on_loop(
-            loop, _start_grpc(config, generator, metrics, gate, registry))
+            loop, _start_grpc(config, token, generator, metrics, gate, registry))
     except BaseException:
         if loop is not None:
             _stop_loop(loop)
@@ -197,15 +197,14 @@ def create_server(config: ServeConfig) -> RunningServer:
     log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
-             "bearer" if config.auth_token() else "off")
+             "bearer" if token else "off")
     return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
                          metrics, config, loop, encoder, metrics_http)
 
 
-async def _start_grpc(config: ServeConfig, generator: Generator, metrics: Metrics,
+async def _start_grpc(config: ServeConfig, token: str, generator: Generator, metrics: Metrics,
                       gate: CallGate, registry: ModelRegistry):
     """Build, bind and start the gRPC server on the running loop; health turns SERVING last."""
-    token = config.auth_token()
     server = grpc.aio.server(
         interceptors=[BearerTokenInterceptor(token)] if token else None,
         # Beyond this many RPCs gRPC answers RESOURCE_EXHAUSTED at once, so a flood cannot
@@ -262,14 +261,7 @@ def _on_loop(loop: asyncio.AbstractEventLoop, coro):
 
 
 def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
-    finished = threading.Event()
-
-    def stop() -> None:
-        loop.stop()
-        finished.set()
-
-    loop.call_soon_threadsafe(stop)
-    finished.wait(5)
+    loop.call_soon_threadsafe(loop.stop)
 
 
 def serve(config: ServeConfig) -> None:
