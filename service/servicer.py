@@ -10,6 +10,7 @@ not listed there is a bug and becomes INTERNAL with the detail logged, not sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -91,7 +92,9 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
                 with self.gate.admitted():
                     async for response in self._generate_stream(request, context, call):
                         yield response
-            except asyncio.CancelledError:
+            # The caller cancelled: grpc cancels our task if we are awaiting a run, or closes
+            # this generator (GeneratorExit at the yield) if we are waiting to be read.
+            except (asyncio.CancelledError, GeneratorExit):
                 call.code = grpc.StatusCode.CANCELLED.name
                 raise
             except Exception as exc:
@@ -247,8 +250,11 @@ def _decoding_safely(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def unary_stream(request, context):
             if isinstance(request, MalformedRequest):
                 await refuse(request, context)
-            async for response in stream(request, context):
-                yield response
+            # aclosing: when grpc closes this generator, close the handler's at once too, so
+            # its cleanup (metrics, the drain gate) runs now rather than at garbage collection.
+            async with contextlib.aclosing(stream(request, context)) as responses:
+                async for response in responses:
+                    yield response
         return handler._replace(request_deserializer=safe_decode, unary_stream=unary_stream)
     raise TypeError(f"no request-streaming methods are served: {handler}")
 
