@@ -56,6 +56,7 @@ class ServeConfig:
     batch_max_delay_ms: float = 0.0     # how long a lone request waits for company (0: it runs
                                         # at once; under load requests still coalesce while the
                                         # previous batch runs)
+    latent_cache: int = 4096            # seeds whose latent vectors are kept for reuse; 0 = off
     # --- threads: one event loop handles every RPC; these share the cores with it
     encode_workers: int = 0             # threads encoding PNG responses off the event loop;
                                         # 0 = one per core
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=float(_env("batch_max_delay_ms", d.batch_max_delay_ms)),
                    help="how long a request may wait for others to share its run "
                         f"({d.batch_max_delay_ms:g})")
+    p.add_argument("--latent-cache", type=int,
+                   default=int(_env("latent_cache", d.latent_cache)),
+                   help="seeds whose latent vectors are kept for reuse (about 0.5 KB each); "
+                        f"0 = off ({d.latent_cache})")
     p.add_argument("--encode-workers", type=int,
                    default=int(_env("encode_workers", d.encode_workers)),
                    help="threads encoding PNG responses off the event loop; 0 = one per core (0)")
@@ -241,6 +246,8 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
         problems.append("--max-in-flight must be at least 1")
     if values["processes"] < 1:
         problems.append("--processes must be at least 1")
+    if values["latent_cache"] < 0:
+        problems.append("--latent-cache must not be negative (0 turns it off)")
     if values["encode_workers"] < 0:
         problems.append("--encode-workers must not be negative")
     if values["max_message_bytes"] < 1 << 16:

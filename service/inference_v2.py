@@ -97,7 +97,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     call.model = model.name
                     seeds, labels = _inputs(request, model)
                     wanted = _wanted_outputs(request, model)
-                    self.metrics.images_per_request.labels(model=model.name).observe(len(seeds))
+                    self.metrics.observe_request_size(model.name, len(seeds))
                     result = await self.generator.generate(GenerationRequest(
                         seeds, labels, model.name, Format.RAW, context.time_remaining()))
                     call.images = len(result.seeds)

@@ -34,6 +34,7 @@ access_log = logging.getLogger("dcgan-serve.access")
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict = {}
         self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
             "dcgan_request_duration_seconds", "Time to answer an RPC, by method, model and status",
@@ -83,7 +84,7 @@ class Metrics:
     def track(self, rpc: str):
         """Time one RPC; the body sets `call.model`, `call.code` and `call.images` as it learns them."""
         call = _Call()
-        gauge = self.in_flight.labels(rpc=rpc)
+        gauge = self._child(self.in_flight, rpc)
         gauge.inc()
         started = time.perf_counter()
         try:
@@ -91,12 +92,24 @@ class Metrics:
         finally:
             gauge.dec()
             seconds = time.perf_counter() - started
-            self.request_seconds.labels(rpc=rpc, model=call.model, code=call.code).observe(
-                seconds)
+            self._child(self.request_seconds, rpc, call.model, call.code).observe(seconds)
             access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
                              call.images, seconds * 1000)
             if call.images:
-                self.images.labels(model=call.model).inc(call.images)
+                self._child(self.images, call.model).inc(call.images)
+
+    def observe_request_size(self, model: str, images: int) -> None:
+        self._child(self.images_per_request, model).observe(images)
+
+    def _child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, remembered: prometheus-client checks and joins the label
+        values on every `labels()` call, a few microseconds each on the hot path. The label
+        values are bounded (see the module docstring), so this dict is too."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def serve_http(self, host: str, port: int):
         """Start the /metrics HTTP server; returns (server, thread). Port 0 picks a free port."""

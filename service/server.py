@@ -39,7 +39,7 @@ from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.admission import CallGate
 from service.config import ServeConfig, config_from_args
-from service.batching import Batcher, Unbatched
+from service.batching import Batcher, LoopBatcher, Unbatched
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
 from service.inference_v2 import InferenceServicer
@@ -140,7 +140,11 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
               metrics: Metrics):
     runner = OnnxGenerator(path, options)
     observe = metrics.batch_observer(name)
-    if config.batching:
+    if config.batching and config.resolved_inference_workers == 1:
+        # One core for this process: batches run on the event loop itself (see LoopBatcher).
+        engine = LoopBatcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
+                             observe, max_queued_images=config.max_queued_images or None)
+    elif config.batching:
         workers = config.resolved_inference_workers
         lone = None
         if workers > 1 and options.intra_op_threads == 1:
@@ -160,9 +164,17 @@ def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
         meta = model.runner.metadata
         metrics.describe_model(model.name, meta.version, meta.arch, meta.dataset,
                                model.runner.providers)
-        log.info("model %r%s: %s %s, version %s, on %s", model.name,
+        log.info("model %r%s: %s %s, version %s, on %s, runs by %s", model.name,
                  " (default)" if model.is_default else "", meta.arch, meta.dataset,
-                 meta.version, ",".join(model.runner.providers))
+                 meta.version, ",".join(model.runner.providers), _describe(model.engine))
+
+
+def _describe(engine) -> str:
+    if isinstance(engine, LoopBatcher):
+        return "batching on the event loop"
+    if isinstance(engine, Batcher):
+        return f"batching on {engine.workers} worker thread(s)"
+    return "single requests (batching off)"
 
 
 def create_server(config: ServeConfig) -> RunningServer:
@@ -171,7 +183,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     describe_models(registry, metrics)
     encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                  thread_name_prefix="encode")
-    generator = Generator(registry, config.max_batch, encoder)
+    generator = Generator(registry, config.max_batch, encoder, config.latent_cache)
     gate = CallGate()
     token = config.auth_token()
     metrics_http, metrics_port, loop = None, None, None

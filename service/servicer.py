@@ -78,7 +78,7 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
         fmt = _format(request.format)
         model = self.generator.registry.get(request.model)
         call.model = model.name
-        self.metrics.images_per_request.labels(model=model.name).observe(len(request.seeds))
+        self.metrics.observe_request_size(model.name, len(request.seeds))
         _check_still_wanted(context)
         result = await self.generator.generate(GenerationRequest(
             request.seeds, request.labels, model.name, fmt, context.time_remaining()))

@@ -87,15 +87,20 @@ def test_unbatched_engine_reports_each_run(runner):
     assert seen == [(3, 0.0)]
 
 
-@pytest.fixture(scope="module")
-def waiting_server(tiny_onnx):
+@pytest.fixture(scope="module", params=[2, 1], ids=["worker-threads", "on-the-loop"])
+def waiting_server(request, tiny_onnx):
     """A server whose batcher waits up to 5 ms for company: concurrent calls then share runs
-    for certain (with no wait, how many coalesce depends on how the threads are scheduled)."""
+    for certain (with no wait, how many coalesce depends on how the threads are scheduled).
+    Two inference workers batch on worker threads; one batches on the event loop itself."""
+    from service.batching import Batcher, LoopBatcher
     from service.config import ServeConfig
     from service.server import create_server
     running = create_server(ServeConfig(
         host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
-        models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5))
+        models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5,
+        inference_workers=request.param))
+    engine = running.registry.get("plain").engine
+    assert type(engine) is (LoopBatcher if request.param == 1 else Batcher)
     yield running
     running.stop(grace=1)
 
@@ -154,3 +159,81 @@ def test_a_small_request_on_an_idle_batcher_runs_on_the_callers_thread(runner):
         assert threads[-1] != threading.get_ident()
     finally:
         batcher.close()
+
+
+# --- LoopBatcher: the same batching run on the event loop itself ------------------------------
+
+def _loop_batcher(runner, **kwargs):
+    from service.batching import LoopBatcher
+    sizes = []
+    kwargs.setdefault("max_delay_s", 0)
+    batcher = LoopBatcher(runner, observe=lambda n, waited, secs: sizes.append(n), **kwargs)
+    return batcher, sizes
+
+
+def test_loop_batcher_coalesces_concurrent_callers_into_their_exact_images(runner):
+    import asyncio
+    batcher, sizes = _loop_batcher(runner, max_batch=64)
+    requests = [list(range(i * 7, i * 7 + 1 + i % 5)) for i in range(24)]
+    expected = [runner.generate(*_request(seeds)) for seeds in requests]
+
+    async def main():
+        return await asyncio.gather(*(batcher.generate_async(*_request(s)) for s in requests))
+
+    results = asyncio.run(main())
+    for got, want in zip(results, expected):
+        assert got.shape == want.shape and got.tobytes() == want.tobytes()
+    assert sum(sizes) == sum(len(r) for r in requests)
+    # All 24 arrived in the same turn of the loop: they share runs, never more than 64 images.
+    assert len(sizes) < len(requests) and max(sizes) <= 64
+
+
+def test_loop_batcher_cuts_a_large_request_and_keeps_its_order(runner):
+    import asyncio
+    batcher, sizes = _loop_batcher(runner, max_batch=16)
+    seeds = list(range(50))
+    got = asyncio.run(batcher.generate_async(*_request(seeds)))
+    assert got.tobytes() == runner.generate(*_request(seeds)).tobytes()
+    assert sizes == [12, 13, 12, 13]  # ceil(50/16) = 4 pieces, run one by one in order
+
+
+def test_loop_batcher_drops_expired_and_cancelled_requests_unrun(runner):
+    import asyncio
+
+    from service.errors import DeadlineExceeded
+    batcher, sizes = _loop_batcher(runner, max_batch=64, max_delay_s=0.01)
+
+    async def main():
+        cancelled = asyncio.ensure_future(batcher.generate_async(*_request([1, 2, 3])))
+        expired = asyncio.ensure_future(batcher.generate_async(*_request([4, 5]), timeout=0))
+        kept = asyncio.ensure_future(batcher.generate_async(*_request([6])))
+        await asyncio.sleep(0)  # all three are queued, the run waits 10 ms for company
+        cancelled.cancel()
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        return await kept, cancelled.cancelled()
+
+    kept, was_cancelled = asyncio.run(main())
+    assert was_cancelled and kept.tobytes() == runner.generate(*_request([6])).tobytes()
+    assert sizes == [1]  # only the live request ran
+
+
+def test_loop_batcher_failures_reach_their_callers_and_backpressure_refuses(runner):
+    import asyncio
+
+    from service.errors import Overloaded
+    batcher, sizes = _loop_batcher(runner, max_batch=8, max_queued_images=8)
+
+    async def main():
+        with pytest.raises(Exception, match="z"):  # wrong latent size: onnxruntime's own error
+            await batcher.generate_async(np.zeros((2, 7), np.float32), np.zeros(2, np.int64))
+        first = asyncio.ensure_future(batcher.generate_async(*_request(list(range(6)))))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="6 images already queued"):
+            await batcher.generate_async(*_request([7, 8, 9]))
+        return await first
+
+    assert asyncio.run(main()).shape == (6, 1, 28, 28)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(batcher.generate_async(*_request([1])))

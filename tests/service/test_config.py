@@ -31,6 +31,7 @@ def test_flags_win_over_environment(monkeypatch):
 @pytest.mark.parametrize("argv,message", [
     (["--max-batch", "0"], "--max-batch"),
     (["--batch-max-delay-ms", "-1"], "--batch-max-delay-ms"),
+    (["--latent-cache", "-1"], "--latent-cache"),
     (["--model", "a=/1.onnx", "--model", "a=/2.onnx"], "unique"),
     (["--device", "tpu"], "invalid choice"),
 ])

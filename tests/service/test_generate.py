@@ -124,3 +124,19 @@ def test_the_client_library(server):
 @pytest.mark.parametrize("n", [1, 256])
 def test_batch_limits_are_inclusive(stub, n):
     assert gen(stub, list(range(n))).count == n
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_the_latent_cache_gives_the_contracts_latents_and_stays_bounded(size):
+    from service.contract import seeds_to_latents
+    from service.generation import LatentCache
+    cache = LatentCache(size)
+    for seeds in ([7], [1, 2, 3], [3, 2**64 - 1], [7], [7, 7]):  # hits, misses, evictions
+        got = cache(seeds, 100)
+        np.testing.assert_array_equal(got, seeds_to_latents(seeds, 100))
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+    row = cache([7], 100)
+    assert not row.flags.writeable  # a shared cached row cannot be changed by a caller
+    if size:
+        info = cache._row.cache_info()
+        assert info.currsize == size and info.hits > 0
