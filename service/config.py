@@ -60,7 +60,8 @@ class ServeConfig:
     # --- threads: one event loop handles every RPC; these share the cores with it
     encode_workers: int = 0             # threads encoding PNG responses off the event loop;
                                         # 0 = one per core
-    inference_workers: int = 0          # batching: runs in parallel per model; 0 = one per core
+    inference_workers: int = 0          # batching: runs in parallel per model; 0 = one per core;
+                                        # 1 runs them on the event loop (batching.LoopBatcher)
     intra_op_threads: int = 0           # onnxruntime threads per run; 0 = auto: 1 with
                                         # batching (the workers give the parallelism), else
                                         # one per core
@@ -198,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads encoding PNG responses off the event loop; 0 = one per core (0)")
     p.add_argument("--inference-workers", type=int,
                    default=int(_env("inference_workers", d.inference_workers)),
-                   help="with batching, onnxruntime runs in parallel per model; 0 = one per core "
-                        "(0)")
+                   help="with batching, onnxruntime runs in parallel per model; 0 = one per core; "
+                        "1 runs them on the event loop itself, with no thread hand-off (0)")
     p.add_argument("--intra-op-threads", type=int,
                    default=int(_env("intra_op_threads", d.intra_op_threads)),
                    help="onnxruntime threads per run; 0 = auto: 1 with batching, else one per "
