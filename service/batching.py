@@ -58,15 +58,68 @@ BatchObserver = Callable[[int, float, float], None]
 
 @dataclass
 class _Pending:
+    """One queued piece of a request. Its future is a thread-safe `concurrent.futures.Future`
+    in `Batcher`, an `asyncio.Future` of the server's loop in `LoopBatcher`."""
+
     latents: np.ndarray
     labels: np.ndarray | None
     deadline: float | None = None  # time.perf_counter() after which nobody wants the result
-    future: Future = field(default_factory=Future)
+    future: Future | asyncio.Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
     def size(self) -> int:
         return len(self.latents)
+
+
+def _check_room(queued: int, more: int, limit: int) -> None:
+    """Backpressure: past `limit` queued images new requests are refused at once, so memory
+    and latency stay bounded under overload."""
+    if queued and queued + more > limit:
+        raise Overloaded(f"server overloaded: {queued} images already queued for this model "
+                         f"(limit {limit}); retry with back-off")
+
+
+def _take(queue: deque[_Pending], limit: int) -> tuple[list[_Pending], int]:
+    """Pop queued pieces in order up to `limit` images (always at least one)."""
+    batch, images = [], 0
+    while queue and (not batch or images + queue[0].size <= limit):
+        item = queue.popleft()
+        batch.append(item)
+        images += item.size
+    return batch, images
+
+
+def _expired(item: _Pending, now: float) -> bool:
+    """Fail a piece whose caller's deadline passed while it was queued; True if it did."""
+    if item.deadline is not None and now > item.deadline:
+        item.future.set_exception(DeadlineExceeded(
+            "the deadline passed while the request waited in the queue"))
+        return True
+    return False
+
+
+def _run_together(live: list[_Pending], runner: OnnxGenerator, observe: BatchObserver,
+                  waited: float, catch: type[BaseException] = Exception) -> None:
+    """One onnxruntime run for all `live` pieces; each future gets its own rows, or the error."""
+    try:
+        latents = np.concatenate([p.latents for p in live]) if len(live) > 1 \
+            else live[0].latents
+        labels = None
+        if live[0].labels is not None:
+            labels = np.concatenate([p.labels for p in live]) if len(live) > 1 \
+                else live[0].labels
+        started = time.perf_counter()
+        images = runner.generate(latents, labels)
+        observe(len(latents), waited, time.perf_counter() - started)
+    except catch as exc:
+        for p in live:
+            p.future.set_exception(exc)
+        return
+    offset = 0
+    for p in live:
+        p.future.set_result(images[offset:offset + p.size])
+        offset += p.size
 
 
 class Batcher:
@@ -109,10 +162,7 @@ class Batcher:
         with self._cv:  # all pieces at once, so idle workers see them together
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            if self._queued_images and self._queued_images + size > self.max_queued_images:
-                raise Overloaded(f"server overloaded: {self._queued_images} images already "
-                                 f"queued for this model (limit {self.max_queued_images}); "
-                                 "retry with back-off")
+            _check_room(self._queued_images, size, self.max_queued_images)
             self._queue.extend(items)
             self._queued_images += sum(item.size for item in items)
             self._cv.notify_all() if len(items) > 1 else self._cv.notify()
@@ -227,11 +277,7 @@ class Batcher:
                     self._cv.wait(remaining)
                 # Take a fair share, leaving the rest to the other idle workers.
                 limit = min(self.max_batch, math.ceil(self._queued_images / self._idle))
-                batch, images = [], 0
-                while self._queue and (not batch or images + self._queue[0].size <= limit):
-                    item = self._queue.popleft()
-                    batch.append(item)
-                    images += item.size
+                batch, images = _take(self._queue, limit)
                 self._queued_images -= images
                 alone = self._idle == self.workers and not self._queue and not self._inline
                 return batch, alone
@@ -240,36 +286,15 @@ class Batcher:
 
     def _run(self, batch: list[_Pending], alone: bool = False) -> None:
         now = time.perf_counter()
-        live = []
-        for p in batch:
-            if not p.future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
-            if p.deadline is not None and now > p.deadline:
-                p.future.set_exception(DeadlineExceeded(
-                    "the deadline passed while the request waited in the queue"))
-                continue
-            live.append(p)
+        # set_running_or_notify_cancel is False for a piece cancelled while queued.
+        live = [p for p in batch if p.future.set_running_or_notify_cancel()
+                and not _expired(p, now)]
         if not live:
             return
         waited = time.perf_counter() - min(p.queued_at for p in live)
-        try:
-            latents = np.concatenate([p.latents for p in live]) if len(live) > 1 \
-                else live[0].latents
-            labels = None
-            if live[0].labels is not None:
-                labels = np.concatenate([p.labels for p in live]) if len(live) > 1 \
-                    else live[0].labels
-            started = time.perf_counter()
-            images = self._runner_for(len(latents), alone).generate(latents, labels)
-            self.observe(len(latents), waited, time.perf_counter() - started)
-        except BaseException as exc:  # hand the failure to every caller, keep the worker alive
-            for p in live:
-                p.future.set_exception(exc)
-            return
-        offset = 0
-        for p in live:
-            p.future.set_result(images[offset:offset + p.size])
-            offset += p.size
+        runner = self._runner_for(sum(p.size for p in live), alone)
+        # Any failure goes to the callers; the worker thread stays alive.
+        _run_together(live, runner, self.observe, waited, catch=BaseException)
 
 
 class Unbatched:
@@ -312,19 +337,6 @@ MAX_YIELDS = 64
 LOAD_WINDOW_S = 0.0003
 
 
-@dataclass
-class _Queued:
-    latents: np.ndarray
-    labels: np.ndarray | None
-    future: asyncio.Future
-    deadline: float | None = None
-    queued_at: float = field(default_factory=time.perf_counter)
-
-    @property
-    def size(self) -> int:
-        return len(self.latents)
-
-
 class LoopBatcher:
     """Dynamic batching run on the event loop's own thread: no worker threads, no hand-offs.
 
@@ -348,7 +360,7 @@ class LoopBatcher:
         self.max_delay_s = max_delay_s
         self.max_queued_images = max_queued_images or 16 * max_batch
         self.observe = observe or (lambda *_: None)
-        self._queue: deque[_Queued] = deque()
+        self._queue: deque[_Pending] = deque()
         self._queued_images = 0
         self._scheduled = False  # a call to _run_next is pending on the loop
         self._yields = 0
@@ -362,18 +374,15 @@ class LoopBatcher:
         if self._closed:
             raise RuntimeError("the batcher is closed")
         n = len(latents)
-        if self._queued_images and self._queued_images + n > self.max_queued_images:
-            raise Overloaded(f"server overloaded: {self._queued_images} images already queued "
-                             f"for this model (limit {self.max_queued_images}); retry with "
-                             "back-off")
+        _check_room(self._queued_images, n, self.max_queued_images)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else time.perf_counter() + timeout
         if n <= self.max_batch:
-            items = [_Queued(latents, labels, loop.create_future(), deadline)]
+            items = [_Pending(latents, labels, deadline, loop.create_future())]
         else:  # equal pieces of at most max_batch, as Batcher cuts them
             bounds = np.linspace(0, n, math.ceil(n / self.max_batch) + 1).astype(int)
-            items = [_Queued(latents[a:b], None if labels is None else labels[a:b],
-                             loop.create_future(), deadline)
+            items = [_Pending(latents[a:b], None if labels is None else labels[a:b], deadline,
+                              loop.create_future())
                      for a, b in zip(bounds[:-1], bounds[1:])]
         self._queue.extend(items)
         self._queued_images += n
@@ -414,11 +423,7 @@ class LoopBatcher:
             if remaining > 0:
                 loop.call_later(remaining, self._run_next, loop)
                 return
-        batch, images = [], 0
-        while self._queue and (not batch or images + self._queue[0].size <= self.max_batch):
-            item = self._queue.popleft()
-            batch.append(item)
-            images += item.size
+        batch, images = _take(self._queue, self.max_batch)
         self._queued_images -= images
         self._busy = len(batch) > 1
         try:
@@ -430,35 +435,11 @@ class LoopBatcher:
             else:
                 self._scheduled = False
 
-    def _run(self, batch: list[_Queued]) -> None:
+    def _run(self, batch: list[_Pending]) -> None:
         now = time.perf_counter()
-        live = []
-        for item in batch:
-            if item.future.done():
-                continue  # cancelled while queued
-            if item.deadline is not None and now > item.deadline:
-                item.future.set_exception(DeadlineExceeded(
-                    "the deadline passed while the request waited in the queue"))
-                continue
-            live.append(item)
-        if not live:
-            return
-        waited = now - min(item.queued_at for item in live)
-        try:
-            latents = np.concatenate([i.latents for i in live]) if len(live) > 1 \
-                else live[0].latents
-            labels = None
-            if live[0].labels is not None:
-                labels = np.concatenate([i.labels for i in live]) if len(live) > 1 \
-                    else live[0].labels
-            started = time.perf_counter()
-            images = self.runner.generate(latents, labels)
-            self.observe(len(latents), waited, time.perf_counter() - started)
-        except Exception as exc:  # hand the failure to every caller; the loop carries on
-            for item in live:
-                item.future.set_exception(exc)
-            return
-        offset = 0
-        for item in live:
-            item.future.set_result(images[offset:offset + item.size])
-            offset += item.size
+        # A done future here was cancelled while queued (its caller went away).
+        live = [item for item in batch if not item.future.done() and not _expired(item, now)]
+        if live:
+            # A failure goes to the callers; the loop carries on.
+            _run_together(live, self.runner, self.observe,
+                          now - min(item.queued_at for item in live))
