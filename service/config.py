@@ -61,7 +61,8 @@ class ServeConfig:
     encode_workers: int = 0             # threads encoding PNG responses off the event loop;
                                         # 0 = one per core
     inference_workers: int = 0          # batching: runs in parallel per model; 0 = one per core;
-                                        # 1 runs them on the event loop (batching.LoopBatcher)
+                                        # 1 runs small ones on the event loop and big ones
+                                        # on threads over all cores (batching.LoopBatcher)
     intra_op_threads: int = 0           # onnxruntime threads per run; 0 = auto: 1 with
                                         # batching (the workers give the parallelism), else
                                         # one per core

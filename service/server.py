@@ -38,8 +38,8 @@ from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.admission import CallGate
-from service.config import ServeConfig, config_from_args
-from service.batching import Batcher, LoopBatcher, Unbatched
+from service.config import ServeConfig, config_from_args, usable_cpus
+from service.batching import BIG_REQUEST, Batcher, LoopBatcher, Unbatched
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
 from service.inference_v2 import InferenceServicer
@@ -141,9 +141,14 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
     runner = OnnxGenerator(path, options)
     observe = metrics.batch_observer(name)
     if config.batching and config.resolved_inference_workers == 1:
-        # One core for this process: batches run on the event loop itself (see LoopBatcher).
+        # One core for this process: small batches run on the event loop itself, big requests
+        # on threads over every usable core, idle when other processes are (see LoopBatcher).
+        offload = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
+                          observe, workers=usable_cpus(), name=f"batcher-{name}",
+                          max_queued_images=config.max_queued_images or None)
         engine = LoopBatcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
-                             observe, max_queued_images=config.max_queued_images or None)
+                             observe, max_queued_images=config.max_queued_images or None,
+                             offload=offload)
     elif config.batching:
         workers = config.resolved_inference_workers
         lone = None
@@ -171,7 +176,8 @@ def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
 
 def _describe(engine) -> str:
     if isinstance(engine, LoopBatcher):
-        return "batching on the event loop"
+        return (f"batching on the event loop ({BIG_REQUEST}+ images on "
+                f"{engine.offload.workers} worker thread(s))")
     if isinstance(engine, Batcher):
         return f"batching on {engine.workers} worker thread(s)"
     return "single requests (batching off)"

@@ -135,6 +135,10 @@ def test_concurrent_grpc_calls_share_runs_and_match_sequential_answers(waiting_s
     assert _value(after, "dcgan_batch_queue_wait_seconds_count", model="plain") > 0
     assert images_from_response(stub.Generate(pb.GenerateRequest(seeds=[1], model="plain"),
                                               timeout=10)).shape == (1, 28, 28)
+    # A big request (on the loop server: handed to its worker threads) has the same bytes.
+    big = [s for pair in seeds[:12] for s in pair]
+    assert stub.Generate(pb.GenerateRequest(seeds=big, model="plain"),
+                         timeout=10).raw == b"".join(sequential[:12])
 
 
 def test_a_small_request_on_an_idle_batcher_runs_on_the_callers_thread(runner):
@@ -237,3 +241,35 @@ def test_loop_batcher_failures_reach_their_callers_and_backpressure_refuses(runn
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(batcher.generate_async(*_request([1])))
+
+
+def test_loop_batcher_sends_big_requests_to_its_worker_threads_and_keeps_small_on_the_loop(
+        runner):
+    import asyncio
+
+    from service.batching import BIG_REQUEST
+    threads = []
+
+    def observe(n, waited, secs):
+        threads.append((n, threading.current_thread().name))
+
+    offload = Batcher(runner, max_batch=64, max_delay_s=0, workers=2, name="offload",
+                      observe=observe)
+    batcher, _ = _loop_batcher(runner, max_batch=64, offload=offload)
+    batcher.observe = observe
+    big, small = list(range(BIG_REQUEST + 4)), list(range(100, 100 + BIG_REQUEST - 1))
+
+    async def main():
+        return await asyncio.gather(batcher.generate_async(*_request(big)),
+                                    batcher.generate_async(*_request(small)))
+
+    loop_thread = threading.current_thread().name
+    got_big, got_small = asyncio.run(main())
+    assert got_big.tobytes() == runner.generate(*_request(big)).tobytes()
+    assert got_small.tobytes() == runner.generate(*_request(small)).tobytes()
+    # The big one was cut in two pieces, one per worker thread; the small one ran on the loop.
+    assert sorted(n for n, name in threads if name.startswith("offload")) == [10, 10]
+    assert [(n, name) for n, name in threads if name == loop_thread] == [(len(small), loop_thread)]
+    assert batcher.queued_images == 0
+    batcher.close()  # closes the offload too: its threads are gone
+    assert not any(t.name.startswith("offload") for t in threading.enumerate())
