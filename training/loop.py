@@ -168,6 +168,7 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
     real_target = 1.0 - cfg.label_smoothing
     interrupted = _InterruptFlag()
     step = start_step
+    finished = False  # every step done and saved: the ranks may wait for each other at the end
     try:
         with interrupted:
             for step in range(start_step, total_steps):
@@ -233,6 +234,7 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
                 if done % cfg.checkpoint_every == 0:
                     save_checkpoint(done)
         save_checkpoint(total_steps)
+        finished = True
     except TrainingInterrupted:
         # Raised between steps, so `step` steps are complete and the state is consistent.
         # (A second Ctrl-C, NonFiniteLoss or any error mid-step saves nothing: the last good
@@ -246,6 +248,10 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
         if reporter is not None:
             reporter.finish()  # the CSV, plots and GIF cover whatever steps were done
         if place.world > 1 and dist.is_initialized():
+            if finished:
+                # Leave together: a rank that closes its gloo connections while another is
+                # still writing its report can make that one abort on the closed peer.
+                dist.barrier()
             dist.destroy_process_group()
     return run_dir
 
