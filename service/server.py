@@ -140,24 +140,23 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
               metrics: Metrics):
     runner = OnnxGenerator(path, options)
     observe = metrics.batch_observer(name)
+    # What every batching engine of this model shares: the limits and where figures go.
+    limits = dict(max_batch=config.batch_max_images,
+                  max_delay_s=config.batch_max_delay_ms / 1000, observe=observe,
+                  max_queued_images=config.max_queued_images or None)
     if config.batching and config.resolved_inference_workers == 1:
         # One core for this process: small batches run on the event loop itself, big requests
         # on threads over every usable core, idle when other processes are (see LoopBatcher).
-        offload = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
-                          observe, workers=usable_cpus(), name=f"batcher-{name}",
-                          max_queued_images=config.max_queued_images or None)
-        engine = LoopBatcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
-                             observe, max_queued_images=config.max_queued_images or None,
-                             offload=offload)
+        offload = Batcher(runner, workers=usable_cpus(), name=f"batcher-{name}", **limits)
+        engine = LoopBatcher(runner, offload=offload, **limits)
     elif config.batching:
         workers = config.resolved_inference_workers
         lone = None
         if workers > 1 and options.intra_op_threads == 1:
             lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0,
                                                            allow_spinning=False))
-        engine = Batcher(runner, config.batch_max_images, config.batch_max_delay_ms / 1000,
-                         observe, workers=workers, name=f"batcher-{name}", lone_runner=lone,
-                         max_queued_images=config.max_queued_images or None)
+        engine = Batcher(runner, workers=workers, name=f"batcher-{name}", lone_runner=lone,
+                         **limits)
     else:
         engine = Unbatched(runner, observe, workers=config.resolved_inference_workers,
                            name=f"unbatched-{name}")
