@@ -64,15 +64,55 @@ BIG_REQUEST = 2 * MIN_PIECE
 BatchObserver = Callable[[int, float, float], None]
 
 
+class _LoopFuture:
+    """What a `Batcher` worker holds for a piece awaited on an event loop (`generate_async`).
+
+    The worker only records the outcome here; `Batcher._run` then hands every outcome of its
+    batch to the loop in one `call_soon_threadsafe`. A `concurrent.futures.Future` wrapped for
+    the loop would wake the loop once per piece, and each wake-up is another hand-over of the
+    GIL between the worker and the loop (measured on 2 cores, default single process, batch 1 x
+    8 clients: 1,860-1,870 against 1,630 calls/s, and about 10% less CPU per call).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future = loop.create_future()  # what the caller awaits, on its loop
+        self.outcome: tuple[np.ndarray | None, BaseException | None] | None = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        # Read from the worker without the loop: a cancel that lands just after this is
+        # harmless, since `_settle` skips futures that are already done.
+        return not self.future.cancelled()
+
+    def set_result(self, images: np.ndarray) -> None:
+        self.outcome = (images, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.outcome = (None, exc)
+
+
+def _settle(pieces: list[_LoopFuture]) -> None:
+    """On the loop: give each awaiting caller the outcome its worker recorded."""
+    for piece in pieces:
+        images, exc = piece.outcome
+        if piece.future.done():  # cancelled: the caller went away
+            continue
+        if exc is not None:
+            piece.future.set_exception(exc)
+        else:
+            piece.future.set_result(images)
+
+
 @dataclass
 class _Pending:
-    """One queued piece of a request. Its future is a thread-safe `concurrent.futures.Future`
-    in `Batcher`, an `asyncio.Future` of the server's loop in `LoopBatcher`."""
+    """One queued piece of a request. Its future is, in `Batcher`, a thread-safe
+    `concurrent.futures.Future` for blocking callers or a `_LoopFuture` for callers on an event
+    loop; in `LoopBatcher`, an `asyncio.Future` of the server's loop."""
 
     latents: np.ndarray
     labels: np.ndarray | None
     deadline: float | None = None  # time.perf_counter() after which nobody wants the result
-    future: Future | asyncio.Future = field(default_factory=Future)
+    future: Future | _LoopFuture | asyncio.Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
@@ -161,11 +201,12 @@ class Batcher:
     def submit(self, latents: np.ndarray, labels: np.ndarray | None,
                timeout: float | None = None) -> Future:
         """Queue one request; the future's result is its uint8 images [N, C, H, W]."""
-        return self._submit_pieces([(latents, labels)], timeout)[0]
+        return self._submit_pieces([(latents, labels)], timeout, Future)[0]
 
-    def _submit_pieces(self, pieces, timeout: float | None = None) -> list[Future]:
+    def _submit_pieces(self, pieces, timeout: float | None, new_future: Callable
+                       ) -> list[Future | _LoopFuture]:
         deadline = None if timeout is None else time.perf_counter() + timeout
-        items = [_Pending(latents, labels, deadline) for latents, labels in pieces]
+        items = [_Pending(latents, labels, deadline, new_future()) for latents, labels in pieces]
         size = sum(item.size for item in items)
         with self._cv:  # all pieces at once, so idle workers see them together
             if self._closed:
@@ -185,7 +226,7 @@ class Batcher:
         """
         if (images := self._try_inline(latents, labels)) is not None:
             return images
-        futures = self._submit_request(latents, labels, timeout)
+        futures = self._submit_request(latents, labels, timeout, Future)
         try:
             results = [f.result() for f in futures]
         except BaseException:
@@ -201,23 +242,30 @@ class Batcher:
         If the awaiting task is cancelled (the caller went away), pieces not yet started are
         dropped.
         """
-        futures = self._submit_request(latents, labels, timeout)
+        loop = asyncio.get_running_loop()
+        pieces = self._submit_request(latents, labels, timeout, lambda: _LoopFuture(loop))
+        if len(pieces) == 1:  # the common case: no gather
+            return await pieces[0].future
         try:
-            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            results = await asyncio.gather(*(piece.future for piece in pieces))
         except BaseException:
-            for f in futures:
-                f.cancel()
+            for piece in pieces:  # pieces not yet started are then skipped by the workers
+                piece.future.cancel()
             raise
-        return results[0] if len(results) == 1 else np.concatenate(results)
+        return np.concatenate(results)
 
     def _submit_request(self, latents: np.ndarray, labels: np.ndarray | None,
-                        timeout: float | None) -> list[Future]:
+                        timeout: float | None, new_future: Callable
+                        ) -> list[Future | _LoopFuture]:
         """Cut one request into pieces (see the module docstring) and queue them."""
         n = len(latents)
+        if n < MIN_PIECE * 2 and n <= self.max_batch:  # one piece: skip the arithmetic
+            return self._submit_pieces([(latents, labels)], timeout, new_future)
         pieces = max(math.ceil(n / self.max_batch), min(self.workers, n // MIN_PIECE), 1)
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         return self._submit_pieces([(latents[a:b], None if labels is None else labels[a:b])
-                                    for a, b in zip(bounds[:-1], bounds[1:])], timeout)
+                                    for a, b in zip(bounds[:-1], bounds[1:])], timeout,
+                                   new_future)
 
     def _try_inline(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
         """Run a small request on the caller's own thread when the server is idle.
@@ -293,16 +341,28 @@ class Batcher:
                 self._idle -= 1
 
     def _run(self, batch: list[_Pending], alone: bool = False) -> None:
-        now = time.perf_counter()
-        # set_running_or_notify_cancel is False for a piece cancelled while queued.
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()
-                and not _expired(p, now)]
-        if not live:
-            return
-        waited = time.perf_counter() - min(p.queued_at for p in live)
-        runner = self._runner_for(sum(p.size for p in live), alone)
-        # Any failure goes to the callers; the worker thread stays alive.
-        _run_together(live, runner, self.observe, waited, catch=BaseException)
+        try:
+            now = time.perf_counter()
+            # set_running_or_notify_cancel is False for a piece cancelled while queued.
+            live = [p for p in batch if p.future.set_running_or_notify_cancel()
+                    and not _expired(p, now)]
+            if live:
+                waited = time.perf_counter() - min(p.queued_at for p in live)
+                runner = self._runner_for(sum(p.size for p in live), alone)
+                # Any failure goes to the callers; the worker thread stays alive.
+                _run_together(live, runner, self.observe, waited, catch=BaseException)
+        finally:
+            _hand_to_loops([p.future for p in batch if isinstance(p.future, _LoopFuture)
+                            and p.future.outcome is not None])
+
+
+def _hand_to_loops(pieces: list[_LoopFuture]) -> None:
+    """One call onto each loop (there is normally one) with all its pieces' outcomes."""
+    for loop in {piece.loop for piece in pieces}:
+        try:
+            loop.call_soon_threadsafe(_settle, [p for p in pieces if p.loop is loop])
+        except RuntimeError:  # the loop is closed: the server stopped and nobody awaits these
+            pass
 
 
 class Unbatched:

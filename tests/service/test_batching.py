@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -163,6 +164,70 @@ def test_a_small_request_on_an_idle_batcher_runs_on_the_callers_thread(runner):
         assert threads[-1] != threading.get_ident()
     finally:
         batcher.close()
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the calls other threads hand it (each is one wake-up)."""
+
+    handed = 0
+
+    def call_soon_threadsafe(self, callback, *args, **kwargs):
+        self.handed += 1
+        return super().call_soon_threadsafe(callback, *args, **kwargs)
+
+
+def test_event_loop_callers_of_one_batch_are_answered_in_one_wake_up_of_the_loop(runner):
+    sizes = []
+    batcher = Batcher(runner, max_batch=64, max_delay_s=0.05, workers=1,
+                      observe=lambda n, waited, secs: sizes.append(n))
+    requests = [[1], [2, 3], [4], [5, 6, 7], [8], [9]]
+    async def main():
+        return await asyncio.gather(*(batcher.generate_async(*_request(s)) for s in requests))
+
+    loop = _CountingLoop()
+    try:
+        got = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        batcher.close()
+    for seeds, images in zip(requests, got):
+        assert images.tobytes() == runner.generate(*_request(seeds)).tobytes()
+    assert sizes == [9]  # the 50 ms wait gathered all six callers into one run...
+    assert loop.handed == 1  # ...and the worker woke the loop once for all six, not six times
+
+
+def test_batcher_drops_expired_and_cancelled_event_loop_callers_unrun(runner):
+    from service.errors import DeadlineExceeded
+    release, runs = threading.Event(), []
+
+    class Slow:
+        def generate(self, z, y):
+            release.wait(10)
+            runs.append(len(z))
+            return runner.generate(z, y)
+
+    batcher = Batcher(Slow(), max_batch=64, max_delay_s=0, workers=1)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.generate_async(*_request([1])))
+        await asyncio.sleep(0.1)  # the worker has taken `first` and blocks in Slow
+        cancelled = asyncio.ensure_future(batcher.generate_async(*_request([2, 3])))
+        expired = asyncio.ensure_future(batcher.generate_async(*_request([4, 5]), timeout=0.05))
+        kept = asyncio.ensure_future(batcher.generate_async(*_request([6])))
+        await asyncio.sleep(0.1)  # all three queued behind it; the deadline passes
+        cancelled.cancel()
+        await asyncio.sleep(0.01)  # the cancellation reaches the queued piece
+        release.set()
+        with pytest.raises(DeadlineExceeded, match="waited in the queue"):
+            await expired
+        return await first, await kept, cancelled.cancelled()
+
+    first, kept, was_cancelled = asyncio.run(main())
+    batcher.close()
+    assert was_cancelled
+    assert first.tobytes() == runner.generate(*_request([1])).tobytes()
+    assert kept.tobytes() == runner.generate(*_request([6])).tobytes()
+    assert runs == [1, 1]  # the cancelled and the expired requests never reached onnxruntime
 
 
 # --- LoopBatcher: the same batching run on the event loop itself ------------------------------
