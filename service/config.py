@@ -48,11 +48,12 @@ class ServeConfig:
     max_message_bytes: int = 64 << 20   # largest gRPC message sent or received
     max_in_flight: int = 128            # RPCs handled or waiting at once; more get
                                         # RESOURCE_EXHAUSTED at once instead of queueing
-    max_queued_images: int = 0          # per model, images waiting for onnxruntime; past it
-                                        # RESOURCE_EXHAUSTED; 0 = 16 x batch-max-images
+    max_queued_images: int = 4096       # per model, images waiting for onnxruntime; past it
+                                        # RESOURCE_EXHAUSTED (~0.8 s of work on 2 CPU cores)
     # --- dynamic batching: concurrent requests for a model share one onnxruntime run
     batching: bool = True
-    batch_max_images: int = 256         # most images in one coalesced run
+    batch_max_images: int = 0           # most images in one coalesced run; 0 = auto (see
+                                        # resolved_batch_max_images)
     batch_max_delay_ms: float = 0.0     # how long a lone request waits for company (0: it runs
                                         # at once; under load requests still coalesce while the
                                         # previous batch runs)
@@ -99,6 +100,16 @@ class ServeConfig:
     @property
     def resolved_inference_workers(self) -> int:
         return self.inference_workers or usable_cpus()
+
+    def resolved_batch_max_images(self, on_cuda: bool) -> int:
+        """Most images per run: as set, else 64 on a CPU and 256 on a GPU.
+
+        On a CPU two single-threaded runs side by side make as many images per second at 8 to
+        128 images a run, and ~10% fewer at 256, whose activations no longer fit the cache
+        (measured on 2 cores; served at batch 64 x 8 clients, runs of at most 64 gave 6,100-6,400
+        img/s against 5,500 with 256). A GPU wants the biggest runs it can get.
+        """
+        return self.batch_max_images or (256 if on_cuda else 64)
 
     @property
     def resolved_intra_op_threads(self) -> int:
@@ -179,14 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued-images", type=int,
                    default=int(_env("max_queued_images", d.max_queued_images)),
                    help="images per model waiting for onnxruntime before new requests are "
-                        "refused with RESOURCE_EXHAUSTED; 0 = 16 x --batch-max-images (0)")
+                        f"refused with RESOURCE_EXHAUSTED ({d.max_queued_images})")
     p.add_argument("--no-batching", dest="batching", action="store_false",
                    default=_env("batching", "1") not in ("0", "false", "no"),
                    help="run each request on its own instead of coalescing concurrent ones "
                         "(DCGAN_BATCHING=0)")
     p.add_argument("--batch-max-images", type=int,
                    default=int(_env("batch_max_images", d.batch_max_images)),
-                   help=f"most images in one coalesced onnxruntime run ({d.batch_max_images})")
+                   help="most images in one coalesced onnxruntime run; 0 = auto: 64 on CPU, "
+                        f"256 on CUDA ({d.batch_max_images})")
     p.add_argument("--batch-max-delay-ms", type=float,
                    default=float(_env("batch_max_delay_ms", d.batch_max_delay_ms)),
                    help="how long a request may wait for others to share its run "
@@ -240,8 +252,10 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
     problems = []
     if values["max_batch"] < 1:
         problems.append("--max-batch must be at least 1")
-    if values["batch_max_images"] < 1:
-        problems.append("--batch-max-images must be at least 1")
+    if values["batch_max_images"] < 0:
+        problems.append("--batch-max-images must not be negative (0 picks it for the device)")
+    if values["max_queued_images"] < 1:
+        problems.append("--max-queued-images must be at least 1")
     if values["batch_max_delay_ms"] < 0:
         problems.append("--batch-max-delay-ms must not be negative")
     if values["max_in_flight"] < 1:

@@ -141,9 +141,10 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
     runner = OnnxGenerator(path, options)
     observe = metrics.batch_observer(name)
     # What every batching engine of this model shares: the limits and where figures go.
-    limits = dict(max_batch=config.batch_max_images,
+    on_cuda = "CUDAExecutionProvider" in runner.providers
+    limits = dict(max_batch=config.resolved_batch_max_images(on_cuda),
                   max_delay_s=config.batch_max_delay_ms / 1000, observe=observe,
-                  max_queued_images=config.max_queued_images or None)
+                  max_queued_images=config.max_queued_images)
     if config.batching and config.resolved_inference_workers == 1:
         # One core for this process: small batches run on the event loop itself, big requests
         # on threads over every usable core, idle when other processes are (see LoopBatcher).
@@ -175,10 +176,11 @@ def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
 
 def _describe(engine) -> str:
     if isinstance(engine, LoopBatcher):
-        return (f"batching on the event loop ({BIG_REQUEST}+ images on "
-                f"{engine.offload.workers} worker thread(s))")
+        return (f"batching up to {engine.max_batch} images a run on the event loop "
+                f"({BIG_REQUEST}+ images on {engine.offload.workers} worker thread(s))")
     if isinstance(engine, Batcher):
-        return f"batching on {engine.workers} worker thread(s)"
+        return (f"batching up to {engine.max_batch} images a run on {engine.workers} worker "
+                "thread(s)")
     return "single requests (batching off)"
 
 

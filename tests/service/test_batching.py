@@ -102,6 +102,7 @@ def waiting_server(request, tiny_onnx):
         inference_workers=request.param))
     engine = running.registry.get("plain").engine
     assert type(engine) is (LoopBatcher if request.param == 1 else Batcher)
+    assert (engine.max_batch, engine.max_queued_images) == (64, 4096)  # the defaults on a CPU
     yield running
     running.stop(grace=1)
 

@@ -32,6 +32,8 @@ def test_flags_win_over_environment(monkeypatch):
     (["--max-batch", "0"], "--max-batch"),
     (["--batch-max-delay-ms", "-1"], "--batch-max-delay-ms"),
     (["--latent-cache", "-1"], "--latent-cache"),
+    (["--batch-max-images", "-1"], "--batch-max-images"),
+    (["--max-queued-images", "0"], "--max-queued-images"),
     (["--model", "a=/1.onnx", "--model", "a=/2.onnx"], "unique"),
     (["--device", "tpu"], "invalid choice"),
 ])
@@ -39,6 +41,13 @@ def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         config_from_args(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_run_size_follows_the_device_unless_set():
+    assert ServeConfig().resolved_batch_max_images(on_cuda=False) == 64
+    assert ServeConfig().resolved_batch_max_images(on_cuda=True) == 256
+    set_by_hand = config_from_args(["--batch-max-images", "100"])
+    assert set_by_hand.resolved_batch_max_images(on_cuda=False) == 100
 
 
 def test_an_explicit_thread_count_is_kept():
