@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -229,6 +230,57 @@ def test_batcher_drops_expired_and_cancelled_event_loop_callers_unrun(runner):
     assert first.tobytes() == runner.generate(*_request([1])).tobytes()
     assert kept.tobytes() == runner.generate(*_request([6])).tobytes()
     assert runs == [1, 1]  # the cancelled and the expired requests never reached onnxruntime
+
+
+def _wait_for(condition, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.001)
+
+
+def test_small_requests_stay_with_the_first_worker_until_there_is_work_to_share(runner):
+    gate, started = threading.Event(), []
+
+    class Gated:
+        """Records which worker starts each run, then holds it until the gate opens."""
+
+        def generate(self, z, y):
+            started.append((threading.current_thread().name, len(z)))
+            gate.wait(10)
+            return runner.generate(z, y)
+
+    batcher = Batcher(Gated(), max_batch=64, max_delay_s=0, workers=2, name="w")
+    try:
+        first = batcher.submit(*_request([1]))
+        _wait_for(lambda: started)  # the first worker is in its run
+        few = [batcher.submit(*_request([s])) for s in range(2, 5)]
+        time.sleep(0.2)
+        # Three one-image requests queued behind a one-image run: the second worker leaves
+        # them for the first, whose next batch takes them all at once.
+        assert started == [("w-0", 1)]
+        more = [batcher.submit(*_request([s])) for s in range(5, 10)]
+        time.sleep(0.2)
+        # Eight queued (MIN_PIECE): now the second worker takes them while the first is busy.
+        assert started == [("w-0", 1), ("w-1", 8)]
+        gate.set()
+        for seeds, future in zip([[1]] + [[s] for s in range(2, 10)], [first] + few + more):
+            assert future.result(10).tobytes() == runner.generate(*_request(seeds)).tobytes()
+        # A big request is cut into one piece per worker, and the second worker takes its
+        # piece while the first is busy with the other.
+        _wait_for(lambda: batcher._idle == 2)  # both back from their runs, so they share it
+        started.clear()
+        gate.clear()
+        with ThreadPoolExecutor(1) as pool:
+            big = pool.submit(batcher.generate, *_request(list(range(64))))
+            _wait_for(lambda: len(started) == 2)
+            assert sorted(started) == [("w-0", 32), ("w-1", 32)]
+            gate.set()
+            want = runner.generate(*_request(list(range(64))))
+            assert big.result(10).tobytes() == want.tobytes()
+    finally:
+        gate.set()
+        batcher.close()
 
 
 # --- LoopBatcher: the same batching run on the event loop itself ------------------------------
