@@ -199,7 +199,7 @@ class Batcher:
         lock = threading.RLock()
         self._cv = threading.Condition(lock)  # the first worker waits on it
         self._help = threading.Condition(lock)  # the other workers wait on it
-        self._first_running = 0  # images in the first worker's current run
+        self._first_running = 0  # images in the first worker's current run (0: it is idle)
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, args=(i == 0,), name=f"{name}-{i}",
                                           daemon=True) for i in range(workers)]
@@ -326,13 +326,7 @@ class Batcher:
             taken = self._take(first)
             if taken is None:
                 return
-            batch, alone = taken
-            try:
-                self._run(batch, alone)
-            finally:
-                if first:
-                    with self._cv:
-                        self._first_running = 0
+            self._run(*taken)
 
     def _worth_helping(self) -> bool:
         """Whether the other workers should run batches too, not only the first one.
@@ -352,6 +346,8 @@ class Batcher:
         """The next batch, and whether it runs alone (other workers idle, queue empty)."""
         with self._cv:
             self._idle += 1
+            if first:
+                self._first_running = 0  # back from its run, if it had one
             try:
                 waiting = self._cv if first else self._help
                 # The others also help to drain the queue when closing.

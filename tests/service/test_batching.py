@@ -26,6 +26,25 @@ def _request(seeds):
     return seeds_to_latents(seeds, 100), default_labels(seeds, 10)
 
 
+class HeldRunner:
+    """A runner whose runs wait until `release` is set: it keeps a batcher's worker busy so a
+    test can queue requests behind it. `runs` records (worker thread, images) as each starts."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.release = threading.Event()
+        self.runs: list[tuple[str, int]] = []
+
+    @property
+    def sizes(self) -> list[int]:
+        return [images for _, images in self.runs]
+
+    def generate(self, z, y):
+        self.runs.append((threading.current_thread().name, len(z)))
+        self.release.wait(10)
+        return self.runner.generate(z, y)
+
+
 def test_concurrent_callers_get_exactly_their_unbatched_images(runner):
     batches = []
     batcher = Batcher(runner, max_batch=64, max_delay_s=0.02,
@@ -200,26 +219,19 @@ def test_event_loop_callers_of_one_batch_are_answered_in_one_wake_up_of_the_loop
 
 def test_batcher_drops_expired_and_cancelled_event_loop_callers_unrun(runner):
     from service.errors import DeadlineExceeded
-    release, runs = threading.Event(), []
-
-    class Slow:
-        def generate(self, z, y):
-            release.wait(10)
-            runs.append(len(z))
-            return runner.generate(z, y)
-
-    batcher = Batcher(Slow(), max_batch=64, max_delay_s=0, workers=1)
+    slow = HeldRunner(runner)
+    batcher = Batcher(slow, max_batch=64, max_delay_s=0, workers=1)
 
     async def main():
         first = asyncio.ensure_future(batcher.generate_async(*_request([1])))
-        await asyncio.sleep(0.1)  # the worker has taken `first` and blocks in Slow
+        await asyncio.sleep(0.1)  # the worker has taken `first` and is held
         cancelled = asyncio.ensure_future(batcher.generate_async(*_request([2, 3])))
         expired = asyncio.ensure_future(batcher.generate_async(*_request([4, 5]), timeout=0.05))
         kept = asyncio.ensure_future(batcher.generate_async(*_request([6])))
         await asyncio.sleep(0.1)  # all three queued behind it; the deadline passes
         cancelled.cancel()
         await asyncio.sleep(0.01)  # the cancellation reaches the queued piece
-        release.set()
+        slow.release.set()
         with pytest.raises(DeadlineExceeded, match="waited in the queue"):
             await expired
         return await first, await kept, cancelled.cancelled()
@@ -229,7 +241,7 @@ def test_batcher_drops_expired_and_cancelled_event_loop_callers_unrun(runner):
     assert was_cancelled
     assert first.tobytes() == runner.generate(*_request([1])).tobytes()
     assert kept.tobytes() == runner.generate(*_request([6])).tobytes()
-    assert runs == [1, 1]  # the cancelled and the expired requests never reached onnxruntime
+    assert slow.sizes == [1, 1]  # the cancelled and the expired requests never reached onnxruntime
 
 
 def _wait_for(condition, timeout=10.0):
@@ -240,17 +252,9 @@ def _wait_for(condition, timeout=10.0):
 
 
 def test_small_requests_stay_with_the_first_worker_until_there_is_work_to_share(runner):
-    gate, started = threading.Event(), []
-
-    class Gated:
-        """Records which worker starts each run, then holds it until the gate opens."""
-
-        def generate(self, z, y):
-            started.append((threading.current_thread().name, len(z)))
-            gate.wait(10)
-            return runner.generate(z, y)
-
-    batcher = Batcher(Gated(), max_batch=64, max_delay_s=0, workers=2, name="w")
+    held = HeldRunner(runner)
+    gate, started = held.release, held.runs
+    batcher = Batcher(held, max_batch=64, max_delay_s=0, workers=2, name="w")
     try:
         first = batcher.submit(*_request([1]))
         _wait_for(lambda: started)  # the first worker is in its run

@@ -19,6 +19,7 @@ from service.batching import Batcher
 from service.contract import seeds_to_latents
 from service.errors import DeadlineExceeded, Overloaded
 from service.runtime import OnnxGenerator
+from tests.service.test_batching import HeldRunner
 from tests.service.test_health_metrics import _value
 from tests.service.test_lifecycle import ServerProcess
 
@@ -134,9 +135,7 @@ def runner(tiny_onnx):
 
 
 def test_a_full_queue_refuses_new_work_at_once(runner):
-    release = threading.Event()
-    slow = type("Slow", (), {"generate": lambda self, z, y: (release.wait(10),
-                                                             runner.generate(z, y))[1]})()
+    slow = HeldRunner(runner)
     batcher = Batcher(slow, max_batch=8, max_delay_s=0, workers=1, max_queued_images=16)
     z = seeds_to_latents(range(8), 100)
     first = batcher.submit(z, None)  # taken by the worker, which blocks
@@ -146,33 +145,25 @@ def test_a_full_queue_refuses_new_work_at_once(runner):
     with pytest.raises(Overloaded, match="retry with back-off"):
         batcher.submit(z, None)
     assert time.perf_counter() - started < 0.1
-    release.set()
+    slow.release.set()
     assert all(f.result(10).shape == (8, 1, 28, 28) for f in [first, *queued])
     batcher.close()
 
 
 def test_requests_whose_deadline_passed_in_the_queue_are_not_run(runner):
-    release = threading.Event()
-    runs = []
-
-    class Slow:
-        def generate(self, z, y):
-            release.wait(10)
-            runs.append(len(z))
-            return runner.generate(z, y)
-
-    batcher = Batcher(Slow(), max_batch=64, max_delay_s=0, workers=1)
+    slow = HeldRunner(runner)
+    batcher = Batcher(slow, max_batch=64, max_delay_s=0, workers=1)
     z = seeds_to_latents(range(4), 100)
     first = batcher.submit(z, None)
     time.sleep(0.1)
     late = batcher.submit(z[:3], None, timeout=0.05)
     time.sleep(0.2)
-    release.set()
+    slow.release.set()
     first.result(10)
     with pytest.raises(DeadlineExceeded):
         late.result(10)
     batcher.close()
-    assert runs == [4]  # the expired request never reached onnxruntime
+    assert slow.sizes == [4]  # the expired request never reached onnxruntime
 
 
 def test_rpc_flood_beyond_the_in_flight_limit_gets_resource_exhausted(tiny_onnx):
