@@ -9,6 +9,9 @@ Variants (same model file, same latents; each one's output compared with the def
                                      optimisation off (what a pre-optimised model file buys:
                                      session creation time, not run time)
   all, 1 thread                      one single-threaded session (what each batching worker uses)
+  1-channel Conv, 1 thread           the same graph with the exporter's rewrite undone (its last
+                                     layer a Conv again, as PyTorch exports it; see
+                                     training/graph_rewrites.py): what the rewrite buys
 It reports img/s per batch size (median of interleaved rounds) and session creation time.
 """
 
@@ -33,6 +36,36 @@ LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
           "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+def undo_conv_rewrite(path: str, out: str) -> bool:
+    """Write `path` with each 1-channel, stride-1 ConvTranspose turned back into the Conv that
+    graph_rewrites replaced (the same kernel flip and channel swap, in reverse); False if the
+    model has none."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(path)
+    weights = {init.name: init for init in model.graph.initializer}
+    undone = False
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if (node.op_type != "ConvTranspose" or weight is None or weight.dims[1] != 1
+                or list(attrs.get("strides", [1, 1])) != [1, 1]):
+            continue
+        kernel = numpy_helper.to_array(weight)
+        k = kernel.shape[2:]
+        pads = attrs.get("pads", [0] * 4)
+        conv = np.ascontiguousarray(np.flip(kernel, axis=(2, 3)).transpose(1, 0, 2, 3))
+        model.graph.initializer.append(numpy_helper.from_array(conv, node.input[1] + ".conv"))
+        node.op_type, node.input[1] = "Conv", node.input[1] + ".conv"
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("kernel_shape", list(k)),
+                               helper.make_attribute("pads", [k[i % 2] - 1 - p
+                                                              for i, p in enumerate(pads)])])
+        undone = True
+    onnx.save(model, out)
+    return undone
 
 
 def session(path: str, level: str, threads: int = 0, save_to: str | None = None):
@@ -82,6 +115,9 @@ def main() -> int:
         variants[level] = session(args.model, level, save_to=saved if level == "all" else None)
     variants["preoptimised"] = session(saved, "disable")
     variants["all, 1 thread"] = session(args.model, "all", threads=1)
+    as_torch = str(Path(tempfile.mkdtemp()) / "conv.onnx")
+    if undo_conv_rewrite(args.model, as_torch):
+        variants["1-channel Conv, 1 thread"] = session(as_torch, "all", threads=1)
     reference = variants["all"][0].run(None, feeds(variants["all"][0], 16))[0]
     differences = {}
     for name, (s, _) in variants.items():  # fusions may round differently: say by how much
