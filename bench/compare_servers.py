@@ -153,8 +153,11 @@ def drive_h2load(target: Target, batch: int, concurrency: int, seconds: float, l
             np.empty((0, 3), np.int64)
     done = int(re.search(r"(\d+) succeeded", out).group(1))
     data = int(re.search(r"traffic: .*?\((\d+)\) data", out).group(1))
-    value, unit = re.search(r"finished in ([\d.]+)(m?s)", out).groups()
-    elapsed = float(value) / (1000 if unit == "ms" else 1)
+    # h2load counts only the calls of the measured --duration, and so does its req/s; its
+    # "finished in" also spans the warm-up, so it is not the time to divide those calls by.
+    total = int(re.search(r"requests: (\d+) total", out).group(1))
+    rate = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
+    elapsed = total / rate if rate else seconds
     # Calls that carried their images; the rest were gRPC errors (e.g. RESOURCE_EXHAUSTED
     # from a server's backpressure), reported beside the throughput rather than counted in it.
     image_bytes = int(np.prod(_RUNNER["runner"].image_shape))
