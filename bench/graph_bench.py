@@ -40,10 +40,10 @@ LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 
 def undo_conv_rewrite(path: str, out: str) -> bool:
     """Write `path` with each 1-channel, stride-1 ConvTranspose turned back into the Conv that
-    graph_rewrites replaced (the same kernel flip and channel swap, in reverse); False if the
-    model has none."""
+    graph_rewrites replaced; False if the model has none."""
     import onnx
     from onnx import helper, numpy_helper
+    from training.graph_rewrites import other_form
     model = onnx.load(path)
     weights = {init.name: init for init in model.graph.initializer}
     undone = False
@@ -53,16 +53,12 @@ def undo_conv_rewrite(path: str, out: str) -> bool:
         if (node.op_type != "ConvTranspose" or weight is None or weight.dims[1] != 1
                 or list(attrs.get("strides", [1, 1])) != [1, 1]):
             continue
-        kernel = numpy_helper.to_array(weight)
-        k = kernel.shape[2:]
-        pads = attrs.get("pads", [0] * 4)
-        conv = np.ascontiguousarray(np.flip(kernel, axis=(2, 3)).transpose(1, 0, 2, 3))
-        model.graph.initializer.append(numpy_helper.from_array(conv, node.input[1] + ".conv"))
-        node.op_type, node.input[1] = "Conv", node.input[1] + ".conv"
+        conv, pads = other_form(numpy_helper.to_array(weight), attrs.get("pads", [0] * 4))
+        weight.CopyFrom(numpy_helper.from_array(conv, weight.name))
+        node.op_type = "Conv"
         del node.attribute[:]
-        node.attribute.extend([helper.make_attribute("kernel_shape", list(k)),
-                               helper.make_attribute("pads", [k[i % 2] - 1 - p
-                                                              for i, p in enumerate(pads)])])
+        node.attribute.extend([helper.make_attribute("kernel_shape", list(conv.shape[2:])),
+                               helper.make_attribute("pads", pads)])
         undone = True
     onnx.save(model, out)
     return undone

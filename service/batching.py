@@ -12,7 +12,8 @@ every queued piece it can, up to `max_batch` images, runs them as one batch, and
 caller its own rows back. The first worker takes whatever is queued; the others only help
 when there is work to share (MIN_PIECE images queued, or the first worker busy with that
 many): a trickle of tiny requests runs faster in one worker's growing batches than split
-between workers that would take the core the event loop needs (`_worth_helping`).
+between workers whose runs then wait on each other, and on the event loop, for the GIL
+(`_worth_helping`).
 
 If the oldest piece in the queue is younger than `max_delay`, the worker waits up to that
 long for more to arrive, but never while a full batch is waiting. With `generate`
@@ -333,8 +334,9 @@ class Batcher:
 
         Small requests under load (batch 1 x 8 clients) are served fastest by the first worker
         alone: its batches grow while it runs, and a second worker taking the few images queued
-        meanwhile only splits them into more, smaller runs and adds wake-ups and hand-overs of
-        the GIL, on a core the event loop needs (measured on 2 cores, batch 1 x 8 clients:
+        meanwhile only splits them into more, smaller runs, and each run then waits for the GIL
+        held by the loop or the other worker when it ends (measured on 2 cores, batch 1 x 8
+        clients, ~130 us per image; see docs/benchmarks/compare-h2load-cpu.md; throughput
         2,730-2,920 against 1,850-1,900 calls/s; batch 4 to 64 unchanged). So the others join
         in when there is real work to share: a piece's worth of images queued, or the first
         worker busy with a run of that many. (Waiting for a full batch's worth before helping

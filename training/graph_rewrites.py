@@ -1,6 +1,8 @@
 """Rewrites of an exported ONNX graph into forms onnxruntime's CPU kernels run faster.
 
     rewrite_for_onnxruntime(model) -> list[str]   rewrites in place; names what it changed
+    other_form(kernel, pads)                      a stride-1 Conv's weights as a ConvTranspose's
+                                                  (and back; bench/graph_bench.py undoes it)
 
 Each rewrite computes the same function; only the order of float additions may change, which
 the exporter's parity check against PyTorch then covers like any other graph.
@@ -42,23 +44,29 @@ def _single_channel_convs_as_transposed(graph: onnx.GraphProto) -> list[str]:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if not _rewritable(kernel.shape, attrs):
             continue
-        flipped = np.ascontiguousarray(np.flip(kernel, axis=(2, 3)).transpose(1, 0, 2, 3))
+        flipped, pads = other_form(kernel, attrs.get("pads", [0] * 4))
         name = f"{node.input[1]}.as_conv_transpose"
         graph.initializer.append(numpy_helper.from_array(flipped, name))
-        k = kernel.shape[2:]
-        pads = attrs.get("pads", [0] * 4)
         node.op_type = "ConvTranspose"
         replaced.add(node.input[1])
         node.input[1] = name
         del node.attribute[:]
         node.attribute.extend([
-            helper.make_attribute("kernel_shape", list(k)),
+            helper.make_attribute("kernel_shape", list(kernel.shape[2:])),
             helper.make_attribute("strides", [1, 1]),
-            helper.make_attribute("pads", [k[0] - 1 - pads[0], k[1] - 1 - pads[1],
-                                           k[0] - 1 - pads[2], k[1] - 1 - pads[3]])])
+            helper.make_attribute("pads", pads)])
         changed.append(node.name)
     _drop_unused(graph, replaced)
     return changed
+
+
+def other_form(kernel: np.ndarray, pads: list[int]) -> tuple[np.ndarray, list[int]]:
+    """A stride-1 2-D Conv's kernel and pads as the equivalent ConvTranspose's, or back: the
+    kernel flipped in space with its two channel axes swapped, each pad p becoming k-1-p. The
+    mapping is its own inverse."""
+    k = kernel.shape[2:]
+    flipped = np.ascontiguousarray(np.flip(kernel, axis=(2, 3)).transpose(1, 0, 2, 3))
+    return flipped, [k[i % 2] - 1 - p for i, p in enumerate(pads)]
 
 
 def _rewritable(shape: tuple[int, ...], attrs: dict) -> bool:
