@@ -3,6 +3,7 @@
     rewrite_for_onnxruntime(model) -> list[str]   rewrites in place; names what it changed
     other_form(kernel, pads)                      a stride-1 Conv's weights as a ConvTranspose's
                                                   (and back; bench/graph_bench.py undoes it)
+    drop_unused(graph, names)                     removes replaced weights no node reads
 
 Each rewrite computes the same function; only the order of float additions may change, which
 the exporter's parity check against PyTorch then covers like any other graph.
@@ -56,7 +57,7 @@ def _single_channel_convs_as_transposed(graph: onnx.GraphProto) -> list[str]:
             helper.make_attribute("strides", [1, 1]),
             helper.make_attribute("pads", pads)])
         changed.append(node.name)
-    _drop_unused(graph, replaced)
+    drop_unused(graph, replaced)
     return changed
 
 
@@ -83,7 +84,7 @@ def _rewritable(shape: tuple[int, ...], attrs: dict) -> bool:
             and all(0 <= p <= k[i % 2] - 1 for i, p in enumerate(pads)))
 
 
-def _drop_unused(graph: onnx.GraphProto, names: set[str]) -> None:
+def drop_unused(graph: onnx.GraphProto, names: set[str]) -> None:
     """Remove the initializers `names` that no node reads any more."""
     used = {name for node in graph.node for name in node.input}
     used |= {output.name for output in graph.output}
