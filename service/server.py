@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import faulthandler
+import gc
 import logging
 import signal
 import sys
@@ -213,6 +214,12 @@ def create_server(config: ServeConfig) -> RunningServer:
         registry.close()
         encoder.shutdown()
         raise
+    # Everything loaded so far (models, gRPC, numpy, protobuf: ~42,000 objects) lives as long
+    # as the process. Frozen, Python's full collections no longer walk it: each was a pause of
+    # 7 ms idle and ~12 ms under load, holding the GIL, so every call in flight waited. (A
+    # reload's old models are still freed: by reference counting, which freezing leaves alone.)
+    gc.collect()
+    gc.freeze()
     log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",

@@ -155,8 +155,10 @@ def test_sigterm_drains_an_in_flight_stream_then_exits_0(tiny_onnx):
 
 def test_client_cli_writes_pngs_and_lists_models(server, tmp_path):
     address = f"127.0.0.1:{server.port}"
-    run = lambda *a: subprocess.run([PYTHON, "-m", "service.client", "--address", address, *a],
-                                    env=python_env(), capture_output=True, text=True, timeout=60)
+
+    def run(*args):
+        return subprocess.run([PYTHON, "-m", "service.client", "--address", address, *args],
+                              env=python_env(), capture_output=True, text=True, timeout=60)
     out = run("generate", "--seed", "0-3", "--label", "7", "--out", str(tmp_path / "a"))
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
@@ -218,3 +220,12 @@ def test_debug_level_logs_each_rpc_and_onnxruntime_telemetry_is_off(tiny_onnx):
                            env={**env, "ORT_DISABLE_TELEMETRY": "0"}, capture_output=True,
                            text=True, timeout=60)
     assert probe.stdout.strip() == "0", probe.stderr
+
+
+def test_start_up_freezes_what_it_loaded_so_full_collections_skip_it(server):
+    import gc
+    # The server (session fixture) froze everything loaded at start-up, so Python's full
+    # collections walk only what was made since (a ~10 ms pause holding the GIL otherwise).
+    assert gc.get_freeze_count() > 10_000
+    gc.collect()
+    assert gc.get_freeze_count() > 10_000  # collections do not thaw them
