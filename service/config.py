@@ -74,7 +74,8 @@ class ServeConfig:
     auth_token_file: str = ""           # file holding a bearer token callers must send
                                         # (DCGAN_AUTH_TOKEN sets the token itself)
     # --- processes
-    processes: int = 1                  # >1: that many server processes share the gRPC port
+    processes: int = 1                  # >1: that many server processes share the gRPC port;
+                                        # 0: one per usable core
                                         # (SO_REUSEPORT), each with its own GIL
     reuse_port: bool = False            # let other processes bind the same port (set by the
                                         # multi-process supervisor for its workers)
@@ -96,6 +97,10 @@ class ServeConfig:
     @property
     def resolved_encode_workers(self) -> int:
         return self.encode_workers or usable_cpus()
+
+    @property
+    def resolved_processes(self) -> int:
+        return self.processes or usable_cpus()
 
     @property
     def resolved_inference_workers(self) -> int:
@@ -229,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "send as 'authorization: Bearer <token>' (or set DCGAN_AUTH_TOKEN)")
     p.add_argument("--processes", type=int, default=int(_env("processes", d.processes)),
                    help="server processes sharing the gRPC port through SO_REUSEPORT, each with "
-                        "its own GIL and models; /metrics merges them (1)")
+                        "its own GIL and models; /metrics merges them; 0 = one per usable "
+                        "core (1)")
     p.add_argument("--reuse-port", action="store_true",
                    default=_env("reuse_port", "0") not in ("0", "false", "no"),
                    help="allow other processes to bind the same gRPC port (what --processes "
@@ -260,8 +266,8 @@ def config_from_args(argv: list[str] | None = None) -> ServeConfig:
         problems.append("--batch-max-delay-ms must not be negative")
     if values["max_in_flight"] < 1:
         problems.append("--max-in-flight must be at least 1")
-    if values["processes"] < 1:
-        problems.append("--processes must be at least 1")
+    if values["processes"] < 0:
+        problems.append("--processes must not be negative (0 = one per usable core)")
     if values["latent_cache"] < 0:
         problems.append("--latent-cache must not be negative (0 turns it off)")
     if values["encode_workers"] < 0:

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if config.processes > 1:
+        if config.resolved_processes > 1:
             return supervise(config, sys.argv[1:] if argv is None else argv)
         serve(config)
     except ServiceError as exc:  # bad model file, port in use, CUDA missing: say which

@@ -87,7 +87,7 @@ class WorkerMetrics:
 def worker_command(config: ServeConfig, argv: list[str], port: int) -> list[str]:
     """The worker's command line: the supervisor's own flags, then the overrides (argparse
     keeps the last value of a repeated flag)."""
-    workers_each = config.inference_workers or max(1, usable_cpus() // config.processes)
+    workers_each = config.inference_workers or max(1, usable_cpus() // config.resolved_processes)
     return [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port",
             "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             "--inference-workers", str(workers_each)]
@@ -107,7 +107,7 @@ def supervise(config: ServeConfig, argv: list[str]) -> int:
     port = _pick_port(config)
     command = worker_command(config, argv, port)
     workers = []
-    for index in range(config.processes):
+    for index in range(config.resolved_processes):
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)  # signals come from us
         worker = Worker(index, proc)

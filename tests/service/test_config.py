@@ -36,6 +36,7 @@ def test_flags_win_over_environment(monkeypatch):
     (["--max-queued-images", "0"], "--max-queued-images"),
     (["--model", "a=/1.onnx", "--model", "a=/2.onnx"], "unique"),
     (["--device", "tpu"], "invalid choice"),
+    (["--processes", "-1"], "--processes"),
 ])
 def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -65,3 +66,12 @@ def test_usable_cpus_follows_a_cgroup_cpu_limit(tmp_path):
     cpu_max.write_text("max 100000\n")  # no limit: the affinity mask decides
     assert usable_cpus(cpu_max) == cores
     assert usable_cpus(tmp_path / "absent") == cores
+
+
+def test_processes_zero_means_one_per_usable_core(monkeypatch):
+    from service.config import usable_cpus
+    assert config_from_args(["--processes", "0"]).resolved_processes == usable_cpus()
+    monkeypatch.setenv("DCGAN_PROCESSES", "0")
+    assert config_from_args([]).resolved_processes == usable_cpus()
+    assert config_from_args(["--processes", "3"]).resolved_processes == 3
+    assert config_from_args([]).processes == 0 and ServeConfig().resolved_processes == 1
