@@ -109,20 +109,21 @@ def main() -> int:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
-    saved = str(Path(tempfile.mkdtemp()) / "optimised.onnx")
+    work = Path(tempfile.mkdtemp())
+    saved = str(work / "optimised.onnx")
     variants = {}
     for level in LEVELS:
         variants[level] = session(args.model, level, save_to=saved if level == "all" else None)
     variants["preoptimised"] = session(saved, "disable")
     variants["all, 1 thread"] = session(args.model, "all", threads=1)
-    as_torch = str(Path(tempfile.mkdtemp()) / "conv.onnx")
+    as_torch = str(work / "conv.onnx")
     if undo_conv_rewrite(args.model, as_torch):
         variants["1-channel Conv, 1 thread"] = session(as_torch, "all", threads=1)
     for name, rewrite in (("sub-pixel Conv, 1 thread", as_subpixel),
                           ("MatMul + Col2Im, 1 thread", as_matmul_col2im)):
         model = onnx.load(args.model)
         if rewrite(model):
-            path = str(Path(tempfile.mkdtemp()) / "form.onnx")
+            path = str(work / f"{rewrite.__name__}.onnx")
             onnx.save(model, path)
             variants[name] = session(path, "all", threads=1)
     reference = variants["all"][0].run(None, feeds(variants["all"][0], 16))[0]

@@ -103,6 +103,7 @@ def _subpixel_nodes(node, kernel, bias, s, p, in_shape):
     nodes = [helper.make_node("Conv", [node.input[0], f"{pre}.w", f"{pre}.b"], [f"{pre}.all"],
                               name=f"{pre}.conv", kernel_shape=[taps, taps],
                               pads=[before, before, after, after])]
+    weights[f"{pre}.axes"] = np.array([1, 2, 3], np.int64)
     phases = []
     for ay in range(s):
         for ax in range(s):
@@ -110,7 +111,6 @@ def _subpixel_nodes(node, kernel, bias, s, p, in_shape):
             end = [(group + 1) * cout, *(-(extra - o) if extra > o else 2**62 for o in (top, left))]
             weights[f"{pre}.{group}.starts"] = np.array([group * cout, top, left], np.int64)
             weights[f"{pre}.{group}.ends"] = np.array(end, np.int64)
-            weights[f"{pre}.axes"] = np.array([1, 2, 3], np.int64)
             phases.append(f"{pre}.phase{group}")
             nodes.append(helper.make_node(
                 "Slice", [f"{pre}.all", f"{pre}.{group}.starts", f"{pre}.{group}.ends",

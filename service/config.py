@@ -74,9 +74,9 @@ class ServeConfig:
     auth_token_file: str = ""           # file holding a bearer token callers must send
                                         # (DCGAN_AUTH_TOKEN sets the token itself)
     # --- processes
-    processes: int = 1                  # >1: that many server processes share the gRPC port;
-                                        # 0: one per usable core
-                                        # (SO_REUSEPORT), each with its own GIL
+    processes: int = 1                  # >1: that many server processes share the gRPC port
+                                        # (SO_REUSEPORT), each with its own GIL; 0: one per
+                                        # usable core
     reuse_port: bool = False            # let other processes bind the same port (set by the
                                         # multi-process supervisor for its workers)
     # --- lifecycle

@@ -54,15 +54,15 @@ class _SeedLatents(CalibrationDataReader):
 
 def quantize(source: Path, target: Path, precision: str = "int8") -> None:
     meta = OnnxGenerator(source).metadata  # also checks it is one of our generators
+    source_model = onnx.load(str(source))
+    original = {p.key: p.value for p in source_model.metadata_props}
     if precision == "fp16":
-        onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True),
-                  str(target))
+        model = convert_float_to_float16(source_model, keep_io_types=True)
     elif precision == "int8":
         _quantize_int8(source, target, meta)
+        model = onnx.load(str(target))
     else:
         raise ValueError(f"unknown precision {precision!r}: use int8 or fp16")
-    model = onnx.load(str(target))
-    original = {p.key: p.value for p in onnx.load(str(source)).metadata_props}
     kept = {p.key for p in model.metadata_props}
     for key, value in original.items():
         if key not in kept:
