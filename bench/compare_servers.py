@@ -372,20 +372,22 @@ def main() -> int:
                     for target in order:
                         runs[target.name].append(drive(target, batch, conc, args.seconds,
                                                        latent_dim, conditional, args.load))
-                ceiling = float(np.median([x["calls"] * batch / x["seconds"]
-                                           for x in runs["in-process"]]))
+                # --only may leave the ceiling out; the ratio column is then blank.
+                ceiling = (float(np.median([x["calls"] * batch / x["seconds"]
+                                            for x in runs["in-process"]]))
+                           if runs.get("in-process") else None)
                 for target in live:
                     row = {"batch": batch, "clients": conc, "target": target.name,
                            "img_s": float(np.median([x["calls"] * batch / x["seconds"]
                                                      for x in runs[target.name]])),
                            "p50_ms": float(np.median([x["p50_ms"] for x in runs[target.name]])),
                            "p99_ms": float(np.median([x["p99_ms"] for x in runs[target.name]]))}
-                    row["vs_ceiling"] = row["img_s"] / ceiling
+                    row["vs_ceiling"] = row["img_s"] / ceiling if ceiling else None
                     row["errors"] = sum(x.get("errors", 0) for x in runs[target.name])
                     rows.append(row)
                     print(f"batch {batch:4d} clients {conc:2d} {target.name:16s} "
                           f"{row['img_s']:8.0f} img/s p50 {row['p50_ms']:8.3f} ms p99 "
-                          f"{row['p99_ms']:8.3f} ms  {row['vs_ceiling']:.2f} of ceiling"
+                          f"{row['p99_ms']:8.3f} ms  {_ratio(row['vs_ceiling'])} of ceiling"
                           + (f"  ({row['errors']} calls refused)" if row["errors"] else ""),
                           flush=True)
     finally:
@@ -394,6 +396,10 @@ def main() -> int:
     if args.out:
         write_report(args.out, rows, chosen, args)
     return 0
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def write_report(out: Path, rows: list[dict], chosen: list[Target], args) -> None:
@@ -415,7 +421,7 @@ def write_report(out: Path, rows: list[dict], chosen: list[Target], args) -> Non
               "|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['batch']} | {r['clients']} | {r['target']} | {r['img_s']:.0f} | "
-                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['vs_ceiling']:.2f} |"
+                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {_ratio(r['vs_ceiling'])} |"
                      + (f" {r['errors']} calls refused" if r.get("errors") else ""))
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(

@@ -34,6 +34,11 @@ opposite case: its run is long beside a hand-off, and it should not stop the loo
 long, so it goes to a `Batcher` over all the machine's cores (`offload`), which also lets one
 big request use the cores other processes leave idle.
 
+With `--processes`, each worker process has its own batchers, and all of them take turns on
+the machine's cores: a run waits while older work queued in another process has no core yet
+(`core_share.CoreTurns`), so callers are served alike whichever process their connection
+landed on.
+
 Why the images stay identical: each seed's latent is computed before batching, and the
 exported generator computes every row independently (eval-mode BatchNorm, no cross-row ops);
 onnxruntime's CPU kernels give the same bytes for a row whatever batch it is in, which the
@@ -53,6 +58,7 @@ from typing import Callable
 
 import numpy as np
 
+from service.core_share import CoreTurns
 from service.errors import DeadlineExceeded, Overloaded
 from service.runtime import OnnxGenerator
 
@@ -180,8 +186,12 @@ class Batcher:
     def __init__(self, runner: OnnxGenerator, max_batch: int, max_delay_s: float,
                  observe: BatchObserver | None = None, workers: int = 1,
                  name: str = "batcher", lone_runner: OnnxGenerator | None = None,
-                 max_queued_images: int | None = None):
+                 max_queued_images: int | None = None, turns: CoreTurns | None = None):
         self.runner = runner
+        # With --processes, turns on the cores shared with the other processes (core_share).
+        self.turns = turns
+        self._running = 0  # this batcher's runs in progress, for `turns`
+        self._turn_sleepers = 0  # workers asleep on `turns` (not on the conditions below)
         # A multi-threaded session for a batch that runs alone (every other worker idle,
         # nothing queued): one request then gets all the cores, which cuts its latency. Only
         # from MIN_PIECE images: a smaller run is faster on one thread than handing it over.
@@ -226,6 +236,8 @@ class Batcher:
             self._cv.notify()
             if self._worth_helping():
                 self._help.notify_all() if len(items) > 1 else self._help.notify()
+            if self._turn_sleepers:  # one may have slept through its queue emptying
+                self.turns.wake_here()
         return [item.future for item in items]
 
     def generate(self, latents: np.ndarray, labels: np.ndarray | None,
@@ -352,16 +364,29 @@ class Batcher:
                 self._first_running = 0  # back from its run, if it had one
             try:
                 waiting = self._cv if first else self._help
-                # The others also help to drain the queue when closing.
-                while not (self._queue and (first or self._closed or self._worth_helping())):
-                    if self._closed and not self._queue:
-                        return None
-                    waiting.wait()
-                # Wait a little for company, unless the batch is full or we are closing.
-                deadline = self._queue[0].queued_at + self.max_delay_s
-                while (self._queued_images < self.max_batch and not self._closed
-                       and (remaining := deadline - time.perf_counter()) > 0):
-                    waiting.wait(remaining)
+                while True:
+                    # The others also help to drain the queue when closing.
+                    while not (self._queue and (first or self._closed or self._worth_helping())):
+                        if self._closed and not self._queue:
+                            return None
+                        waiting.wait()
+                    # Wait a little for company, unless the batch is full or we are closing.
+                    deadline = self._queue[0].queued_at + self.max_delay_s
+                    while (self._queued_images < self.max_batch and not self._closed
+                           and (remaining := deadline - time.perf_counter()) > 0):
+                        waiting.wait(remaining)
+                    if self._my_turn():
+                        break
+                    # Other processes' older work comes first. Sleep until a run ends
+                    # somewhere; another worker of ours may take this batch meanwhile, so
+                    # the loop starts over.
+                    self._turn_sleepers += 1
+                    self._cv.release()
+                    try:
+                        self.turns.wait()
+                    finally:
+                        self._cv.acquire()
+                        self._turn_sleepers -= 1
                 # Take a fair share, leaving the rest to the other idle workers if they help.
                 sharing = self._idle if self._closed or self._worth_helping() else 1
                 limit = min(self.max_batch, math.ceil(self._queued_images / sharing))
@@ -372,6 +397,10 @@ class Batcher:
                     if self._queue and self._worth_helping():
                         self._help.notify()
                 alone = self._idle == self.workers and not self._queue and not self._inline
+                if self.turns is not None:
+                    self._running += 1
+                    self.turns.publish(self._queue[0].queued_at if self._queue else None,
+                                       self._running)
                 return batch, alone
             finally:
                 self._idle -= 1
@@ -388,8 +417,19 @@ class Batcher:
                 # Any failure goes to the callers; the worker thread stays alive.
                 _run_together(live, runner, self.observe, waited, catch=BaseException)
         finally:
+            if self.turns is not None:
+                with self._cv:
+                    self._running -= 1
+                    self.turns.publish(self._queue[0].queued_at if self._queue else None,
+                                       self._running)
+                self.turns.ended()
             _hand_to_loops([p.future for p in batch if isinstance(p.future, _LoopFuture)
                             and p.future.outcome is not None])
+
+    def _my_turn(self) -> bool:
+        """Whether the queue's head may run now (always, unless cores are shared with other
+        processes; a closing batcher drains without waiting)."""
+        return self.turns is None or self._closed or self.turns.may_run(self._queue[0].queued_at)
 
 
 def _hand_to_loops(pieces: list[_LoopFuture]) -> None:
@@ -462,9 +502,12 @@ class LoopBatcher:
 
     def __init__(self, runner: OnnxGenerator, max_batch: int, max_delay_s: float,
                  observe: BatchObserver | None = None, max_queued_images: int | None = None,
-                 offload: Batcher | None = None):
+                 offload: Batcher | None = None, turns: CoreTurns | None = None):
         self.runner = runner
         self.offload = offload
+        # The loop's runs take a core without waiting for a turn (the loop cannot wait), but
+        # they are counted, so the other processes' big runs leave that core to it.
+        self.turns = turns
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queued_images = max_queued_images or 16 * max_batch
@@ -554,6 +597,11 @@ class LoopBatcher:
         # A done future here was cancelled while queued (its caller went away).
         live = [item for item in batch if not item.future.done() and not _expired(item, now)]
         if live:
+            if self.turns is not None:
+                self.turns.loop_running(True)
             # A failure goes to the callers; the loop carries on.
             _run_together(live, self.runner, self.observe,
                           now - min(item.queued_at for item in live))
+            if self.turns is not None:
+                self.turns.loop_running(False)
+                self.turns.ended()

@@ -79,6 +79,8 @@ class ServeConfig:
                                         # usable core
     reuse_port: bool = False            # let other processes bind the same port (set by the
                                         # multi-process supervisor for its workers)
+    core_share: str = ""                # PATH:INDEX of the table through which the workers
+                                        # take turns on the cores (set by the supervisor)
     # --- lifecycle
     grace_seconds: float = 10.0         # SIGTERM: how long in-flight calls may take to finish
     log_level: str = "INFO"
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("reuse_port", "0") not in ("0", "false", "no"),
                    help="allow other processes to bind the same gRPC port (what --processes "
                         "gives its workers)")
+    # Internal: how the supervisor tells each worker where the shared core table is.
+    p.add_argument("--core-share", default=_env("core_share", d.core_share),
+                   help=argparse.SUPPRESS)
     p.add_argument("--grace-seconds", type=float,
                    default=float(_env("grace_seconds", d.grace_seconds)),
                    help=f"on SIGTERM, time for in-flight calls to finish ({d.grace_seconds})")

@@ -41,6 +41,7 @@ from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.admission import CallGate
 from service.config import ServeConfig, config_from_args, usable_cpus
 from service.batching import BIG_REQUEST, Batcher, LoopBatcher, Unbatched
+from service.core_share import CoreShare, CoreTurns
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
 from service.inference_v2 import InferenceServicer
@@ -73,6 +74,7 @@ class RunningServer:
     config: ServeConfig
     loop: asyncio.AbstractEventLoop  # runs gRPC, in its own thread
     encoder: ThreadPoolExecutor
+    share: CoreShare | None = None  # with --processes: turns on the cores (core_share)
     _metrics_http: object = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -82,7 +84,7 @@ class RunningServer:
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
         with self._reload_lock:
             try:
-                fresh = load_models(self.config, self.metrics)
+                fresh = load_models(self.config, self.metrics, self.share)
             except ServiceError as exc:
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("reload failed, still serving the previous models: %s", exc)
@@ -120,7 +122,8 @@ class RunningServer:
         _stop_loop(self.loop)
 
 
-def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
+def load_models(config: ServeConfig, metrics: Metrics,
+                share: CoreShare | None = None) -> ModelRegistry:
     paths = config.model_paths()
     if not paths:
         raise ServiceError("no models to serve: pass --model NAME=PATH (no bundled models were "
@@ -129,8 +132,9 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
                              intra_op_threads=config.resolved_intra_op_threads)
     registry = ModelRegistry()
     try:
-        for name, path in paths:
-            registry.add(name, *_load_one(name, path, config, options, metrics))
+        for index, (name, path) in enumerate(paths):
+            turns = share.turns(index) if share else None
+            registry.add(name, *_load_one(name, path, config, options, metrics, turns))
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
         raise
@@ -138,7 +142,7 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
 
 
 def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOptions,
-              metrics: Metrics):
+              metrics: Metrics, turns: CoreTurns | None = None):
     runner = OnnxGenerator(path, options)
     observe = metrics.batch_observer(name)
     # What every batching engine of this model shares: the limits and where figures go.
@@ -149,8 +153,10 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
     if config.batching and config.resolved_inference_workers == 1:
         # One core for this process: small batches run on the event loop itself, big requests
         # on threads over every usable core, idle when other processes are (see LoopBatcher).
-        offload = Batcher(runner, workers=usable_cpus(), name=f"batcher-{name}", **limits)
-        engine = LoopBatcher(runner, offload=offload, **limits)
+        # With other processes beside it, all take turns on the cores (core_share).
+        offload = Batcher(runner, workers=usable_cpus(), name=f"batcher-{name}", turns=turns,
+                          **limits)
+        engine = LoopBatcher(runner, offload=offload, turns=turns, **limits)
     elif config.batching:
         workers = config.resolved_inference_workers
         lone = None
@@ -158,7 +164,7 @@ def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOption
             lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0,
                                                            allow_spinning=False))
         engine = Batcher(runner, workers=workers, name=f"batcher-{name}", lone_runner=lone,
-                         **limits)
+                         turns=turns, **limits)
     else:
         engine = Unbatched(runner, observe, workers=config.resolved_inference_workers,
                            name=f"unbatched-{name}")
@@ -187,7 +193,11 @@ def _describe(engine) -> str:
 
 def create_server(config: ServeConfig) -> RunningServer:
     metrics = Metrics()
-    registry = load_models(config, metrics)
+    # A worker of --processes: it takes turns on the cores with the others (one table and
+    # one doorbell per process, kept across reloads).
+    share = (CoreShare(config.core_share, usable_cpus(), len(config.model_paths()))
+             if config.core_share else None)
+    registry = load_models(config, metrics, share)
     describe_models(registry, metrics)
     encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                  thread_name_prefix="encode")
@@ -225,7 +235,7 @@ def create_server(config: ServeConfig) -> RunningServer:
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
              "bearer" if token else "off")
     return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
-                         metrics, config, loop, encoder, metrics_http)
+                         metrics, config, loop, encoder, share, metrics_http)
 
 
 async def _start_grpc(config: ServeConfig, token: str, generator: Generator, metrics: Metrics,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -47,11 +48,21 @@ def _per_worker_calls(metrics_port: int) -> dict[str, float]:
     return calls
 
 
+def _core_tables() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("dcgan-cores-*")} \
+        if Path("/dev/shm").is_dir() else set()
+
+
 def test_workers_share_the_port_and_metrics_merge_them(tiny_onnx, server, stub):
+    tables_before = _core_tables()
     sup = Supervised("--model", f"m={tiny_onnx}")
     try:
         assert sup.port, "".join(sup.log)
         assert len(sup.workers()) == 2
+        # Each worker was told where the table they take turns on the cores through is.
+        for pid in sup.workers():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"--core-share" in argv, argv
         seeds = [3, 1, 4, 1, 5]
         # Same model file, same seeds: the same pixels as a single-process server gives.
         expected = images_from_response(stub.Generate(pb.GenerateRequest(model="plain",
@@ -65,11 +76,20 @@ def test_workers_share_the_port_and_metrics_merge_them(tiny_onnx, server, stub):
                 np.testing.assert_array_equal(images_from_response(response), expected)
         calls = _per_worker_calls(sup.metrics_port)
         assert set(calls) == {"0", "1"} and sum(calls.values()) == 16, calls
+        # A big request (offloaded to the worker threads, which take turns): exact as well.
+        big = list(range(40))
+        expected_big = images_from_response(stub.Generate(pb.GenerateRequest(model="plain",
+                                                                             seeds=big)))
+        with grpc.insecure_channel(f"127.0.0.1:{sup.port}") as ch:
+            response = pb_grpc.GeneratorServiceStub(ch).Generate(
+                pb.GenerateRequest(seeds=big), timeout=10)
+            np.testing.assert_array_equal(images_from_response(response), expected_big)
     finally:
         sup.proc.send_signal(signal.SIGTERM)
         code, log = sup.finish()
     assert code == 0, log[-3000:]
     assert "[worker 0]" in log and "[worker 1]" in log and log.rstrip().endswith("stopped")
+    assert _core_tables() == tables_before  # the table and the bells went with it
 
 
 def test_a_dead_worker_stops_the_whole_with_exit_1(tiny_onnx):
