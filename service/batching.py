@@ -7,9 +7,10 @@ generators two single-threaded runs side by side beat one two-threaded run by ab
 concurrently rather than from onnxruntime's intra-op threads.
 
 A request is cut into pieces: at least one per `max_batch` images, and, when it has at least
-2 x MIN_PIECE images, one per worker, so one big request uses every core. Each worker takes
-every queued piece it can, up to `max_batch` images, runs them as one batch, and hands each
-caller its own rows back. The first worker takes whatever is queued; the others only help
+2 x MIN_PIECE images and finds every worker idle, one per worker, so one big request uses
+every core. Each worker takes its share of the queued pieces (the queue divided between the
+workers), up to `max_batch` images, runs them as one batch, and hands each caller its own
+rows back. The first worker takes whatever is queued; the others only help
 when there is work to share (MIN_PIECE images queued, or the first worker busy with that
 many): a trickle of tiny requests runs faster in one worker's growing batches than split
 between workers whose runs then wait on each other, and on the event loop, for the GIL
@@ -282,9 +283,15 @@ class Batcher:
                         ) -> list[Future | _LoopFuture]:
         """Cut one request into pieces (see the module docstring) and queue them."""
         n = len(latents)
-        if n < MIN_PIECE * 2 and n <= self.max_batch:  # one piece: skip the arithmetic
+        # Cut across the workers only a request that finds them all idle (read without the
+        # lock: a hint). Under load the other workers have work of their own, and a request in
+        # pieces then waits for two runs (measured on 2 cores, batch 16 x 8 clients: whole
+        # requests, with the share rule of `_take`, 5,260-5,490 against 4,840-5,200 img/s).
+        alone = self._idle == self.workers and not self._queue
+        if n <= self.max_batch and (n < MIN_PIECE * 2 or not alone):  # one piece
             return self._submit_pieces([(latents, labels)], timeout, new_future)
-        pieces = max(math.ceil(n / self.max_batch), min(self.workers, n // MIN_PIECE), 1)
+        per_worker = min(self.workers, n // MIN_PIECE) if alone else 1
+        pieces = max(math.ceil(n / self.max_batch), per_worker, 1)
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         return self._submit_pieces([(latents[a:b], None if labels is None else labels[a:b])
                                     for a, b in zip(bounds[:-1], bounds[1:])], timeout,
@@ -387,8 +394,12 @@ class Batcher:
                     finally:
                         self._cv.acquire()
                         self._turn_sleepers -= 1
-                # Take a fair share, leaving the rest to the other idle workers if they help.
-                sharing = self._idle if self._closed or self._worth_helping() else 1
+                # Take a fair share, leaving the rest to the other workers if they help, busy
+                # ones included: one back from its run soon finds work, rather than idling
+                # while this one runs everything (measured on 2 cores, against a share of the
+                # idle workers only: batch 1 x 32 clients 1,980-2,030 against 1,730-1,850
+                # calls/s, batch 16 x 8 5,390-5,550 against 5,100-5,250 img/s).
+                sharing = self.workers if self._closed or self._worth_helping() else 1
                 limit = min(self.max_batch, math.ceil(self._queued_images / sharing))
                 batch, images = _take(self._queue, limit)
                 self._queued_images -= images

@@ -252,6 +252,7 @@ def _wait_for(condition, timeout=10.0):
 
 
 def test_small_requests_stay_with_the_first_worker_until_there_is_work_to_share(runner):
+    """Who runs what: small requests, a share of a queue, big requests alone and under load."""
     held = HeldRunner(runner)
     gate, started = held.release, held.runs
     batcher = Batcher(held, max_batch=64, max_delay_s=0, workers=2, name="w")
@@ -265,11 +266,13 @@ def test_small_requests_stay_with_the_first_worker_until_there_is_work_to_share(
         assert started == [("w-0", 1)]
         more = [batcher.submit(*_request([s])) for s in range(5, 10)]
         time.sleep(0.2)
-        # Eight queued (MIN_PIECE): now the second worker takes them while the first is busy.
-        assert started == [("w-0", 1), ("w-1", 8)]
+        # Eight queued (MIN_PIECE): now the second worker takes its share, half of them,
+        # while the first is busy; the rest waits for whichever is back first.
+        assert started == [("w-0", 1), ("w-1", 4)]
         gate.set()
         for seeds, future in zip([[1]] + [[s] for s in range(2, 10)], [first] + few + more):
             assert future.result(10).tobytes() == runner.generate(*_request(seeds)).tobytes()
+        assert sorted(images for _, images in started) == [1, 4, 4]
         # A big request is cut into one piece per worker, and the second worker takes its
         # piece while the first is busy with the other.
         _wait_for(lambda: batcher._idle == 2)  # both back from their runs, so they share it
@@ -282,6 +285,21 @@ def test_small_requests_stay_with_the_first_worker_until_there_is_work_to_share(
             gate.set()
             want = runner.generate(*_request(list(range(64))))
             assert big.result(10).tobytes() == want.tobytes()
+        # But a big request that finds a worker busy stays whole: the other worker runs all
+        # of it, rather than half of it now and half after the busy one's run.
+        _wait_for(lambda: batcher._idle == 2)
+        started.clear()
+        gate.clear()
+        lone = batcher.submit(*_request([7]))
+        _wait_for(lambda: started)
+        with ThreadPoolExecutor(1) as pool:
+            whole = pool.submit(batcher.generate, *_request(list(range(20))))
+            _wait_for(lambda: len(started) == 2)
+            assert started == [("w-0", 1), ("w-1", 20)]
+            gate.set()
+            assert lone.result(10).tobytes() == runner.generate(*_request([7])).tobytes()
+            want = runner.generate(*_request(list(range(20))))
+            assert whole.result(10).tobytes() == want.tobytes()
     finally:
         gate.set()
         batcher.close()
