@@ -35,7 +35,9 @@ from service.errors import ServiceError
 
 #: The longest a worker sleeps on its bell before it looks at the table again anyway: how a
 #: worker whose batch another worker of its process took goes back to waiting for work, and
-#: a safety net for a ring lost to a full socket buffer; never the normal way a turn comes.
+#: a safety net for a missed ring (a full socket buffer, or a wait published just as a run
+#: elsewhere ended and read the table: the two processes' stores and loads are not ordered);
+#: never the normal way a turn comes.
 BELL_TIMEOUT_S = 0.01
 
 _COLUMNS = 3  # oldest waiting (ns), runs on threads, runs on the event loop
