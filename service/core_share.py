@@ -28,7 +28,6 @@ import mmap
 import os
 import socket
 import tempfile
-import threading
 from pathlib import Path
 
 from service.errors import ServiceError
@@ -94,9 +93,10 @@ class CoreShare:
             raise ServiceError(f"cannot make this worker's doorbell {self._bells[self.index]}: "
                                f"{exc}") from None
         self._bell.settimeout(BELL_TIMEOUT_S)
+        # Rung from the loop and the worker threads alike: a datagram is sent whole, so they
+        # need no lock between them.
         self._ringer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._ringer.setblocking(False)
-        self._ringing = threading.Lock()  # one socket, rung from the loop and worker threads
 
     def turns(self, model: int) -> CoreTurns:
         return CoreTurns(self, self.index * self.models + model)
@@ -113,11 +113,10 @@ class CoreShare:
         self._ring(self._bells[self.index])
 
     def _ring(self, bell: str) -> None:
-        with self._ringing:
-            try:
-                self._ringer.sendto(b"!", bell)
-            except OSError:  # buffer full (they are awake anyway) or the bell not yet bound
-                pass         # (a worker still starting waits for nothing)
+        try:
+            self._ringer.sendto(b"!", bell)
+        except OSError:  # buffer full (they are awake anyway) or the bell not yet bound
+            pass         # (a worker still starting waits for nothing)
 
     def ring(self) -> None:
         """A run ended: wake the processes with work waiting, this one included."""
