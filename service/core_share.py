@@ -44,16 +44,27 @@ _HEAD, _THREADS, _LOOP = range(_COLUMNS)
 _CELL = 8  # bytes: signed 64-bit
 
 
+#: Where the table goes: memory (/dev/shm) when it can, else the temporary folder.
+TABLE_FOLDERS: tuple[str | None, ...] = ("/dev/shm", None)
+
+
 def create_table(processes: int, models: int) -> Path:
     """The supervisor's part: a zeroed table for `processes` workers serving `models` each.
     `remove_table` deletes it and the workers' bells."""
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not disk, when it can
-    fd, path = tempfile.mkstemp(prefix="dcgan-cores-", dir=folder)
-    try:
-        os.ftruncate(fd, processes * models * _COLUMNS * _CELL)  # reads as zeros
-    finally:
-        os.close(fd)
-    return Path(path)
+    problems = []
+    for folder in TABLE_FOLDERS:
+        try:
+            fd, path = tempfile.mkstemp(prefix="dcgan-cores-", dir=folder)
+        except OSError as exc:  # e.g. a read-only /dev/shm: try the next
+            problems.append(f"{folder or tempfile.gettempdir()}: {exc.strerror}")
+            continue
+        try:
+            os.ftruncate(fd, processes * models * _COLUMNS * _CELL)  # reads as zeros
+        finally:
+            os.close(fd)
+        return Path(path)
+    raise ServiceError("cannot create the --processes workers' shared core table ("
+                       + "; ".join(problems) + "): make /dev/shm or TMPDIR writable")
 
 
 def remove_table(table: Path) -> None:

@@ -142,3 +142,17 @@ def test_a_bad_core_share_spec_says_what_is_expected(tmp_path):
             CoreShare(f"{table}:1", cores=2, models=2)
     finally:
         remove_table(table)
+
+
+def test_the_table_falls_back_to_the_temporary_folder_and_says_when_it_cannot(tmp_path,
+                                                                              monkeypatch):
+    missing = str(tmp_path / "no-such-folder")
+    monkeypatch.setattr(core_share, "TABLE_FOLDERS", (missing, str(tmp_path)))
+    table = create_table(processes=2, models=1)
+    try:
+        assert table.parent == tmp_path and table.stat().st_size == 2 * 3 * 8
+    finally:
+        remove_table(table)
+    monkeypatch.setattr(core_share, "TABLE_FOLDERS", (missing,))
+    with pytest.raises(ServiceError, match="cannot create the --processes workers' shared core"):
+        create_table(processes=2, models=1)
