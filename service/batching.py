@@ -410,8 +410,7 @@ class Batcher:
                 alone = self._idle == self.workers and not self._queue and not self._inline
                 if self.turns is not None:
                     self._running += 1
-                    self.turns.publish(self._queue[0].queued_at if self._queue else None,
-                                       self._running)
+                    self._publish_turns()
                 return batch, alone
             finally:
                 self._idle -= 1
@@ -431,11 +430,14 @@ class Batcher:
             if self.turns is not None:
                 with self._cv:
                     self._running -= 1
-                    self.turns.publish(self._queue[0].queued_at if self._queue else None,
-                                       self._running)
+                    self._publish_turns()
                 self.turns.ended()
             _hand_to_loops([p.future for p in batch if isinstance(p.future, _LoopFuture)
                             and p.future.outcome is not None])
+
+    def _publish_turns(self) -> None:
+        """(With the lock held.) Tell the other processes our oldest waiting piece and runs."""
+        self.turns.publish(self._queue[0].queued_at if self._queue else None, self._running)
 
     def _my_turn(self) -> bool:
         """Whether the queue's head may run now (always, unless cores are shared with other

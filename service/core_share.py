@@ -72,6 +72,11 @@ def remove_table(table: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _stamp(queued_at: float) -> int:
+    """A `perf_counter()` time as the table holds it: nanoseconds, never 0 (0 means none)."""
+    return max(1, int(queued_at * 1e9))
+
+
 def _bell_path(table: str, process: int) -> str:
     return f"{table}.{process}.bell"
 
@@ -149,7 +154,7 @@ class CoreTurns:
     def may_run(self, oldest_queued: float) -> bool:
         """Whether this model's oldest waiting piece (queued at `oldest_queued`) may run now:
         a core is free for it once the work queued before it elsewhere has one."""
-        table, head = self._table, max(1, int(oldest_queued * 1e9))
+        table, head = self._table, _stamp(oldest_queued)
         table[self._at + _HEAD] = head
         free = (self.share.cores - sum(table[_THREADS::_COLUMNS])
                 - sum(table[_LOOP::_COLUMNS]))
@@ -166,7 +171,7 @@ class CoreTurns:
     def publish(self, oldest_queued: float | None, running: int) -> None:
         """This model's oldest waiting piece (None: none) and its runs on threads now."""
         table = self._table
-        table[self._at + _HEAD] = 0 if oldest_queued is None else max(1, int(oldest_queued * 1e9))
+        table[self._at + _HEAD] = 0 if oldest_queued is None else _stamp(oldest_queued)
         table[self._at + _THREADS] = running
 
     def loop_running(self, running: bool) -> None:
