@@ -121,11 +121,15 @@ def _machine_cpu() -> float:
 
 # --- driving one target -------------------------------------------------------------------------
 
-def start(command: list[str], log: Path) -> tuple[subprocess.Popen, int]:
+def start(command: list[str], log: Path, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen, int]:
+    """`command` ({port} filled in) started in its own session, once it listens; `env` is
+    added to this process's environment."""
     port = free_port()
     proc = subprocess.Popen([part.replace("{port}", str(port)) for part in command],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -252,6 +252,10 @@ def start(target: Target, latent_dim: int, conditional: bool, log_dir: Path) -> 
         except Exception:
             if time.monotonic() - started > 180:
                 raise RuntimeError(f"{target.name} gave no answer in 180 s; see {log.name}")
+            # A fresh channel for the next try: one refused connection puts a channel into
+            # gRPC's reconnect backoff (grpcio 1.78: ~5 s before it tries again), which would
+            # be timed as the server's start-up.
+            call = None
             time.sleep(0.05)
     target.start_s = time.monotonic() - started
     _check_pixels(target, latent_dim, conditional)

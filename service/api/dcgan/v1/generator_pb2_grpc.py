@@ -5,7 +5,7 @@ import warnings
 
 from service.api.dcgan.v1 import generator_pb2 as dcgan_dot_v1_dot_generator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class GeneratorServiceStub:
+class GeneratorServiceStub(object):
     """Generates images from seeds with exported DCGAN generators.
     """
 
@@ -57,7 +57,7 @@ class GeneratorServiceStub:
                 _registered_method=True)
 
 
-class GeneratorServiceServicer:
+class GeneratorServiceServicer(object):
     """Generates images from seeds with exported DCGAN generators.
     """
 
@@ -121,7 +121,7 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class GeneratorService:
+class GeneratorService(object):
     """Generates images from seeds with exported DCGAN generators.
     """
 
