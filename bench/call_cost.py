@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.image import free_port  # noqa: E402
-from bench.serve_bench import machine  # noqa: E402
+from bench.serve_bench import command_line, machine  # noqa: E402
 from service.api.dcgan.v1 import generator_pb2 as pb  # noqa: E402
 from service.config import bundled_models  # noqa: E402
 
@@ -216,7 +216,7 @@ def main() -> int:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; model "
              f"`{args.model.name}`; h2load, batch 1; {args.rounds} interleaved rounds of "
              f"{args.seconds:g} s (medians).",
-             f"Command: `python bench/call_cost.py --out {args.out}`", "",
+             f"Command: `{command_line()}`", "",
              "| target | clients | " + " | ".join(keys) + " |",
              "|---|---:|" + "---:|" * len(keys)]
     for n in clients:

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.image import free_port  # noqa: E402
-from bench.serve_bench import closed_loop, machine  # noqa: E402
+from bench.serve_bench import closed_loop, command_line, machine  # noqa: E402
 
 PEERS = ROOT / "bench" / "peers"
 MODEL_NAME = "dcgan"
@@ -412,12 +412,7 @@ def write_report(out: Path, rows: list[dict], chosen: list[Target], args) -> Non
              f"`{Path(args.model).name}`; {args.rounds} interleaved rounds of {args.seconds:g} s "
              "per cell (medians).",
              f"Load generator: {args.load}.",
-             f"Command: `python bench/compare_servers.py --peers .bench-venvs --seconds "
-             f"{args.seconds:g} --rounds {args.rounds} --load {args.load}"
-             + (f" --batches {args.batches}" if args.batches != "1,16,64,256" else "")
-             + (f" --concurrency {args.concurrency}" if args.concurrency != "1,8,32" else "")
-             + (f" --only '{args.only}'" if args.only else "")
-             + f" --out {out}`", "",
+             f"Command: `{command_line()}`", "",
              "| target | start-up to first answer s | idle RSS MB | note |", "|---|---:|---:|---|"]
     for t in chosen:
         lines.append(f"| {t.name} | {t.start_s:.2f} | {t.idle_rss_mb:.0f} | {t.note} |")

@@ -33,7 +33,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve_bench import machine  # noqa: E402
+from bench.serve_bench import command_line, machine  # noqa: E402
 from bench.upsampling_forms import as_matmul_col2im, as_subpixel  # noqa: E402
 from service.contract import seeds_to_latents  # noqa: E402
 
@@ -141,7 +141,7 @@ def main() -> int:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; model "
              f"`{Path(args.model).name}`; {args.rounds} interleaved rounds of {args.seconds:g} s "
              "(medians). Output compared with the default (`all`) on 16 images.",
-             f"Command: `python bench/graph_bench.py --out {args.out}`", "",
+             f"Command: `{command_line()}`", "",
              "| variant | session created in ms | pixels equal to `all` (max diff) | "
              + " | ".join(f"batch {b} img/s" for b in batches) + " |",
              "|---|---:|---:|" + "---:|" * len(batches)]

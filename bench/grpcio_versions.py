@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.call_cost import measure, start, stop  # noqa: E402
-from bench.serve_bench import machine  # noqa: E402
+from bench.serve_bench import command_line, machine  # noqa: E402
 
 #: grpcio 1.80 made these the default for Python; before it they were off.
 EVENT_ENGINE_OFF = ("-event_engine_client,-event_engine_listener,"
@@ -100,7 +100,7 @@ def main() -> int:
              f"returning 800 fixed bytes (bench/peers/fixed_reply_server.py); h2load, one call "
              f"in flight per client; {args.rounds} interleaved rounds of {args.seconds:g} s "
              f"(medians). Pinned: grpcio {pinned}.",
-             f"Command: `python bench/grpcio_versions.py --out {args.out}`", "",
+             f"Command: `{command_line()}`", "",
              "| grpcio | clients | calls/s | server µs/call | calls/s vs pinned |",
              "|---|---:|---:|---:|---:|"]
     for n in clients:

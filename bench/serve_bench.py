@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -119,6 +120,15 @@ def machine() -> str:
             f"{onnxruntime.__version__}")
 
 
+def command_line() -> str:
+    """This benchmark's command as it was started, every flag included, for its report's
+    "Command:" line: a report must say exactly how it was made, not how it usually is."""
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(ROOT):
+        script = script.relative_to(ROOT)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
 def main() -> int:
     from service.config import bundled_models
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -188,10 +198,7 @@ def write_report(out: Path, rows: list[dict], args) -> None:
               f"Model `{Path(args.model).name}`; {args.rounds} interleaved rounds of "
               f"{args.seconds:g} s per cell (medians); in-process onnxruntime intra-op threads "
               f"{args.threads or 'one per core'}; server flags: "
-              f"`{args.server_args or '(defaults)'}`.\nCommand: `python bench/serve_bench.py "
-              f"--model {args.model} --seconds {args.seconds:g} --rounds {args.rounds} "
-              f"{'--server-args=' + repr(args.server_args) + ' ' if args.server_args else ''}"
-              f"--out {out}`\n")
+              f"`{args.server_args or '(defaults)'}`.\nCommand: `{command_line()}`\n")
     out.write_text(header + "\n" + "\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows},
                                                    indent=2) + "\n")

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve_bench import machine  # noqa: E402
+from bench.serve_bench import command_line, machine  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.models import ARCHS, build_discriminator, build_generator, count_macs, \
@@ -88,8 +88,7 @@ def main() -> int:
             f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, torch {torch.__version__}, "
             f"device {args.device}, {args.threads} thread(s); median step time over "
             f"{args.rounds} interleaved rounds of {args.steps} steps (first 10 dropped).\n"
-            f"Command: `python bench/train_bench.py --data-dir DATA --threads {args.threads} "
-            f"--steps {args.steps} --rounds {args.rounds} --out {args.out}`\n\n{table}\n")
+            f"Command: `{command_line()}`\n\n{table}\n")
     return 0
 
 
