@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.image import free_port  # noqa: E402
-from bench.serve_bench import command_line, machine  # noqa: E402
+from bench.serve_bench import command_line, machine, publish  # noqa: E402
 from service.api.dcgan.v1 import generator_pb2 as pb  # noqa: E402
 from service.config import bundled_models  # noqa: E402
 
@@ -224,10 +224,7 @@ def main() -> int:
             cells = [np.median([f[k] for f in figures[(name, n)]]) for k in keys]
             lines.append(f"| {name} | {n} | {cells[0]:,.0f} | {cells[1]:.0f} | {cells[2]:.0f} | "
                          f"{cells[3]:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

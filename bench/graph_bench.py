@@ -33,7 +33,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve_bench import command_line, machine  # noqa: E402
+from bench.serve_bench import command_line, machine, publish  # noqa: E402
 from bench.upsampling_forms import as_matmul_col2im, as_subpixel  # noqa: E402
 from service.contract import seeds_to_latents  # noqa: E402
 
@@ -149,10 +149,7 @@ def main() -> int:
         cells = " | ".join(f"{np.median(figures[name][b]):.0f}" for b in batches)
         diff, same = differences[name]
         lines.append(f"| {name} | {created * 1000:.0f} | {same:.1%} ({diff}) | {cells} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

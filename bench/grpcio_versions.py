@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.call_cost import measure, start, stop  # noqa: E402
-from bench.serve_bench import command_line, machine  # noqa: E402
+from bench.serve_bench import command_line, machine, publish  # noqa: E402
 
 #: grpcio 1.80 made these the default for Python; before it they were off.
 EVENT_ENGINE_OFF = ("-event_engine_client,-event_engine_listener,"
@@ -110,10 +110,7 @@ def main() -> int:
             cpu = np.median([f["server µs/call"] for f in figures[(name, n)]])
             label = f"**{name}** (pinned)" if name == pinned else name
             lines.append(f"| {label} | {n} | {rate:,.0f} | {cpu:.0f} | {rate / base:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

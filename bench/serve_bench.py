@@ -129,6 +129,13 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
+def publish(text: str, out: Path | None) -> None:
+    """Print a Markdown report, and write it to `out` (--out) when one is given."""
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def main() -> int:
     from service.config import bundled_models
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
