@@ -10,7 +10,8 @@ concurrent clients) in interleaved rounds, so the machine's noise hits all alike
   in-process      C threads calling onnxruntime `session.run` on ready latents (the ceiling)
   dcgan-serve     this service, defaults (dynamic batching on), `Generate` with seeds
   dcgan-serve -p2 the same with `--processes 2` (two workers on one port)
-  no batching     the same with `--no-batching`
+  baseline, baseline -p2   with `--baseline DIR`: the same two from another checkout (an
+                  earlier commit, e.g. `git worktree add DIR COMMIT`), to compare code changes
   handwritten     grpcio + onnxruntime by hand, V2 ModelInfer with latents (thread-pool
                   server; "handwritten aio": the same with grpc.aio)
   kserve, mlserver, pytriton   the peers (skipped when their venv is absent), V2 with latents
@@ -61,6 +62,7 @@ class Target:
     kind: str                      # "inproc", "generate" (seeds) or "v2" (latents)
     command: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    cwd: Path | None = None          # `python -m service` imports from here first
     proc: subprocess.Popen | None = None
     port: int = 0
     start_s: float = math.nan
@@ -240,7 +242,8 @@ def start(target: Target, latent_dim: int, conditional: bool, log_dir: Path) -> 
     started = time.monotonic()
     with log.open("w") as out:  # the child keeps its own copy of the descriptor
         target.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **target.env}, start_new_session=True)
+                                       env={**os.environ, **target.env}, cwd=target.cwd,
+                                       start_new_session=True)
     call = None
     while True:
         if target.proc.poll() is not None:
@@ -288,7 +291,8 @@ def stop(target: Target) -> None:
             os.killpg(target.proc.pid, signal.SIGKILL)
 
 
-def targets(model: str, peers: Path | None, workdir: Path) -> list[Target]:
+def targets(model: str, peers: Path | None, workdir: Path,
+            baseline: Path | None = None) -> list[Target]:
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
              "--metrics-port", "-1", "--device", "cpu", "--model", f"{MODEL_NAME}={model}"]
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -296,7 +300,13 @@ def targets(model: str, peers: Path | None, workdir: Path) -> list[Target]:
         Target("in-process", "inproc"),
         Target("dcgan-serve", "generate", serve, env),
         Target("dcgan-serve -p2", "generate", serve + ["--processes", "2"], env),
-        Target("no batching", "generate", serve + ["--no-batching"], env),
+    ]
+    if baseline is not None:
+        old = {"PYTHONPATH": str(baseline.resolve()), "PYTHONUNBUFFERED": "1"}
+        found += [Target("baseline", "generate", serve, old, baseline),
+                  Target("baseline -p2", "generate", serve + ["--processes", "2"], old,
+                         baseline)]
+    found += [
         Target("handwritten", "v2", [sys.executable, str(PEERS / "handwritten_server.py"),
                                      model, "{port}"], env),
         Target("handwritten aio", "v2", [sys.executable,
@@ -339,6 +349,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell")
     parser.add_argument("--only", help="comma-separated target names to run")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout of this project to run beside this one")
     parser.add_argument("--load", choices=("python", "h2load"), default="python",
                         help="load generator (see above)")
     parser.add_argument("--out", type=Path, help="Markdown report (and .json beside it)")
@@ -350,7 +362,7 @@ def main() -> int:
     _RUNNER["runner"] = runner
     latent_dim, conditional = runner.metadata.latent_dim, runner.metadata.conditional
     workdir = Path(tempfile.mkdtemp(prefix="compare-servers-"))
-    chosen = targets(args.model, args.peers, workdir)
+    chosen = targets(args.model, args.peers, workdir, args.baseline)
     if args.only:
         chosen = [t for t in chosen if t.name in args.only.split(",")]
     live = []

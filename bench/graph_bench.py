@@ -12,9 +12,6 @@ Variants (same model file, same latents; each one's output compared with the def
   1-channel Conv, 1 thread           the same graph with the exporter's rewrite undone (its last
                                      layer a Conv again, as PyTorch exports it; see
                                      training/graph_rewrites.py): what the rewrite buys
-  sub-pixel Conv, 1 thread           the stride-2 ConvTranspose layers as Conv + DepthToSpace
-  MatMul + Col2Im, 1 thread          ... and as MatMul + Col2Im (bench/upsampling_forms.py;
-                                     both exact, both slower here, so not exported)
 It reports img/s per batch size (median of interleaved rounds) and session creation time.
 """
 
@@ -34,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serve_bench import command_line, machine, publish  # noqa: E402
-from bench.upsampling_forms import as_matmul_col2im, as_subpixel  # noqa: E402
 from service.contract import seeds_to_latents  # noqa: E402
 
 LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -119,13 +115,6 @@ def main() -> int:
     as_torch = str(work / "conv.onnx")
     if undo_conv_rewrite(args.model, as_torch):
         variants["1-channel Conv, 1 thread"] = session(as_torch, "all", threads=1)
-    for name, rewrite in (("sub-pixel Conv, 1 thread", as_subpixel),
-                          ("MatMul + Col2Im, 1 thread", as_matmul_col2im)):
-        model = onnx.load(args.model)
-        if rewrite(model):
-            path = str(work / f"{rewrite.__name__}.onnx")
-            onnx.save(model, path)
-            variants[name] = session(path, "all", threads=1)
     reference = variants["all"][0].run(None, feeds(variants["all"][0], 16))[0]
     differences = {}
     for name, (s, _) in variants.items():  # fusions may round differently: say by how much

@@ -4,7 +4,8 @@ Both `dcgan-train sample` and the gRPC service import this module, so a seed giv
 pixels whichever one you ask. It owns:
 
 * the **seed → latent rule** (versioned: a model records the rule it was exported for);
-* the **default label rule** for class-conditional models asked for a seed without a label;
+* the **label rule** for class-conditional models (none, one for all seeds, or one per seed;
+  a seed without a label gets seed mod classes);
 * the **ONNX metadata keys** the exporter writes and the service reads;
 * the **output encoding** of exported graphs.
 
@@ -14,7 +15,7 @@ It depends on numpy only (the serving image has no torch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -51,6 +52,35 @@ def default_labels(seeds: Iterable[int], num_classes: int) -> np.ndarray:
     Documented and deterministic, and a range of consecutive seeds covers every class evenly.
     """
     return np.fromiter((int(s) % num_classes for s in seeds), dtype=np.int64)
+
+
+class ContractError(ValueError):
+    """A request breaks a rule of this contract; the message says what to send instead."""
+
+
+def labels_for(seeds: Sequence[int], labels: Sequence[int], num_classes: int,
+               model: str = "this model") -> np.ndarray | None:
+    """The label rule: no labels (each seed gets its default), one for every seed, or one per
+    seed; int64 [N] for a conditional model, None for an unconditional one.
+
+    Raises ContractError for labels an unconditional model cannot take, a wrong count, or a
+    class out of range.
+    """
+    if not num_classes:
+        if len(labels):
+            raise ContractError(f"{model} is not class-conditional: send no labels")
+        return None
+    if not len(labels):
+        return default_labels(seeds, num_classes)
+    if len(labels) not in (1, len(seeds)):  # counted before any label is looked at
+        raise ContractError(f"{len(labels)} labels for {len(seeds)} seeds: send none, one for "
+                            "all seeds, or one per seed")
+    values = np.asarray(labels, dtype=np.int64)
+    bad = np.unique(values[(values < 0) | (values >= num_classes)])
+    if bad.size:
+        raise ContractError(f"labels {bad[:5].tolist()} out of range: {model} has classes "
+                            f"0..{num_classes - 1}")
+    return np.full(len(seeds), values[0]) if len(values) == 1 else values
 
 
 # --- exported graph ---------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The core of a request, with no gRPC in it: validate -> latents -> run the model -> encode.
 
-`await Generator.generate()` takes a plain `GenerationRequest` and returns a
-`GenerationResult`; the servicers convert protobuf messages to and from these. It runs on the
-server's event loop: the cheap steps run there, the model runs on the engine's worker threads
-and PNG encoding on a thread pool, so the loop keeps answering other calls meanwhile.
+`await Generator.generate(model, request)` takes a model the edge resolved once
+(`ModelRegistry.get`) and a plain `GenerationRequest`, and returns a `GenerationResult`; the
+API modules convert their messages to and from these. It runs on the server's event loop: the
+cheap steps run there, the model runs in its batcher, PNG encoding on a thread pool.
 Problems are raised here, where they are detected, as `service.errors` exceptions whose
 messages say what to fix.
 """
@@ -17,11 +17,12 @@ import logging
 import math
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from service.contract import MAX_SEED, default_labels, seed_to_latent
+from service.batching import Batcher
+from service.contract import MAX_SEED, ModelMetadata, labels_for, seed_to_latent
 from service.errors import InvalidRequest, ModelNotFound
 from service.imaging import encode_png, make_grid
 from service.runtime import OnnxGenerator
@@ -39,7 +40,6 @@ class Format(enum.Enum):
 class GenerationRequest:
     seeds: Sequence[int]
     labels: Sequence[int] = ()
-    model: str = ""
     format: Format = Format.RAW
     timeout: float | None = None  # seconds left before the caller's deadline
 
@@ -57,22 +57,19 @@ class GenerationResult:
     grid_columns: int = 0
 
 
-class Engine(Protocol):
-    """Runs latents through a model: `batching.Batcher` or `LoopBatcher` (shared runs), or
-    `batching.Unbatched`."""
-
-    async def generate_async(self, latents: np.ndarray, labels: np.ndarray | None,
-                             timeout: float | None = None) -> np.ndarray: ...
-
-    def close(self) -> None: ...
-
-
 @dataclass
 class ServedModel:
     name: str
-    runner: OnnxGenerator
-    engine: Engine
+    engine: Batcher
     is_default: bool
+
+    @property
+    def runner(self) -> OnnxGenerator:
+        return self.engine.runner
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.engine.runner.metadata
 
 
 class ModelRegistry:
@@ -81,8 +78,8 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, ServedModel] = {}
 
-    def add(self, name: str, runner: OnnxGenerator, engine: Engine) -> None:
-        self._models[name] = ServedModel(name, runner, engine, is_default=not self._models)
+    def add(self, name: str, engine: Batcher) -> None:
+        self._models[name] = ServedModel(name, engine, is_default=not self._models)
 
     def replace_with(self, other: "ModelRegistry") -> list[ServedModel]:
         """Serve `other`'s models from now on; returns the old ones (for closing later).
@@ -158,10 +155,11 @@ class Generator:
         self.encoder = encoder
         self.latents = LatentCache(latent_cache)
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        model = self.registry.get(request.model)
+    async def generate(self, model: ServedModel, request: GenerationRequest
+                       ) -> GenerationResult:
         seeds = self.check_seeds(request.seeds, self.max_batch)
-        labels = self.resolve_labels(model, seeds, request.labels)
+        labels = labels_for(seeds, request.labels, model.metadata.num_classes,
+                            f"model {model.name!r}")
         images = await self.run(model, seeds, labels, request.timeout)
         if request.format is Format.RAW:  # nothing to encode: the bytes go out as they are
             return self.encode(model, seeds, labels, images, request.format)
@@ -184,31 +182,10 @@ class Generator:
                 raise InvalidRequest(f"seed {s} is outside 0..2**64-1")
         return seeds
 
-    @staticmethod
-    def resolve_labels(model: ServedModel, seeds: list[int], labels: Sequence[int]
-                       ) -> np.ndarray | None:
-        meta = model.runner.metadata
-        if not meta.conditional:
-            if len(labels):
-                raise InvalidRequest(f"model {model.name!r} is not class-conditional: send no "
-                                     "labels")
-            return None
-        if not len(labels):
-            return default_labels(seeds, meta.num_classes)
-        if len(labels) not in (1, len(seeds)):  # counted before any label is looked at
-            raise InvalidRequest(f"{len(labels)} labels for {len(seeds)} seeds: send none, one "
-                                 "for all seeds, or one per seed")
-        values = np.asarray(labels, dtype=np.int64)
-        bad = np.unique(values[(values < 0) | (values >= meta.num_classes)])
-        if bad.size:
-            raise InvalidRequest(f"labels {bad[:5].tolist()} out of range: model {model.name!r} "
-                                 f"has classes 0..{meta.num_classes - 1}")
-        return np.full(len(seeds), values[0]) if len(values) == 1 else values
-
     async def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None,
                   timeout: float | None = None) -> np.ndarray:
         latents = self.latents(seeds, model.runner.metadata.latent_dim)
-        return await model.engine.generate_async(latents, labels, timeout)
+        return await model.engine.generate(latents, labels, timeout)
 
     @staticmethod
     def encode(model: ServedModel, seeds: list[int], labels: np.ndarray | None,

@@ -5,11 +5,10 @@
     main()                                   flags/env -> ServeConfig -> serve (or, with
                                              --processes N, supervisor.supervise); exit codes
 
-Threads: gRPC runs on one asyncio event loop (grpc.aio) in the `rpc-loop` thread; each model's
-batcher has its worker threads for onnxruntime; PNG encoding has a small pool. The caller of
-create_server (the main thread in `serve`) keeps signals, reload and stop, all synchronous.
-Why asyncio: at batch 1 the cost of a call is Python's per-call work under one GIL; a
-coroutine per call is cheaper than the thread hand-offs of grpc's thread-pool server.
+A request's path: gRPC (grpc.aio, one event loop in the `rpc-loop` thread) -> the edge
+(`edge.py`: admission, metrics, errors) -> an API module (`api_dcgan.py`, `api_v2.py`) -> the
+core (`generation.py`) -> the model's batcher (`batching.py`) -> onnxruntime (`runtime.py`).
+The caller of create_server (the main thread in `serve`) keeps signals, reload and stop.
 
 Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
 NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to finish.
@@ -23,12 +22,12 @@ import faulthandler
 import gc
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,16 +38,15 @@ from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.admission import CallGate
-from service.config import ServeConfig, config_from_args, usable_cpus
-from service.batching import BIG_REQUEST, Batcher, LoopBatcher, Unbatched
-from service.core_share import CoreShare, CoreTurns
+from service.api_dcgan import GeneratorServicer
+from service.api_v2 import InferenceServicer
+from service.batching import BatchLimits, make_engine
+from service.config import ServeConfig, config_from_args
+from service.edge import Edge, add_servicer
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
-from service.inference_v2 import InferenceServicer
 from service.metrics import Metrics
-from service.runtime import OnnxGenerator, RuntimeOptions
 from service.security import BearerTokenInterceptor, server_credentials
-from service.servicer import GeneratorServicer, add_servicer
 from service.supervisor import supervise
 
 log = logging.getLogger("dcgan-serve")
@@ -74,7 +72,6 @@ class RunningServer:
     config: ServeConfig
     loop: asyncio.AbstractEventLoop  # runs gRPC, in its own thread
     encoder: ThreadPoolExecutor
-    share: CoreShare | None = None  # with --processes: turns on the cores (core_share)
     _metrics_http: object = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -84,7 +81,7 @@ class RunningServer:
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
         with self._reload_lock:
             try:
-                fresh = load_models(self.config, self.metrics, self.share)
+                fresh = load_models(self.config, self.metrics)
             except ServiceError as exc:
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("reload failed, still serving the previous models: %s", exc)
@@ -122,90 +119,44 @@ class RunningServer:
         _stop_loop(self.loop)
 
 
-def load_models(config: ServeConfig, metrics: Metrics,
-                share: CoreShare | None = None) -> ModelRegistry:
+def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
     paths = config.model_paths()
     if not paths:
         raise ServiceError("no models to serve: pass --model NAME=PATH (no bundled models were "
                            "found in this installation)")
-    options = RuntimeOptions(device=config.device,
-                             intra_op_threads=config.resolved_intra_op_threads)
     registry = ModelRegistry()
     try:
-        for index, (name, path) in enumerate(paths):
-            turns = share.turns(index) if share else None
-            registry.add(name, *_load_one(name, path, config, options, metrics, turns))
+        for name, path in paths:
+            limits = BatchLimits(max_batch=config.batch_max_images,
+                                 max_delay_s=config.batch_max_delay_ms / 1000,
+                                 max_queued_images=config.max_queued_images)
+            registry.add(name, make_engine(path, config.device, config.resolved_inference_workers,
+                                           limits, metrics.batch_observer(name)))
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
         raise
     return registry
 
 
-def _load_one(name: str, path: Path, config: ServeConfig, options: RuntimeOptions,
-              metrics: Metrics, turns: CoreTurns | None = None):
-    runner = OnnxGenerator(path, options)
-    observe = metrics.batch_observer(name)
-    # What every batching engine of this model shares: the limits and where figures go.
-    on_cuda = "CUDAExecutionProvider" in runner.providers
-    limits = dict(max_batch=config.resolved_batch_max_images(on_cuda),
-                  max_delay_s=config.batch_max_delay_ms / 1000, observe=observe,
-                  max_queued_images=config.max_queued_images)
-    if config.batching and config.resolved_inference_workers == 1:
-        # One core for this process: small batches run on the event loop itself, big requests
-        # on threads over every usable core, idle when other processes are (see LoopBatcher).
-        # With other processes beside it, all take turns on the cores (core_share).
-        offload = Batcher(runner, workers=usable_cpus(), name=f"batcher-{name}", turns=turns,
-                          **limits)
-        engine = LoopBatcher(runner, offload=offload, turns=turns, **limits)
-    elif config.batching:
-        workers = config.resolved_inference_workers
-        lone = None
-        if workers > 1 and options.intra_op_threads == 1:
-            lone = OnnxGenerator(path, dataclasses.replace(options, intra_op_threads=0,
-                                                           allow_spinning=False))
-        engine = Batcher(runner, workers=workers, name=f"batcher-{name}", lone_runner=lone,
-                         turns=turns, **limits)
-    else:
-        engine = Unbatched(runner, observe, workers=config.resolved_inference_workers,
-                           name=f"unbatched-{name}")
-    return runner, engine
-
-
 def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
     for model in registry:
-        meta = model.runner.metadata
+        meta = model.metadata
         metrics.describe_model(model.name, meta.version, meta.arch, meta.dataset,
                                model.runner.providers)
-        log.info("model %r%s: %s %s, version %s, on %s, runs by %s", model.name,
+        log.info("model %r%s: %s %s, version %s, on %s, %s", model.name,
                  " (default)" if model.is_default else "", meta.arch, meta.dataset,
-                 meta.version, ",".join(model.runner.providers), _describe(model.engine))
-
-
-def _describe(engine) -> str:
-    if isinstance(engine, LoopBatcher):
-        return (f"batching up to {engine.max_batch} images a run on the event loop "
-                f"({BIG_REQUEST}+ images on {engine.offload.workers} worker thread(s))")
-    if isinstance(engine, Batcher):
-        return (f"batching up to {engine.max_batch} images a run on {engine.workers} worker "
-                "thread(s)")
-    return "single requests (batching off)"
+                 meta.version, ",".join(model.runner.providers), model.engine.describe())
 
 
 def create_server(config: ServeConfig) -> RunningServer:
+    """Bind the ports (a taken one fails at once), load the models, then start serving."""
     metrics = Metrics()
-    # A worker of --processes: it takes turns on the cores with the others (one table and
-    # one doorbell per process, kept across reloads).
-    share = (CoreShare(config.core_share, usable_cpus(), len(config.model_paths()))
-             if config.core_share else None)
-    registry = load_models(config, metrics, share)
-    describe_models(registry, metrics)
-    encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
-                                 thread_name_prefix="encode")
-    generator = Generator(registry, config.max_batch, encoder, config.latent_cache)
     gate = CallGate()
     token = config.auth_token()
-    metrics_http, metrics_port, loop = None, None, None
+    metrics_http, metrics_port, registry, encoder = None, None, None, None
+    loop = _start_loop()
     try:
+        server, port = _on_loop(loop, _bind_grpc(config, token))
         if config.metrics_port >= 0:
             try:
                 metrics_http, _ = metrics.serve_http(config.metrics_host, config.metrics_port)
@@ -213,21 +164,24 @@ def create_server(config: ServeConfig) -> RunningServer:
                 raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
                                    f"{config.metrics_port}: {exc}") from None
             metrics_port = metrics_http.server_port
-        loop = _start_loop()
-        server, port, health_servicer = _on_loop(
-            loop, _start_grpc(config, token, generator, metrics, gate, registry))
+        registry = load_models(config, metrics)
+        describe_models(registry, metrics)
+        encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
+                                     thread_name_prefix="encode")
+        generator = Generator(registry, config.max_batch, encoder, config.latent_cache)
+        health_servicer = _on_loop(loop, _start_grpc(server, config, generator,
+                                                     Edge(metrics, gate)))
     except BaseException:
-        if loop is not None:
-            _stop_loop(loop)
+        _stop_loop(loop)
         if metrics_http is not None:
             metrics_http.shutdown()
-        registry.close()
-        encoder.shutdown()
+        if registry is not None:
+            registry.close()
+        if encoder is not None:
+            encoder.shutdown()
         raise
-    # Everything loaded so far (models, gRPC, numpy, protobuf: ~42,000 objects) lives as long
-    # as the process. Frozen, Python's full collections no longer walk it: each was a pause of
-    # 7 ms idle and ~12 ms under load, holding the GIL, so every call in flight waited. (A
-    # reload's old models are still freed: by reference counting, which freezing leaves alone.)
+    # Everything loaded so far lives as long as the process: frozen, Python's full garbage
+    # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
     gc.freeze()
     log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
@@ -235,12 +189,26 @@ def create_server(config: ServeConfig) -> RunningServer:
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
              "bearer" if token else "off")
     return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
-                         metrics, config, loop, encoder, share, metrics_http)
+                         metrics, config, loop, encoder, metrics_http)
 
 
-async def _start_grpc(config: ServeConfig, token: str, generator: Generator, metrics: Metrics,
-                      gate: CallGate, registry: ModelRegistry):
-    """Build, bind and start the gRPC server on the running loop; health turns SERVING last."""
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with a clear message when the gRPC port is taken (grpc's own error is a core log
+    line and a bare RuntimeError)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServiceError(f"cannot listen on {host}:{port}: {exc.strerror}; stop what "
+                               "holds the port or pick another with --port") from None
+
+
+async def _bind_grpc(config: ServeConfig, token: str) -> tuple[grpc.aio.Server, int]:
+    """Create the gRPC server on the running loop and bind its port (not serving yet)."""
+    if config.port and not config.reuse_port:
+        _check_port_free(config.host, config.port)
     server = grpc.aio.server(
         interceptors=[BearerTokenInterceptor(token)] if token else None,
         # Beyond this many RPCs gRPC answers RESOURCE_EXHAUSTED at once, so a flood cannot
@@ -251,15 +219,6 @@ async def _start_grpc(config: ServeConfig, token: str, generator: Generator, met
                  # Off unless asked: a second server could otherwise bind the same port
                  # silently. The multi-process supervisor's workers share it on purpose.
                  ("grpc.so_reuseport", 1 if config.reuse_port else 0)])
-    add_servicer(pb_grpc.add_GeneratorServiceServicer_to_server,
-                 GeneratorServicer(generator, metrics, config.max_message_bytes, gate), server)
-    add_servicer(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                 InferenceServicer(generator, metrics, gate), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-
     credentials = server_credentials(config)
     address = f"{config.host}:{config.port}"
     try:
@@ -267,12 +226,26 @@ async def _start_grpc(config: ServeConfig, token: str, generator: Generator, met
                 else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise ServiceError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+    return server, port
+
+
+async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, generator: Generator,
+                      edge: Edge) -> health.aio.HealthServicer:
+    """Add the services and start serving; health turns SERVING last."""
+    add_servicer(pb_grpc.add_GeneratorServiceServicer_to_server,
+                 GeneratorServicer(generator, edge, config.max_message_bytes), server)
+    add_servicer(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                 InferenceServicer(generator, edge), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     await server.start()
 
     serving = health_pb2.HealthCheckResponse.SERVING
-    for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in registry)):
+    for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in generator.registry)):
         await health_servicer.set(name, serving)
-    return server, port, health_servicer
+    return health_servicer
 
 
 # --- the event loop's thread -------------------------------------------------------------------

@@ -8,9 +8,8 @@ spreads incoming connections over them, and:
   * serves /metrics itself, merging the workers' metrics with a `worker` label added (each
     worker's own /metrics listens on a private loopback port), so one scrape sees them all and
     `sum by (...)` queries work unchanged;
-  * makes the small shared table through which the workers take turns on the cores, oldest
-    waiting work first whichever worker queued it (core_share), so that callers are served
-    alike however unevenly the kernel spread their connections;
+  * gives each worker its share of the cores (usable cores / N threads for its runs), so N
+    workers never start more onnxruntime threads than there are cores;
   * forwards SIGTERM/SIGINT (each worker drains as a single server does) and SIGHUP (reload);
   * stops everything and exits 1 if a worker dies, so the orchestrator restarts the whole.
 
@@ -32,13 +31,11 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Metric, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import ServeConfig, usable_cpus
-from service.core_share import create_table, remove_table
 from service.errors import ServiceError
 
 log = logging.getLogger("dcgan-serve")
@@ -89,14 +86,13 @@ class WorkerMetrics:
         yield from families.values()
 
 
-def worker_command(config: ServeConfig, argv: list[str], port: int, index: int,
-                   core_table: Path) -> list[str]:
+def worker_command(config: ServeConfig, argv: list[str], port: int) -> list[str]:
     """The worker's command line: the supervisor's own flags, then the overrides (argparse
     keeps the last value of a repeated flag)."""
     workers_each = config.inference_workers or max(1, usable_cpus() // config.resolved_processes)
     return [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port",
             "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-            "--inference-workers", str(workers_each), "--core-share", f"{core_table}:{index}"]
+            "--inference-workers", str(workers_each)]
 
 
 def _pick_port(config: ServeConfig) -> int:
@@ -111,18 +107,9 @@ def _pick_port(config: ServeConfig) -> int:
 
 def supervise(config: ServeConfig, argv: list[str]) -> int:
     port = _pick_port(config)
-    # The workers take turns on the cores through this table (core_share); it goes when we do.
-    core_table = create_table(config.resolved_processes, len(config.model_paths()))
-    try:
-        return _supervise(config, argv, port, core_table)
-    finally:
-        remove_table(core_table)
-
-
-def _supervise(config: ServeConfig, argv: list[str], port: int, core_table: Path) -> int:
     workers = []
     for index in range(config.resolved_processes):
-        proc = subprocess.Popen(worker_command(config, argv, port, index, core_table),
+        proc = subprocess.Popen(worker_command(config, argv, port),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)  # signals come from us
         worker = Worker(index, proc)

@@ -80,7 +80,7 @@ def server(tiny_onnx, tiny_cond_onnx):
     from service.server import create_server
     config = ServeConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                          models=(("cond", str(tiny_cond_onnx)), ("plain", str(tiny_onnx))),
-                         device="cpu", max_batch=256, intra_op_threads=1)
+                         device="cpu", max_batch=256)
     running = create_server(config)
     yield running
     running.stop(grace=1)

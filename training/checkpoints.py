@@ -30,7 +30,13 @@ def load(path: str | os.PathLike) -> dict:
     if path.is_dir():  # a run directory: its latest checkpoint
         path = path / "checkpoints" / LAST
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        folder = path.parent if path.parent.is_dir() else None
+        found = sorted(p.name for p in folder.glob("*.pt")) if folder else []
+        hint = (f"{folder} holds {', '.join(found)}" if found else
+                "pass a run directory (its checkpoints/last.pt is used) or a .pt file")
+        if path.name == BEST and LAST in found:
+            hint += f" (best.pt is written only by an evaluation; {LAST} is the newest)"
+        raise FileNotFoundError(f"no checkpoint at {path}: {hint}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint written by this version of dcgan-train")

@@ -19,16 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
+from service.settings import add_flags, from_args
+from training.config import TrainConfig
 from training.models import ARCHS
 
 log = logging.getLogger("dcgan-train")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -51,53 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="start a training run",
                        description="Train a GAN. Flags left unset take the --arch preset's value. "
                                    f"Presets — {presets}")
-    t.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist",
-                   help="training data (default mnist)")
-    _add_data_flags(t)
-    t.add_argument("--arch", choices=list(ARCHS), default="dcgan",
-                   help="architecture and hyper-parameter preset (default dcgan)")
-    t.add_argument("--conditional", action="store_true",
-                   help="class-conditional: G and D take the label, so callers can ask for a class")
-    t.add_argument("--latent-dim", type=int, default=100, help="size of z (default 100)")
-    t.add_argument("--g-width", type=int, help="base width of G (default: the preset's)")
-    t.add_argument("--d-width", type=int, help="base width of D (default: the preset's)")
-    length = t.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimiser steps to train for")
-    length.add_argument("--epochs", type=float,
-                        help="passes over the training split (default 1 when neither is given)")
-    t.add_argument("--batch-size", type=int, help="images per step per process (preset)")
-    t.add_argument("--optimizer", choices=["adam", "rmsprop"], help="optimiser (preset)")
-    t.add_argument("--lr-g", type=float, help="generator learning rate (preset)")
-    t.add_argument("--lr-d", type=float, help="discriminator learning rate (preset)")
-    t.add_argument("--beta1", type=float, help="Adam beta1 (preset; 0.5 for dcgan)")
-    t.add_argument("--beta2", type=float, help="Adam beta2 (preset; 0.999)")
-    t.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="one-sided: D's target for real images is 1 minus this (default 0)")
-    t.add_argument("--d-dropout", type=float, help="dropout in D (preset)")
-    t.add_argument("--ema-decay", type=float,
-                   help="decay of the EMA of G's weights that gets exported; 0 = off (preset)")
-    t.add_argument("--train-subset", type=int, help="train on the first N images only")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: CUDA (mixed precision) when torch sees a GPU, else CPU")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--seed", type=int, default=0,
-                   help="run seed: same seed, same weights on CPU (default 0)")
-    t.add_argument("--out", default="runs/dcgan", help="run directory (default runs/dcgan)")
-    t.add_argument("--checkpoint-every", type=int, default=1000,
-                   help="steps between checkpoints; one is also written at the end (default 1000)")
-    t.add_argument("--sample-at", type=_int_list, default=[1, 200, 400, 600],
-                   help="steps at which to save a 4x4 sample grid, besides each epoch's end "
-                        "(default 1,200,400,600)")
-    t.add_argument("--log-every", type=int, default=1,
-                   help="steps between rows of metrics.csv (default 1: every iteration)")
-    t.add_argument("--eval-every", type=int, default=0,
-                   help="steps between quick FD evaluations that keep checkpoints/best.pt; 0 = "
-                        "at each epoch's end, -1 = never (default 0)")
-    t.add_argument("--eval-samples", type=int, default=2000,
-                   help="generated images per quick evaluation (default 2000)")
-    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
-    t.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
+    add_flags(t, TrainConfig)
 
     r = sub.add_parser("resume", parents=[common], help="continue a run from its last checkpoint",
                        description="Continue RUN_DIR from checkpoints/last.pt with its saved "
@@ -152,7 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":  # a bad combination of flags is a bad command line: exit 2
+        args.config = from_args(TrainConfig, args)
+        try:
+            args.config.validate()
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -172,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from training.config import TrainConfig
         from training.loop import train
-        fields = {k: v for k, v in vars(args).items() if k not in ("command", "log_level")}
-        run_dir = train(TrainConfig(**fields))
+        run_dir = train(args.config)
         print(run_dir)
     elif args.command == "resume":
         from training.loop import resume

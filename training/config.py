@@ -1,7 +1,8 @@
 """The one typed config of a training run: every knob, its default, and why.
 
-`TrainConfig` is built from the CLI flags (`cli.py`); fields the user leaves unset take the
-chosen architecture's preset (`models.ARCHS[arch].defaults`). The resolved config is written to
+Each field is declared once with its default and help; `service.settings` makes the flags of
+`dcgan-train train` and the table in docs/training.md from it. Fields left unset (None) take
+the chosen architecture's preset (`models.ARCHS[arch].defaults`). The resolved config is written to
 `RUN_DIR/config.json`, stored in every checkpoint, and summarised in the exported model's metadata.
 """
 
@@ -9,55 +10,74 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from service.settings import setting
 from training.models import ARCHS
+
+
+P = "preset"  # shown as the default of a field whose None means "the --arch preset's value"
 
 
 @dataclass
 class TrainConfig:
     # --- what to train
-    dataset: str = "mnist"            # mnist | fashion-mnist
-    arch: str = "dcgan"               # dcgan | tf-dcgan | upsample-dcgan | mlp
-    conditional: bool = False         # feed labels 0-9 to G and D, so callers can ask for a class
-    latent_dim: int = 100             # size of z; the service reads it from the model metadata
-    g_width: int | None = None        # arch-specific base width of G (None: the preset's)
-    d_width: int | None = None        # arch-specific base width of D (None: the preset's)
+    dataset: str = setting("mnist", "training data", choices=("mnist", "fashion-mnist"))
+    arch: str = setting("dcgan", "architecture and hyper-parameter preset (docs/training.md)",
+                        choices=tuple(ARCHS))
+    conditional: bool = setting(False, "class-conditional: G and D take the label, so callers "
+                                "can ask for a class")
+    latent_dim: int = setting(100, "size of z; the service reads it from the model metadata")
+    g_width: int | None = setting(None, "base width of G", shown_default=P)
+    d_width: int | None = setting(None, "base width of D", shown_default=P)
 
-    # --- how long
-    steps: int | None = None          # optimiser steps; exclusive with epochs
-    epochs: float | None = None       # passes over the training split (converted to steps)
+    # --- how long (one of the two; neither: one epoch)
+    steps: int | None = setting(None, "optimiser steps to train for")
+    epochs: float | None = setting(None, "passes over the training split", shown_default="1")
 
     # --- optimisation (None: the preset's value)
-    batch_size: int | None = None
-    optimizer: str | None = None      # adam | rmsprop
-    lr_g: float | None = None
-    lr_d: float | None = None
-    beta1: float | None = None        # 0.5 is the DCGAN paper's; Keras tutorials leave 0.9
-    beta2: float | None = None
-    label_smoothing: float = 0.0      # one-sided: D's target for real images is 1 - this
-    d_dropout: float | None = None
-    ema_decay: float | None = None    # 0 = off; an EMA of G's weights is what gets exported
+    batch_size: int | None = setting(None, "images per step per process", shown_default=P)
+    optimizer: str | None = setting(None, "optimiser", choices=("adam", "rmsprop"),
+                                    shown_default=P)
+    lr_g: float | None = setting(None, "generator learning rate", shown_default=P)
+    lr_d: float | None = setting(None, "discriminator learning rate", shown_default=P)
+    beta1: float | None = setting(None, "Adam beta1 (the DCGAN paper's 0.5; Keras leaves 0.9)",
+                                  shown_default=P)
+    beta2: float | None = setting(None, "Adam beta2", shown_default=P)
+    label_smoothing: float = setting(0.0, "one-sided: D's target for real images is 1 minus "
+                                     "this")
+    d_dropout: float | None = setting(None, "dropout in D", shown_default=P)
+    ema_decay: float | None = setting(None, "decay of the EMA of G's weights that gets "
+                                      "exported; 0 = off", shown_default=P)
 
     # --- where and how
-    data_dir: str | None = None       # None: $DCGAN_DATA_DIR, Debian's folder, then the cache
-    download: bool = True             # fetch missing data from the public mirrors
-    train_subset: int | None = None   # train on the first N images only (smoke tests)
-    device: str = "auto"              # auto | cpu | cuda; CUDA runs in mixed precision
-    threads: int | None = None        # torch CPU threads (None: torch's default)
-    seed: int = 0                     # every step's randomness derives from (seed, step, rank)
-    out: str = "runs/dcgan"           # the run directory
+    data_dir: str | None = setting(None, "folder with the IDX files (or a <dataset>/ "
+                                   "subfolder)", shown_default="$DCGAN_DATA_DIR, Debian's "
+                                   "folder, then the user cache")
+    download: bool = setting(True, "download missing data from the public mirrors (off: fail "
+                             "instead)")
+    train_subset: int | None = setting(None, "train on the first N images only (smoke tests)",
+                                       shown_default="all")
+    device: str = setting("auto", "auto: CUDA (mixed precision) when torch sees a GPU, else "
+                          "CPU", choices=("auto", "cpu", "cuda"))
+    threads: int | None = setting(None, "torch CPU threads", shown_default="torch's choice")
+    seed: int = setting(0, "run seed: every step's randomness derives from (seed, step, rank), "
+                        "so the same seed gives the same weights on a CPU")
+    out: str = setting("runs/dcgan", "the run directory")
 
     # --- reporting
-    checkpoint_every: int = 1000      # steps between checkpoints (and one at the end)
-    sample_at: list[int] = field(default_factory=lambda: [1, 200, 400, 600])  # + each epoch end
-    log_every: int = 1                # steps between metric rows in metrics.csv
-    eval_every: int = 0               # steps between quick FD evaluations (0 = at epoch ends
-                                      # only when a classifier for the dataset ships; -1 = never)
-    eval_samples: int = 2000          # images per quick evaluation
-    tensorboard: bool = False         # also write TensorBoard event files to RUN_DIR/tb
-    progress: bool = True             # tqdm progress bar with live losses
+    checkpoint_every: int = setting(1000, "steps between checkpoints (one is also written at "
+                                    "the end)")
+    sample_at: list[int] = setting([1, 200, 400, 600], "steps at which to save a 4x4 sample "
+                                   "grid, besides each epoch's end (comma-separated)")
+    log_every: int = setting(1, "steps between rows of metrics.csv")
+    eval_every: int = setting(0, "steps between quick FD evaluations that keep "
+                              "checkpoints/best.pt; 0 = at each epoch's end (when the dataset's "
+                              "classifier ships), -1 = never")
+    eval_samples: int = setting(2000, "generated images per quick evaluation")
+    tensorboard: bool = setting(False, "also write TensorBoard event files to RUN_DIR/tb")
+    progress: bool = setting(True, "a progress bar with live losses")
     run_id: str = ""                  # set when the run starts: <arch>-<dataset>-<timestamp>
 
     def resolved(self) -> "TrainConfig":

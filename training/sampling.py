@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from service.contract import default_labels, seeds_to_latents
+from service.contract import labels_for, seeds_to_latents
 from service.imaging import encode_png, make_grid
 from training import checkpoints
 from training.data import DATASETS
@@ -85,10 +85,7 @@ def load_generator_source(model: str | Path, device: str = "cpu"):
 
 def _generate(source, seeds, labels, batch):
     seeds = list(seeds)
-    if source.num_classes:
-        labels = default_labels(seeds, source.num_classes) if labels is None else labels
-    else:
-        labels = None
+    labels = labels_for(seeds, () if labels is None else labels, source.num_classes)
     out = []
     for i in range(0, len(seeds), batch):
         latents = seeds_to_latents(seeds[i:i + batch], source.latent_dim)
@@ -97,26 +94,21 @@ def _generate(source, seeds, labels, batch):
 
 
 def resolve_labels(source, seeds: list[int], labels: list[str] | None) -> np.ndarray | None:
-    """Labels from the command line: none, one for all seeds, or one per seed; names allowed."""
+    """Labels from the command line, by number or class name, under the contract's label rule
+    (none, one for all seeds, or one per seed)."""
     if not labels:
         return None
-    if not source.num_classes:
-        raise ValueError("this model is not class-conditional: drop --label")
-    names = DATASETS[source.dataset].class_names
+    names = DATASETS[source.dataset].class_names if source.num_classes else ()
     values = []
     for label in labels:
         if label in names:
             values.append(names.index(label))
-        elif label.isdigit() and int(label) < source.num_classes:
+        elif label.isdigit():
             values.append(int(label))
         else:
             raise ValueError(f"label {label!r} is not a class of {source.dataset}: use 0-"
                              f"{source.num_classes - 1} or one of {', '.join(names)}")
-    if len(values) == 1:
-        values *= len(seeds)
-    if len(values) != len(seeds):
-        raise ValueError(f"{len(values)} labels for {len(seeds)} seeds: give one, or one per seed")
-    return np.asarray(values, dtype=np.int64)
+    return labels_for(seeds, values, source.num_classes, "this model")
 
 
 def sample(model: str | Path, seeds: list[int], out_dir: Path, labels: list[str] | None = None,

@@ -1,5 +1,5 @@
 """A real Prometheus server scrapes a running dcgan-serve on 127.0.0.1, and the PromQL in the
-README and in the Grafana dashboard is evaluated over Prometheus's HTTP API.
+docs/deployment.md and in the Grafana dashboard is evaluated over Prometheus's HTTP API.
 
 Needs Debian's `prometheus` package: `.ci/run` installs it, so under CI (`CI=true`) its absence
 fails the test; on a user's machine without it the test skips and says so.
@@ -114,7 +114,7 @@ def test_readme_and_dashboard_queries_return_numbers(prometheus, server, stub, c
     load.join()
     time.sleep(2)  # one more scrape after the last call
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deployment.md").read_text()
     block = re.search(r"```promql\n(.*?)```", readme, re.S)[1]
     queries = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert len(queries) >= 4

@@ -10,22 +10,38 @@ from service.config import ServeConfig, config_from_args
 
 
 def test_defaults_without_flags_or_environment(monkeypatch):
-    for key in ("DCGAN_PORT", "DCGAN_BATCHING", "DCGAN_MODELS"):
+    for key in ("DCGAN_PORT", "DCGAN_MODELS", "DCGAN_LOG_LEVEL"):
         monkeypatch.delenv(key, raising=False)
     cfg = config_from_args([])
-    assert (cfg.port, cfg.metrics_port, cfg.batching, cfg.models) == (50051, 9090, True, ())
-    assert cfg.resolved_intra_op_threads == 1 and cfg.resolved_inference_workers >= 1
+    assert cfg == ServeConfig()
+    assert (cfg.port, cfg.metrics_port, cfg.models, cfg.log_level) == (50051, 9090, (), "INFO")
+    assert cfg.resolved_inference_workers >= 1
 
 
 def test_flags_win_over_environment(monkeypatch):
     monkeypatch.setenv("DCGAN_PORT", "6000")
-    monkeypatch.setenv("DCGAN_BATCHING", "0")
+    monkeypatch.setenv("DCGAN_REUSE_PORT", "true")
+    monkeypatch.setenv("DCGAN_LOG_LEVEL", "debug")
     monkeypatch.setenv("DCGAN_MODELS", "a=/x/a.onnx,/y/b.onnx")
     cfg = config_from_args(["--port", "7000"])
-    assert cfg.port == 7000 and not cfg.batching
+    assert cfg.port == 7000 and cfg.reuse_port and cfg.log_level == "DEBUG"
     assert cfg.models == (("a", "/x/a.onnx"), ("b", "/y/b.onnx"))
-    assert cfg.resolved_intra_op_threads == 0  # batching off: onnxruntime uses every core
     assert config_from_args(["--model", "c=/z.onnx"]).models == (("c", "/z.onnx"),)
+
+
+def test_a_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("DCGAN_MAX_BATCH", "lots")
+    with pytest.raises(SystemExit, match=r"\$DCGAN_MAX_BATCH='lots'"):
+        config_from_args([])
+
+
+def test_every_setting_has_a_flag_a_variable_and_help(capsys):
+    from service.settings import specs
+    with pytest.raises(SystemExit):
+        config_from_args(["--help"])
+    shown = capsys.readouterr().out
+    for spec in specs(ServeConfig):
+        assert spec.flag in shown and spec.env("DCGAN_") in shown, spec.name
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -42,17 +58,6 @@ def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         config_from_args(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_the_run_size_follows_the_device_unless_set():
-    assert ServeConfig().resolved_batch_max_images(on_cuda=False) == 64
-    assert ServeConfig().resolved_batch_max_images(on_cuda=True) == 256
-    set_by_hand = config_from_args(["--batch-max-images", "100"])
-    assert set_by_hand.resolved_batch_max_images(on_cuda=False) == 100
-
-
-def test_an_explicit_thread_count_is_kept():
-    assert ServeConfig(intra_op_threads=3).resolved_intra_op_threads == 3
 
 
 def test_usable_cpus_follows_a_cgroup_cpu_limit(tmp_path):
@@ -75,3 +80,12 @@ def test_processes_zero_means_one_per_usable_core(monkeypatch):
     assert config_from_args([]).resolved_processes == usable_cpus()
     assert config_from_args(["--processes", "3"]).resolved_processes == 3
     assert config_from_args([]).processes == 0 and ServeConfig().resolved_processes == 1
+
+
+def test_the_documented_settings_tables_match_the_code():
+    import subprocess
+
+    from tests.conftest import PYTHON, ROOT
+    proc = subprocess.run([PYTHON, "tools/gen_settings_docs.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,15 +11,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import pytest
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-from service.batching import Batcher
-from service.contract import seeds_to_latents
-from service.errors import DeadlineExceeded, Overloaded
-from service.runtime import OnnxGenerator
-from tests.service.test_batching import HeldRunner
 from tests.service.test_health_metrics import _value
 from tests.service.test_lifecycle import ServerProcess
 
@@ -127,43 +121,6 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_onnx):
     # UNAVAILABLE (each client then left, as it would for another replica); none was lost.
     assert code == 0 and codes.get("OK", 0) > 10
     assert set(codes) == {"OK", "UNAVAILABLE"} and codes["UNAVAILABLE"] == 8, codes
-
-
-@pytest.fixture(scope="module")
-def runner(tiny_onnx):
-    return OnnxGenerator(tiny_onnx)
-
-
-def test_a_full_queue_refuses_new_work_at_once(runner):
-    slow = HeldRunner(runner)
-    batcher = Batcher(slow, max_batch=8, max_delay_s=0, workers=1, max_queued_images=16)
-    z = seeds_to_latents(range(8), 100)
-    first = batcher.submit(z, None)  # taken by the worker, which blocks
-    time.sleep(0.2)
-    queued = [batcher.submit(z, None), batcher.submit(z, None)]  # 16 images wait
-    started = time.perf_counter()
-    with pytest.raises(Overloaded, match="retry with back-off"):
-        batcher.submit(z, None)
-    assert time.perf_counter() - started < 0.1
-    slow.release.set()
-    assert all(f.result(10).shape == (8, 1, 28, 28) for f in [first, *queued])
-    batcher.close()
-
-
-def test_requests_whose_deadline_passed_in_the_queue_are_not_run(runner):
-    slow = HeldRunner(runner)
-    batcher = Batcher(slow, max_batch=64, max_delay_s=0, workers=1)
-    z = seeds_to_latents(range(4), 100)
-    first = batcher.submit(z, None)
-    time.sleep(0.1)
-    late = batcher.submit(z[:3], None, timeout=0.05)
-    time.sleep(0.2)
-    slow.release.set()
-    first.result(10)
-    with pytest.raises(DeadlineExceeded):
-        late.result(10)
-    batcher.close()
-    assert slow.sizes == [4]  # the expired request never reached onnxruntime
 
 
 def _first_answer(stub, request, within_s: float):

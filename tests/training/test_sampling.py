@@ -32,8 +32,10 @@ def test_labels_by_number_or_name_one_or_per_seed(tiny_cond_onnx, tmp_path):
     assert [p.name for p in written] == ["seed_1_label3.png", "seed_2_label4.png"]
     with pytest.raises(ValueError, match="2 labels for 3 seeds"):
         sample(tiny_cond_onnx, [1, 2, 3], tmp_path, labels=["3", "4"])
-    with pytest.raises(ValueError, match="not a class"):
+    with pytest.raises(ValueError, match=r"labels \[12\] out of range: .* classes 0..9"):
         sample(tiny_cond_onnx, [1], tmp_path, labels=["12"])
+    with pytest.raises(ValueError, match="not a class of mnist"):
+        sample(tiny_cond_onnx, [1], tmp_path, labels=["seven"])
 
 
 def test_labels_for_an_unconditional_model_are_refused(tiny_onnx, tmp_path):

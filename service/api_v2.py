@@ -9,25 +9,22 @@ KServe's custom-predictor deployments) work against this server unmodified. The 
     output "images"  UINT8 [N, 1, H, W]                  raw_output_contents
     output "labels"  INT64 [N]                           conditional models only
 
-Errors are raised as the service's own exceptions and become status codes through the same
-`servicer.STATUS_FOR` table as the project's API.
+Thin, like `api_dcgan`: errors are raised as the service's own exceptions and become status
+codes in the edge (`service.edge`), which wraps every handler here as it wraps the dcgan API.
 """
 
 from __future__ import annotations
 
-import asyncio
 from importlib import metadata as package_metadata
 
 import grpc
 import numpy as np
 
-from service.admission import CallGate
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from service.edge import Edge, rpc
 from service.errors import InvalidRequest, ModelNotFound
 from service.generation import Format, GenerationRequest, Generator, ServedModel
-from service.metrics import Metrics
-from service.servicer import abort
 
 SERVER_NAME = "dcgan-digits"
 PLATFORM = "onnxruntime_onnx"
@@ -45,82 +42,73 @@ def _server_version() -> str:
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, generator: Generator, metrics: Metrics, gate: CallGate):
+    def __init__(self, generator: Generator, edge: Edge):
         self.generator = generator
-        self.metrics = metrics
-        self.gate = gate
+        self.edge = edge
         self.version = _server_version()
 
     # --- health and metadata -------------------------------------------------------------------
 
-    async def ServerLive(self, request, context):
+    @rpc("ServerLive")
+    async def ServerLive(self, request, context, call):
         return v2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):
-        return v2.ServerReadyResponse(ready=not self.gate.draining)
+    @rpc("ServerReady")
+    async def ServerReady(self, request, context, call):
+        return v2.ServerReadyResponse(ready=not self.edge.gate.draining)
 
-    async def ModelReady(self, request, context):
+    @rpc("ModelReady")
+    async def ModelReady(self, request, context, call):
         try:
             _model(self.generator, request.name, request.version)
         except ModelNotFound:
             return v2.ModelReadyResponse(ready=False)
-        return v2.ModelReadyResponse(ready=not self.gate.draining)
+        return v2.ModelReadyResponse(ready=not self.edge.gate.draining)
 
-    async def ServerMetadata(self, request, context):
+    @rpc("ServerMetadata")
+    async def ServerMetadata(self, request, context, call):
         return v2.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=[])
 
-    async def ModelMetadata(self, request, context):
-        with self.metrics.track("ModelMetadata") as call:
-            try:
-                model = _model(self.generator, request.name, request.version)
-                call.model = model.name
-                return _metadata(model)
-            except Exception as exc:
-                await abort(context, call, exc)
+    @rpc("ModelMetadata")
+    async def ModelMetadata(self, request, context, call):
+        model = _model(self.generator, request.name, request.version)
+        call.model = model.name
+        return _metadata(model)
 
-    async def ModelConfig(self, request, context):
-        with self.metrics.track("ModelConfig") as call:
-            try:
-                model = _model(self.generator, request.name, request.version)
-                call.model = model.name
-                return v2.ModelConfigResponse(config=_config(model))
-            except Exception as exc:
-                await abort(context, call, exc)
+    @rpc("ModelConfig")
+    async def ModelConfig(self, request, context, call):
+        model = _model(self.generator, request.name, request.version)
+        call.model = model.name
+        return v2.ModelConfigResponse(config=_config(model))
 
     # --- inference ------------------------------------------------------------------------------
 
-    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext):
-        with self.metrics.track("ModelInfer") as call:
-            try:
-                with self.gate.admitted():
-                    model = _model(self.generator, request.model_name, request.model_version)
-                    call.model = model.name
-                    seeds, labels = _inputs(request, model)
-                    wanted = _wanted_outputs(request, model)
-                    self.metrics.observe_request_size(model.name, len(seeds))
-                    result = await self.generator.generate(GenerationRequest(
-                        seeds, labels, model.name, Format.RAW, context.time_remaining()))
-                    call.images = len(result.seeds)
-                    return _response(request, result, wanted)
-            except asyncio.CancelledError:  # the caller cancelled or its deadline passed
-                call.code = grpc.StatusCode.CANCELLED.name
-                raise
-            except Exception as exc:
-                await abort(context, call, exc)
+    @rpc("ModelInfer", admit=True)
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext,
+                         call) -> v2.ModelInferResponse:
+        model = _model(self.generator, request.model_name, request.model_version)
+        call.model = model.name
+        seeds, labels = _inputs(request, model)
+        wanted = _wanted_outputs(request, model)
+        self.edge.metrics.observe_request_size(model.name, len(seeds))
+        result = await self.generator.generate(model, GenerationRequest(
+            seeds, labels, Format.RAW, context.time_remaining()))
+        call.images = len(result.seeds)
+        return _response(request, result, wanted)
 
 
 def _model(generator: Generator, name: str, version: str) -> ServedModel:
     # The protocol names the model in every request; an empty name means the default model.
     model = generator.registry.get(name)
-    if version and version != model.runner.metadata.version:
+    if version and version != model.metadata.version:
         raise ModelNotFound(f"model {model.name!r} has version "
-                            f"{model.runner.metadata.version!r}, not {version!r}: send that "
+                            f"{model.metadata.version!r}, not {version!r}: send that "
                             "or leave model_version empty")
     return model
 
 
 def _metadata(model: ServedModel) -> v2.ModelMetadataResponse:
-    meta = model.runner.metadata
+    meta = model.metadata
     tensor = v2.ModelMetadataResponse.TensorMetadata
     inputs = [tensor(name="seeds", datatype="UINT64", shape=[-1])]
     outputs = [tensor(name="images", datatype="UINT8", shape=[-1, *meta.image_shape])]
@@ -133,7 +121,7 @@ def _metadata(model: ServedModel) -> v2.ModelMetadataResponse:
 
 def _config(model: ServedModel) -> v2.ModelConfig:
     """Triton's view of the same tensors as `_metadata`."""
-    meta = model.runner.metadata
+    meta = model.metadata
     inputs = [v2.ModelInput(name="seeds", data_type=v2.TYPE_UINT64, dims=[-1])]
     outputs = [v2.ModelOutput(name="images", data_type=v2.TYPE_UINT8,
                               dims=[-1, *meta.image_shape])]
@@ -196,7 +184,7 @@ def _values(tensor, raw: bytes | None, types: dict[str, tuple[str, str]]) -> np.
 
 
 def _wanted_outputs(request: v2.ModelInferRequest, model: ServedModel) -> list[str]:
-    available = ["images", "labels"] if model.runner.metadata.conditional else ["images"]
+    available = ["images", "labels"] if model.metadata.conditional else ["images"]
     wanted = [o.name for o in request.outputs] or available
     unknown = [name for name in wanted if name not in available]
     if unknown:

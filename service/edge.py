@@ -1,0 +1,195 @@
+"""The edge: what every RPC of every API goes through, written once.
+
+    class MyServicer(...):
+        def __init__(self, edge: Edge): self.edge = edge
+
+        @rpc("Generate", admit=True)
+        async def Generate(self, request, context, call): ...   # call.model / call.images
+
+`@rpc` wraps a unary handler (`@rpc_stream` a server-streaming one) with, in this order:
+metrics (`dcgan_request_duration_seconds` and the in-flight gauge, labelled by the RPC's
+name), admission (`admit=True` for calls that generate: refused while draining, counted by
+the drain), cancellation (recorded as CANCELLED), and the one translation of the service's
+exceptions into status codes (`STATUS_FOR`; anything else is a bug: INTERNAL, with the detail
+logged, not sent). The dcgan API and the Open Inference Protocol both use it.
+
+`add_servicer` registers a servicer so that a request whose bytes are not a valid message is
+answered INVALID_ARGUMENT (grpc.aio alone would answer UNKNOWN and log a traceback per bad
+frame, which a hostile client could use to flood the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from service.admission import CallGate
+from service.contract import ContractError
+from service.errors import (Cancelled, DeadlineExceeded, DeviceUnavailable, InvalidRequest,
+                            ModelNotFound, Overloaded, ShuttingDown)
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ContractError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    DeviceUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: Exception) -> grpc.StatusCode:
+    for kind, code in STATUS_FOR.items():
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+@dataclass
+class Edge:
+    """What the wrappers need from the server: where figures go, and who gets in."""
+
+    metrics: Metrics
+    gate: CallGate
+
+
+def rpc(name: str, admit: bool = False):
+    """Wrap a unary handler `(self, request, context, call)`; `self.edge` is an `Edge`."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def wrapped(self, request, context: grpc.aio.ServicerContext):
+            edge: Edge = self.edge
+            with edge.metrics.track(name) as call:
+                try:
+                    with edge.gate.admitted() if admit else contextlib.nullcontext():
+                        return await handler(self, request, context, call)
+                except asyncio.CancelledError:  # the caller cancelled or its deadline passed
+                    call.code = grpc.StatusCode.CANCELLED.name
+                    raise
+                except Exception as exc:
+                    await _abort(context, call, exc)
+        return wrapped
+    return wrap
+
+
+def rpc_stream(name: str, admit: bool = False):
+    """Wrap a server-streaming handler (an async generator) as `rpc` wraps a unary one."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def wrapped(self, request, context: grpc.aio.ServicerContext):
+            edge: Edge = self.edge
+            with edge.metrics.track(name) as call:
+                try:
+                    with edge.gate.admitted() if admit else contextlib.nullcontext():
+                        async with contextlib.aclosing(
+                                handler(self, request, context, call)) as responses:
+                            async for response in responses:
+                                yield response
+                # The caller cancelled: grpc cancels our task if we are awaiting a run, or
+                # closes this generator (GeneratorExit at the yield) if we wait to be read.
+                except (asyncio.CancelledError, GeneratorExit):
+                    call.code = grpc.StatusCode.CANCELLED.name
+                    raise
+                except Exception as exc:
+                    await _abort(context, call, exc)
+        return wrapped
+    return wrap
+
+
+def check_still_wanted(context: grpc.aio.ServicerContext) -> None:
+    """Do not start work nobody will read: the deadline passed or the caller cancelled."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the deadline passed before generation started")
+    if context.cancelled():
+        raise Cancelled("the call was cancelled")
+
+
+async def _abort(context: grpc.aio.ServicerContext, call, exc: Exception) -> None:
+    """Record `exc`'s status on the metrics `call`, then end the RPC with it (abort raises)."""
+    code = status_for(exc)
+    call.code = code.name
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("internal error")
+        await context.abort(code, "internal error; the server log has the details")
+    await context.abort(code, str(exc))
+
+
+# --- registration ----------------------------------------------------------------------------
+
+class MalformedRequest:
+    """What a request that is not a valid protobuf message decodes to (see `add_servicer`)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def add_servicer(add_to_server, servicer, server: grpc.aio.Server) -> None:
+    """Register `servicer` as the generated `add_*_to_server` would, decoding safely."""
+    recorder = _HandlerRecorder()
+    add_to_server(servicer, recorder)
+    handlers = {name: _decoding_safely(handler) for name, handler in recorder.handlers.items()}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(recorder.service, handlers),))
+    server.add_registered_method_handlers(recorder.service, handlers)
+
+
+class _HandlerRecorder:
+    """Stands in for the server to catch the method handlers a generated function registers."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _decoding_safely(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+
+    def safe_decode(data: bytes):
+        try:
+            return decode(data)
+        except DecodeError as exc:
+            return MalformedRequest(str(exc))
+
+    async def refuse(request: MalformedRequest, context) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid message: {request.error}")
+
+    if handler.unary_unary:
+        answer = handler.unary_unary
+
+        async def unary_unary(request, context):
+            if isinstance(request, MalformedRequest):
+                await refuse(request, context)
+            return await answer(request, context)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, request_deserializer=safe_decode,
+            response_serializer=handler.response_serializer)
+    if handler.unary_stream:
+        stream = handler.unary_stream
+
+        async def unary_stream(request, context):
+            if isinstance(request, MalformedRequest):
+                await refuse(request, context)
+            # aclosing: when grpc closes this generator, close the handler's at once too, so
+            # its cleanup (metrics, the drain gate) runs now rather than at garbage collection.
+            async with contextlib.aclosing(stream(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, request_deserializer=safe_decode,
+            response_serializer=handler.response_serializer)
+    raise TypeError(f"no request-streaming methods are served: {handler}")
