@@ -1,7 +1,7 @@
 """Side-by-side serving benchmark: this service against the servers a user would pick instead.
 
     bash bench/peers/setup.sh .bench-venvs            # once: the peers' own venvs (pinned)
-    python bench/compare_servers.py --peers .bench-venvs --out docs/benchmarks/compare-cpu.md
+    python bench/compare_servers.py --peers .bench-venvs --load h2load --out docs/benchmarks/compare-h2load-cpu.md
 
 In one session, on the same ONNX file, every target is started, timed to its first answer and
 measured at idle (RSS of its whole process tree), then driven cell by cell (batch size x

@@ -23,7 +23,7 @@ import numpy as np
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-from service.contract import parse_seeds
+from service.contract import parse_seeds, seed_ranges
 from service.imaging import decode_png
 
 FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "png": pb.IMAGE_FORMAT_PNG,
@@ -199,18 +199,46 @@ def _health(client: GeneratorClient, service: str) -> int:
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+#: Most seeds `--stream` sends as a list; a single range A-B streams any number.
+MAX_LISTED_SEEDS = 1_000_000
+
+
 def _generate(client: GeneratorClient, args) -> int:
+    # Check the count against the server's limit before listing a single seed: a typo such as
+    # 0-9999999 must not build and send ten million of them.
+    ranges = seed_ranges(args.seed)
+    count = sum(last - first + 1 for first, last in ranges)
+    if args.stream and len(ranges) == 1:
+        (first, last), = ranges
+        responses = client.generate_stream(start=first, count=count, labels=args.label,
+                                           model=args.model, format="png")
+        return _write(responses, Path(args.out))
+    if args.stream:
+        if count > MAX_LISTED_SEEDS:
+            raise ValueError(f"{count} seeds in a list: stream at most {MAX_LISTED_SEEDS} that "
+                             "way, or give one range A-B")
+        responses = client.generate_stream(seeds=parse_seeds(args.seed), labels=args.label,
+                                           model=args.model, format="png")
+        return _write(responses, Path(args.out))
+    limit = client.stub.GetModelInfo(pb.GetModelInfoRequest(model=args.model),
+                                     timeout=client.timeout).max_batch
+    if count > limit:
+        raise ValueError(f"{count} seeds: the server takes at most {limit} in one request; "
+                         "add --stream" + ("" if args.grid else " to have them in chunks"))
     seeds = parse_seeds(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.grid:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         response = client.generate_response(seeds, args.label, args.model, "grid")
         (out / "grid.png").write_bytes(response.grid_png)
         print(f"wrote {out / 'grid.png'} ({len(seeds)} images, model {response.model})")
         return 0
-    responses = (client.generate_stream(seeds=seeds, labels=args.label, model=args.model,
-                                        format="png") if args.stream
-                 else [client.generate_response(seeds, args.label, args.model, "png")])
+    return _write([client.generate_response(seeds, args.label, args.model, "png")],
+                  Path(args.out))
+
+
+def _write(responses, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
     written = 0
     for response in responses:
         for i, (seed, png) in enumerate(zip(response.seeds, response.png)):

@@ -195,9 +195,9 @@ class ModelMetadata:
 
 # --- seed lists on command lines --------------------------------------------------------------
 
-def parse_seeds(specs: Iterable[str]) -> list[int]:
-    """Seeds from command-line specs: "7", "0-15" (inclusive), "3,9,20-22"; order is kept."""
-    seeds: list[int] = []
+def seed_ranges(specs: Iterable[str]) -> list[tuple[int, int]]:
+    """Seed specs as (first, last) pairs, inclusive, in order: "7", "0-15", "3,9,20-22"."""
+    ranges = []
     for spec in specs:
         for part in str(spec).split(","):
             part = part.strip()
@@ -210,5 +210,15 @@ def parse_seeds(specs: Iterable[str]) -> list[int]:
                 raise ValueError(f"bad seed {part!r}: use N, N-M or comma-separated lists") from None
             if first < 0 or last > MAX_SEED or last < first:
                 raise ValueError(f"bad seed range {part!r}: seeds are 0..2**64-1, low to high")
-            seeds.extend(range(first, last + 1))
-    return seeds
+            ranges.append((first, last))
+    return ranges
+
+
+def count_seeds(specs: Iterable[str]) -> int:
+    """How many seeds the specs name, without listing them."""
+    return sum(last - first + 1 for first, last in seed_ranges(specs))
+
+
+def parse_seeds(specs: Iterable[str]) -> list[int]:
+    """Seeds from command-line specs: "7", "0-15" (inclusive), "3,9,20-22"; order is kept."""
+    return [seed for first, last in seed_ranges(specs) for seed in range(first, last + 1)]

@@ -15,7 +15,8 @@ logged, not sent). The dcgan API and the Open Inference Protocol both use it.
 
 `add_servicer` registers a servicer so that a request whose bytes are not a valid message is
 answered INVALID_ARGUMENT (grpc.aio alone would answer UNKNOWN and log a traceback per bad
-frame, which a hostile client could use to flood the log).
+frame, which a hostile client could use to flood the log). Every method served is unary or
+server-streaming.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def rpc(name: str, admit: bool = False):
             edge: Edge = self.edge
             with edge.metrics.track(name) as call:
                 try:
+                    _check_decoded(request)
                     with edge.gate.admitted() if admit else contextlib.nullcontext():
                         return await handler(self, request, context, call)
                 except asyncio.CancelledError:  # the caller cancelled or its deadline passed
@@ -91,6 +93,7 @@ def rpc_stream(name: str, admit: bool = False):
             edge: Edge = self.edge
             with edge.metrics.track(name) as call:
                 try:
+                    _check_decoded(request)
                     with edge.gate.admitted() if admit else contextlib.nullcontext():
                         async with contextlib.aclosing(
                                 handler(self, request, context, call)) as responses:
@@ -135,8 +138,15 @@ class MalformedRequest:
         self.error = error
 
 
+def _check_decoded(request) -> None:
+    if isinstance(request, MalformedRequest):
+        raise InvalidRequest(f"the request is not a valid message: {request.error}")
+
+
 def add_servicer(add_to_server, servicer, server: grpc.aio.Server) -> None:
-    """Register `servicer` as the generated `add_*_to_server` would, decoding safely."""
+    """Register `servicer` as the generated `add_*_to_server` would, but with a request
+    decoder that never raises: a malformed message reaches the `rpc` wrapper, which answers
+    INVALID_ARGUMENT."""
     recorder = _HandlerRecorder()
     add_to_server(servicer, recorder)
     handlers = {name: _decoding_safely(handler) for name, handler in recorder.handlers.items()}
@@ -164,32 +174,7 @@ def _decoding_safely(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         except DecodeError as exc:
             return MalformedRequest(str(exc))
 
-    async def refuse(request: MalformedRequest, context) -> None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the request is not a valid message: {request.error}")
-
-    if handler.unary_unary:
-        answer = handler.unary_unary
-
-        async def unary_unary(request, context):
-            if isinstance(request, MalformedRequest):
-                await refuse(request, context)
-            return await answer(request, context)
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, request_deserializer=safe_decode,
-            response_serializer=handler.response_serializer)
-    if handler.unary_stream:
-        stream = handler.unary_stream
-
-        async def unary_stream(request, context):
-            if isinstance(request, MalformedRequest):
-                await refuse(request, context)
-            # aclosing: when grpc closes this generator, close the handler's at once too, so
-            # its cleanup (metrics, the drain gate) runs now rather than at garbage collection.
-            async with contextlib.aclosing(stream(request, context)) as responses:
-                async for response in responses:
-                    yield response
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, request_deserializer=safe_decode,
-            response_serializer=handler.response_serializer)
-    raise TypeError(f"no request-streaming methods are served: {handler}")
+    make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
+            else grpc.unary_stream_rpc_method_handler)
+    return make(handler.unary_unary or handler.unary_stream, request_deserializer=safe_decode,
+                response_serializer=handler.response_serializer)

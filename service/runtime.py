@@ -34,25 +34,14 @@ _CPU = "CPUExecutionProvider"
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions are built. 0 threads means onnxruntime's own choice (one per core)."""
+    """How a session is built. 0 threads means onnxruntime's own choice (one per core).
+
+    Its threads spin between the operators of a run (onnxruntime's default), which a
+    multi-threaded session needs to be faster than one thread at all (docs/decisions.md).
+    """
 
     device: str = "auto"
     intra_op_threads: int = 0
-    inter_op_threads: int = 1
-    # "all" lets onnxruntime fuse Conv+BN+activation and lay out memory for its CPU kernels.
-    graph_optimization: str = "all"
-    # onnxruntime's intra-op threads spin-wait for the next run by default. A server shares its
-    # cores with gRPC and its other runs: spinning there takes a core from them (measured on 2
-    # cores: batch-1 throughput under 8 clients fell by a fifth), so the server turns it off.
-    allow_spinning: bool = True
-
-
-_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
 def cuda_available() -> bool:
@@ -127,15 +116,11 @@ def _open_session(path: Path, options: RuntimeOptions, providers: list[str]):
         raise ModelLoadError(f"model file {path} does not exist (or is not a file)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
+    so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if options.graph_optimization not in _OPT_LEVELS:
-        raise ModelLoadError(f"unknown graph optimisation level {options.graph_optimization!r}: "
-                             f"use one of {', '.join(_OPT_LEVELS)}")
-    so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization]
+    # "all" lets onnxruntime fuse Conv+BN+activation and lay out memory for its CPU kernels.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only; our own log says what was loaded
-    if not options.allow_spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises several untyped errors for bad files

@@ -55,6 +55,26 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """The standard health service; an unknown name's NOT_FOUND says which names exist."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    async def set(self, service: str, status) -> None:
+        if service not in self.names:
+            self.names.append(service)
+        await super().set(service, status)
+
+    async def Check(self, request, context):
+        if request.service not in self.names:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no health status for {request.service!r}: this server "
+                                f"reports {', '.join(map(repr, self.names))}")
+        return await super().Check(request, context)
+
+
 def model_health_name(model: str) -> str:
     """The health-check service name of one model (grpc.health.v1 `service` field)."""
     return f"model/{model}"
@@ -236,7 +256,7 @@ async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, generator: G
                  GeneratorServicer(generator, edge, config.max_message_bytes), server)
     add_servicer(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
                  InferenceServicer(generator, edge), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

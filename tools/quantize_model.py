@@ -16,7 +16,7 @@ float model's and the rest at most two grey levels apart, with the same FD and I
 
 Either way the project's metadata is copied over, so the file loads in `dcgan-serve --model
 NAME=FILE` and `dcgan-train sample/evaluate` like any export. Check quality with `dcgan-train
-evaluate` before serving it (the measured figures are in docs/benchmarks/graph-cpu.md).
+evaluate` before serving it (the measured figures are in docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def _download(stem: str, spec: DatasetSpec, dest: Path, mirrors: tuple[str, ...]
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / f"{stem}.gz"
     partial = dest / f"{stem}.gz.part"
-    errors = []
+    errors: dict[str, tuple[int, Exception]] = {}  # url -> (tries, the last error)
     for mirror in mirrors:
         url = f"{mirror}{stem}.gz"
         for attempt in range(1, attempts + 1):
@@ -245,18 +245,20 @@ def _download(stem: str, spec: DatasetSpec, dest: Path, mirrors: tuple[str, ...]
                             bar.update(len(chunk))
                 digest = hashlib.sha256(_decompressed_bytes(partial)).hexdigest()
                 if digest != spec.sha256[stem]:
-                    raise DatasetError(f"{url} served data whose SHA-256 is {digest[:12]}…, "
+                    raise DatasetError(f"it served data whose SHA-256 is {digest[:12]}…, "
                                        f"expected {spec.sha256[stem][:12]}…")
                 os.replace(partial, target)
                 log.info("downloaded %s", url)
                 return target
             except (urllib.error.URLError, OSError, DatasetError) as exc:
-                errors.append(f"{url} (try {attempt}): {exc}")
-                log.warning("download failed: %s", errors[-1])
+                errors[url] = (attempt, exc)
+                log.warning("download failed: %s (try %d): %s", url, attempt, exc)
                 partial.unlink(missing_ok=True)
                 if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
                     break  # this mirror does not have it; retrying will not help
                 if attempt < attempts:
                     time.sleep(0.5 * 2 ** (attempt - 1))
-    raise DatasetError(f"could not download {stem}.gz for {spec.name}: " + "; ".join(errors)
-                       + f". Put the files in a folder and pass --data-dir, or into {dest}")
+    tried = "".join(f"\n  {url}: {exc} ({tries} {'try' if tries == 1 else 'tries'})"
+                    for url, (tries, exc) in errors.items())
+    raise DatasetError(f"could not download {stem}.gz for {spec.name}:{tried}\nPut the files "
+                       f"in a folder and pass --data-dir, or into {dest}")

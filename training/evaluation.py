@@ -173,10 +173,12 @@ def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = No
     else:
         source = load_generator_source(model, device=device)
         dataset = dataset or source.dataset
-        images, labels = source.generate(range(n))
-        meta = {"model": str(model), "arch": source.arch, "conditional": source.num_classes > 0}
+    # The classifier and the test split first: a missing one fails now, not after generating.
     clf = load_classifier(dataset)
     test = load_split(dataset, "test", data_dir)
+    if model != "real":
+        images, labels = source.generate(range(n))
+        meta = {"model": str(model), "arch": source.arch, "conditional": source.num_classes > 0}
     ref_feats, _ = features_and_probs(clf, test.images[:, None])
     scores = score_images(clf, images, ref_feats, labels)
     return {**meta, "dataset": dataset, "reference": f"{dataset} test split ({len(test)})",

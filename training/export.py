@@ -18,7 +18,9 @@ graph is within 0.5 (rounding) plus PARITY_TOLERANCE grey levels everywhere.
 from __future__ import annotations
 
 import json
+import contextlib
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,26 @@ from training.models import ARCHS, IMAGE_SHAPE, to_uint8
 from training.sampling import generator_from_checkpoint
 
 log = logging.getLogger(__name__)
+
+# What torch's exporter and onnxscript say on every export (torchvision absent, pass-by-pass
+# INFO lines, internal deprecations) is not for our users: its own checks below are.
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _exporter_quiet():
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 OPSET = 18
 #: Grey levels (of 255) that onnxruntime may differ from PyTorch by, beyond rounding.
@@ -77,9 +99,10 @@ def export(checkpoint: str | Path, out: str | Path, verify: bool = True) -> dict
     else:
         wrapper, args = _Unconditional(g, output_range), (z,)
         names, shapes = [INPUT_LATENT], {"z": {0: n}}
-    program = torch.onnx.export(wrapper.eval(), args, dynamo=True, input_names=names,
-                                output_names=[OUTPUT_IMAGES], dynamic_shapes=shapes,
-                                opset_version=OPSET, verbose=False)
+    with _exporter_quiet():
+        program = torch.onnx.export(wrapper.eval(), args, dynamo=True, input_names=names,
+                                    output_names=[OUTPUT_IMAGES], dynamic_shapes=shapes,
+                                    opset_version=OPSET, verbose=False)
     model = program.model_proto
     rewritten = rewrite_for_onnxruntime(model)
 

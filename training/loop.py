@@ -94,52 +94,10 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
-    spec = ARCHS[cfg.arch]
     num_classes = len(DATASETS[cfg.dataset].class_names) if cfg.conditional else 0
-
-    # --- data: the whole split lives in memory as uint8 (47 MB for MNIST)
-    split = load_split(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
-    images = torch.from_numpy(split.images[:cfg.train_subset].copy())
-    labels = torch.from_numpy(split.labels[:cfg.train_subset].copy())
-    global_batch = cfg.batch_size * place.world
-    steps_per_epoch = len(images) // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(images)} training images cannot fill one batch of {global_batch}")
-    if cfg.epochs is not None:
-        total_steps = math.ceil(cfg.epochs * steps_per_epoch)
-    else:
-        total_steps = cfg.steps or steps_per_epoch  # neither given: one epoch
-    cfg.steps, cfg.epochs = total_steps, None  # the run is defined in steps from here on
-
-    # --- models and optimisers (initial weights from the run seed; same on every rank)
-    torch.manual_seed(cfg.seed)
-    g = build_generator(cfg.arch, cfg.latent_dim, num_classes, cfg.g_width).to(place.device)
-    d = build_discriminator(cfg.arch, num_classes, cfg.d_width, cfg.d_dropout).to(place.device)
-    ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema_decay else None
-    opt_g, opt_d = _optimizer(cfg, g, cfg.lr_g), _optimizer(cfg, d, cfg.lr_d)
-    # GradScalers matter only for fp16; with bf16 or fp32 they are disabled no-ops.
-    use_scaler = place.amp_dtype == torch.float16
-    scaler_g = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    scaler_d = torch.amp.GradScaler("cuda", enabled=use_scaler)
-
-    start_step = 0
-    best = {"fd": float("inf"), "step": -1}
-    if state is not None:
-        g.load_state_dict(state["generator"])
-        d.load_state_dict(state["discriminator"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        scaler_g.load_state_dict(state["scaler_g"])
-        scaler_d.load_state_dict(state["scaler_d"])
-        start_step = int(state["step"])
-        best = dict(state.get("best", best))
-    g_train, d_train = g, d
-    if place.world > 1:
-        ids = [place.device.index] if place.device.type == "cuda" else None
-        g_train = DistributedDataParallel(g, device_ids=ids)
-        d_train = DistributedDataParallel(d, device_ids=ids)
+    data = _Data.load(cfg, place)
+    models = _Models.build(cfg, place, num_classes, state)
+    start_step = int(state["step"]) if state else 0
 
     # --- the run directory (process 0 only)
     reporter = None
@@ -148,92 +106,48 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
         cfg.save(run_dir / "config.json")
         reporter = _Reporter(cfg, run_dir, resume_step=start_step if state else None)
         log.info("run %s: %s on %s, %d steps of %d images (%d per epoch), G %d params",
-                 cfg.run_id, cfg.arch, place.device, total_steps, global_batch, steps_per_epoch,
-                 sum(p.numel() for p in g.parameters()))
-
-    def snapshot(step: int) -> dict:
-        return {"config": _as_dict(cfg), "step": step, "run_id": cfg.run_id,
-                "num_classes": num_classes, "generator": g.state_dict(),
-                "discriminator": d.state_dict(), "ema": ema.state_dict() if ema else None,
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-                "best": best}
+                 cfg.run_id, cfg.arch, place.device, cfg.steps, data.global_batch,
+                 data.steps_per_epoch, sum(p.numel() for p in models.g.parameters()))
 
     def save_checkpoint(step: int, name: str = checkpoints.LAST) -> None:
         if place.is_main:
-            checkpoints.save(run_dir / "checkpoints" / name, snapshot(step))
+            checkpoints.save(run_dir / "checkpoints" / name, models.snapshot(cfg, step))
 
-    autocast = (torch.autocast(place.device.type, dtype=place.amp_dtype)
-                if place.amp_dtype else nullcontext())
-    real_target = 1.0 - cfg.label_smoothing
     interrupted = _InterruptFlag()
     step = start_step
     finished = False  # every step done and saved: the ranks may wait for each other at the end
     try:
         with interrupted:
-            for step in range(start_step, total_steps):
+            for step in range(start_step, cfg.steps):
                 if interrupted.raised:
                     raise TrainingInterrupted
                 started = time.perf_counter()
-                epoch = step // steps_per_epoch
-                real, real_labels = _batch(images, labels, cfg, place, step, steps_per_epoch,
-                                           spec.output_range)
+                real, real_labels = data.batch(step)
                 z, fake_labels = _noise(cfg, place, step, num_classes)
-                g_train.train()
-                d_train.train()
-
-                # ------------------------------------------------------------------
-                # (1) D step: maximise log D(x) + log(1 - D(G(z)))
-                # ------------------------------------------------------------------
-                with autocast:
-                    fake = g_train(z, fake_labels)
-                    both_labels = (torch.cat([real_labels, fake_labels]) if num_classes
-                                   else None)
-                    logits = d_train(torch.cat([real, fake.detach()]), both_labels).float()
-                    real_logits, fake_logits = logits.split(len(real))
-                    loss_d = (F.binary_cross_entropy_with_logits(
-                                  real_logits, torch.full_like(real_logits, real_target))
-                              + F.binary_cross_entropy_with_logits(
-                                  fake_logits, torch.zeros_like(fake_logits)))
-                opt_d.zero_grad(set_to_none=True)
-                scaler_d.scale(loss_d).backward()
-                scaler_d.step(opt_d)
-                scaler_d.update()
-
-                # ------------------------------------------------------------------
-                # (2) G step: maximise log D(G(z)) (the non-saturating loss)
-                # ------------------------------------------------------------------
-                with autocast:
-                    fake_logits_after = d_train(fake, fake_labels).float()
-                    loss_g = F.binary_cross_entropy_with_logits(
-                        fake_logits_after, torch.ones_like(fake_logits_after))
-                opt_g.zero_grad(set_to_none=True)
-                scaler_g.scale(loss_g).backward()
-                scaler_g.step(opt_g)
-                scaler_g.update()
-                if ema is not None:
-                    _ema_update(ema, g, cfg.ema_decay, step)
+                losses = _train_step(models, real, real_labels, z, fake_labels, cfg, place, step)
 
                 # --- bookkeeping: stop before a NaN reaches a checkpoint
+                loss_d, loss_g = losses.loss_d, losses.loss_g
                 if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
                     raise NonFiniteLoss(
                         f"step {step + 1}: loss_d={loss_d.item()}, loss_g={loss_g.item()}; "
                         "try lower learning rates. The last good checkpoint is kept.")
                 done = step + 1
                 if reporter is not None:
-                    reporter.step(done, epoch, done * global_batch, loss_d, loss_g, real_logits,
-                                  fake_logits, fake_logits_after, time.perf_counter() - started)
-                    epoch_end = done % steps_per_epoch == 0
-                    if done in cfg.sample_at or epoch_end or done == total_steps:
-                        reporter.samples(done, ema or g, place.device)
+                    epoch_end = done % data.steps_per_epoch == 0
+                    reporter.step(done, step // data.steps_per_epoch, done * data.global_batch,
+                                  loss_d, loss_g, losses.real_logits, losses.fake_logits,
+                                  losses.fake_logits_after, time.perf_counter() - started)
+                    if done in cfg.sample_at or epoch_end or done == cfg.steps:
+                        reporter.samples(done, models.served, place.device)
                     if _eval_due(cfg, done, epoch_end) and reporter.can_evaluate:
-                        fd = reporter.evaluate(done, ema or g, place.device)
-                        if fd < best["fd"]:
-                            best = {"fd": fd, "step": done}
+                        fd = reporter.evaluate(done, models.served, place.device)
+                        if fd < models.best["fd"]:
+                            models.best = {"fd": fd, "step": done}
                             save_checkpoint(done, checkpoints.BEST)
                 if done % cfg.checkpoint_every == 0:
                     save_checkpoint(done)
-        save_checkpoint(total_steps)
+        save_checkpoint(cfg.steps)
         finished = True
     except TrainingInterrupted:
         # Raised between steps, so `step` steps are complete and the state is consistent.
@@ -256,7 +170,160 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
     return run_dir
 
 
-# --- pieces of a step -------------------------------------------------------------------------
+# --- the data ----------------------------------------------------------------------------------
+
+@dataclass
+class _Data:
+    """The whole training split in memory as uint8 (47 MB for MNIST), and the run's length."""
+
+    cfg: TrainConfig
+    place: Placement
+    images: torch.Tensor
+    labels: torch.Tensor
+    global_batch: int
+    steps_per_epoch: int
+
+    @classmethod
+    def load(cls, cfg: TrainConfig, place: Placement) -> "_Data":
+        split = load_split(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
+        images = torch.from_numpy(split.images[:cfg.train_subset].copy())
+        labels = torch.from_numpy(split.labels[:cfg.train_subset].copy())
+        global_batch = cfg.batch_size * place.world
+        steps_per_epoch = len(images) // global_batch
+        if steps_per_epoch == 0:
+            raise ValueError(f"{len(images)} training images cannot fill one batch of "
+                             f"{global_batch}")
+        if cfg.epochs is not None:
+            cfg.steps = math.ceil(cfg.epochs * steps_per_epoch)
+        elif not cfg.steps:
+            cfg.steps = steps_per_epoch  # neither given: one epoch
+        cfg.epochs = None  # the run is defined in steps from here on
+        return cls(cfg, place, images, labels, global_batch, steps_per_epoch)
+
+    def batch(self, step: int):
+        return _batch(self.images, self.labels, self.cfg, self.place, step,
+                      self.steps_per_epoch, ARCHS[self.cfg.arch].output_range)
+
+
+# --- the models ----------------------------------------------------------------------------------
+
+@dataclass
+class _Models:
+    """G, D, the EMA copy of G, their optimisers and loss scalers, and the best FD so far."""
+
+    g: torch.nn.Module
+    d: torch.nn.Module
+    ema: torch.nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+    g_train: torch.nn.Module  # g, or g wrapped for data-parallel training
+    d_train: torch.nn.Module
+    num_classes: int
+    best: dict
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, place: Placement, num_classes: int,
+              state: dict | None) -> "_Models":
+        torch.manual_seed(cfg.seed)  # initial weights from the run seed: the same on every rank
+        g = build_generator(cfg.arch, cfg.latent_dim, num_classes, cfg.g_width).to(place.device)
+        d = build_discriminator(cfg.arch, num_classes, cfg.d_width, cfg.d_dropout
+                                ).to(place.device)
+        ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema_decay else None
+        # GradScalers matter only for fp16; with bf16 or fp32 they are disabled no-ops.
+        use_scaler = place.amp_dtype == torch.float16
+        models = cls(g, d, ema, _optimizer(cfg, g, cfg.lr_g), _optimizer(cfg, d, cfg.lr_d),
+                     torch.amp.GradScaler("cuda", enabled=use_scaler),
+                     torch.amp.GradScaler("cuda", enabled=use_scaler), g, d, num_classes,
+                     {"fd": float("inf"), "step": -1})
+        if state is not None:
+            models.load(state)
+        if place.world > 1:
+            ids = [place.device.index] if place.device.type == "cuda" else None
+            models.g_train = DistributedDataParallel(g, device_ids=ids)
+            models.d_train = DistributedDataParallel(d, device_ids=ids)
+        return models
+
+    @property
+    def served(self) -> torch.nn.Module:
+        """The generator that samples, evaluations and exports use: the EMA copy if kept."""
+        return self.ema or self.g
+
+    def load(self, state: dict) -> None:
+        self.g.load_state_dict(state["generator"])
+        self.d.load_state_dict(state["discriminator"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        self.best = dict(state.get("best", self.best))
+
+    def snapshot(self, cfg: TrainConfig, step: int) -> dict:
+        return {"config": _as_dict(cfg), "step": step, "run_id": cfg.run_id,
+                "num_classes": self.num_classes, "generator": self.g.state_dict(),
+                "discriminator": self.d.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+                "best": self.best}
+
+
+# --- one step ------------------------------------------------------------------------------------
+
+@dataclass
+class _Losses:
+    loss_d: torch.Tensor
+    loss_g: torch.Tensor
+    real_logits: torch.Tensor       # D(x)
+    fake_logits: torch.Tensor       # D(G(z)) before the D step
+    fake_logits_after: torch.Tensor  # D(G(z)) after it, what G learns from
+
+
+def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
+                place: Placement, step: int) -> _Losses:
+    autocast = (torch.autocast(place.device.type, dtype=place.amp_dtype)
+                if place.amp_dtype else nullcontext())
+    m.g_train.train()
+    m.d_train.train()
+
+    # ------------------------------------------------------------------
+    # (1) D step: maximise log D(x) + log(1 - D(G(z)))
+    # ------------------------------------------------------------------
+    with autocast:
+        fake = m.g_train(z, fake_labels)
+        both_labels = torch.cat([real_labels, fake_labels]) if m.num_classes else None
+        logits = m.d_train(torch.cat([real, fake.detach()]), both_labels).float()
+        real_logits, fake_logits = logits.split(len(real))
+        # One-sided label smoothing: D's target for real images is 1 - label_smoothing.
+        real_target = torch.full_like(real_logits, 1.0 - cfg.label_smoothing)
+        loss_d = (F.binary_cross_entropy_with_logits(real_logits, real_target)
+                  + F.binary_cross_entropy_with_logits(fake_logits,
+                                                       torch.zeros_like(fake_logits)))
+    m.opt_d.zero_grad(set_to_none=True)
+    m.scaler_d.scale(loss_d).backward()
+    m.scaler_d.step(m.opt_d)
+    m.scaler_d.update()
+
+    # ------------------------------------------------------------------
+    # (2) G step: maximise log D(G(z)) (the non-saturating loss)
+    # ------------------------------------------------------------------
+    with autocast:
+        fake_logits_after = m.d_train(fake, fake_labels).float()
+        loss_g = F.binary_cross_entropy_with_logits(fake_logits_after,
+                                                    torch.ones_like(fake_logits_after))
+    m.opt_g.zero_grad(set_to_none=True)
+    m.scaler_g.scale(loss_g).backward()
+    m.scaler_g.step(m.opt_g)
+    m.scaler_g.update()
+    if m.ema is not None:
+        _ema_update(m.ema, m.g, cfg.ema_decay, step)
+    return _Losses(loss_d, loss_g, real_logits, fake_logits, fake_logits_after)
+
+
+# --- pieces of a step: data order, noise, EMA ---------------------------------------------
 
 def _batch(images, labels, cfg, place, step, steps_per_epoch, output_range):
     """This process's real batch for `step`: epoch order from (seed, epoch), strided by rank."""

@@ -16,6 +16,7 @@ Architectures:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,48 +32,9 @@ class ArchSpec:
     summary: str
     output_range: tuple[float, float]  # (-1, 1) for tanh outputs, (0, 1) for sigmoid
     defaults: dict = field(default_factory=dict)
-
-
-ARCHS: dict[str, ArchSpec] = {
-    "dcgan": ArchSpec(
-        "dcgan",
-        "Linear->128x7x7, ConvT 4x4 s2 ->64x14x14, ConvT 4x4 s2 ->32x28x28, Conv 3x3 ->1, tanh "
-        "(BN+ReLU); D: Conv 4x4 s2 48, Conv 4x4 s2 96 (LeakyReLU 0.2, no BN), linear head. "
-        "Adam 2e-4 b1 0.5, batch 64, EMA of G weights 0.999.",
-        (-1.0, 1.0),
-        # D width 48, not 64: the same quality at 3 epochs (docs/model-comparison.md) for about
-        # a fifth less compute per step.
-        dict(batch_size=64, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, optimizer="adam",
-             d_dropout=0.0, ema_decay=0.999, g_width=32, d_width=48),
-    ),
-    "tf-dcgan": ArchSpec(
-        "tf-dcgan",
-        "TensorFlow DCGAN tutorial: Dense->256x7x7, ConvT 5x5 s1 128, ConvT 5x5 s2 64, ConvT 5x5 "
-        "s2 1, tanh (BN+LeakyReLU); D: Conv 5x5 s2 64, Conv 5x5 s2 128, LeakyReLU, dropout 0.3. "
-        "Adam 1e-4 (Keras default b1 0.9), batch 256.",
-        (-1.0, 1.0),
-        dict(batch_size=256, lr_g=1e-4, lr_d=1e-4, beta1=0.9, beta2=0.999, optimizer="adam",
-             d_dropout=0.3, ema_decay=0.0, g_width=256, d_width=64),
-    ),
-    "upsample-dcgan": ArchSpec(
-        "upsample-dcgan",
-        "Keras 'GAN by example' DCGAN: Dense->192x7x7 (dropout 0.4), UpSampling, ConvT 5x5 s1 "
-        "96, UpSampling, ConvT 5x5 s1 48, ConvT 5x5 s1 24, ConvT 5x5 s1 1, sigmoid on [0,1] data; "
-        "D: four Conv 5x5 s2 32/64/128/256, LeakyReLU 0.2, dropout 0.4. RMSprop, D 2e-4, G 1e-4, "
-        "batch 256.",
-        (0.0, 1.0),
-        dict(batch_size=256, lr_g=1e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, optimizer="rmsprop",
-             d_dropout=0.4, ema_decay=0.0, g_width=192, d_width=32),
-    ),
-    "mlp": ArchSpec(
-        "mlp",
-        "Fully connected GAN: G 256-512-1024-784 (LeakyReLU 0.2, BatchNorm), tanh; D 512-256 "
-        "(LeakyReLU 0.2, dropout 0.3). Adam 2e-4 b1 0.5, batch 64.",
-        (-1.0, 1.0),
-        dict(batch_size=64, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, optimizer="adam",
-             d_dropout=0.3, ema_decay=0.0, g_width=256, d_width=512),
-    ),
-}
+    generator_body: Callable[[int, int], nn.Module] | None = None  # (inputs, width) -> body
+    discriminator_body: Callable[[int, float], tuple[nn.Module, int]] | None = None
+    init: Callable[[nn.Module], None] | None = None  # applied to G and D after building
 
 
 # --- generators -------------------------------------------------------------------------------
@@ -208,30 +170,23 @@ def _mlp_d(w: int, p: float) -> tuple[nn.Module, int]:
     ), w // 2
 
 
-_BODIES = {
-    "dcgan": (_dcgan_g, _dcgan_d),
-    "tf-dcgan": (_tf_dcgan_g, _tf_dcgan_d),
-    "upsample-dcgan": (_upsample_dcgan_g, _upsample_dcgan_d),
-    "mlp": (_mlp_g, _mlp_d),
-}
-
-
 def build_generator(arch: str, latent_dim: int, num_classes: int, g_width: int) -> Generator:
-    make_g, _ = _BODIES[arch]
-    out_act = nn.Sigmoid() if ARCHS[arch].output_range == (0.0, 1.0) else nn.Tanh()
-    g = Generator(make_g(latent_dim + num_classes, g_width), latent_dim, num_classes, out_act)
-    if arch == "dcgan":
-        g.apply(_dcgan_init)
+    spec = ARCHS[arch]
+    out_act = nn.Sigmoid() if spec.output_range == (0.0, 1.0) else nn.Tanh()
+    g = Generator(spec.generator_body(latent_dim + num_classes, g_width), latent_dim,
+                  num_classes, out_act)
+    if spec.init:
+        g.apply(spec.init)
     return g
 
 
 def build_discriminator(arch: str, num_classes: int, d_width: int, d_dropout: float
                         ) -> Discriminator:
-    _, make_d = _BODIES[arch]
-    body, feature_dim = make_d(d_width, d_dropout)
+    spec = ARCHS[arch]
+    body, feature_dim = spec.discriminator_body(d_width, d_dropout)
     d = Discriminator(body, feature_dim, num_classes)
-    if arch == "dcgan":
-        d.apply(_dcgan_init)
+    if spec.init:
+        d.apply(spec.init)
     return d
 
 
@@ -244,6 +199,54 @@ def _dcgan_init(m: nn.Module) -> None:
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
+
+
+# --- the architectures: each one's layers, initialisation and training defaults -----------
+
+ARCHS: dict[str, ArchSpec] = {
+    "dcgan": ArchSpec(
+        "dcgan",
+        "Linear->128x7x7, ConvT 4x4 s2 ->64x14x14, ConvT 4x4 s2 ->32x28x28, Conv 3x3 ->1, tanh "
+        "(BN+ReLU); D: Conv 4x4 s2 48, Conv 4x4 s2 96 (LeakyReLU 0.2, no BN), linear head. "
+        "Adam 2e-4 b1 0.5, batch 64, EMA of G weights 0.999.",
+        (-1.0, 1.0),
+        # D width 48, not 64: the same quality at 3 epochs (docs/model-comparison.md) for about
+        # a fifth less compute per step.
+        dict(batch_size=64, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, optimizer="adam",
+             d_dropout=0.0, ema_decay=0.999, g_width=32, d_width=48),
+        generator_body=_dcgan_g, discriminator_body=_dcgan_d, init=_dcgan_init,
+    ),
+    "tf-dcgan": ArchSpec(
+        "tf-dcgan",
+        "TensorFlow DCGAN tutorial: Dense->256x7x7, ConvT 5x5 s1 128, ConvT 5x5 s2 64, ConvT 5x5 "
+        "s2 1, tanh (BN+LeakyReLU); D: Conv 5x5 s2 64, Conv 5x5 s2 128, LeakyReLU, dropout 0.3. "
+        "Adam 1e-4 (Keras default b1 0.9), batch 256.",
+        (-1.0, 1.0),
+        dict(batch_size=256, lr_g=1e-4, lr_d=1e-4, beta1=0.9, beta2=0.999, optimizer="adam",
+             d_dropout=0.3, ema_decay=0.0, g_width=256, d_width=64),
+        generator_body=_tf_dcgan_g, discriminator_body=_tf_dcgan_d,
+    ),
+    "upsample-dcgan": ArchSpec(
+        "upsample-dcgan",
+        "Keras 'GAN by example' DCGAN: Dense->192x7x7 (dropout 0.4), UpSampling, ConvT 5x5 s1 "
+        "96, UpSampling, ConvT 5x5 s1 48, ConvT 5x5 s1 24, ConvT 5x5 s1 1, sigmoid on [0,1] data; "
+        "D: four Conv 5x5 s2 32/64/128/256, LeakyReLU 0.2, dropout 0.4. RMSprop, D 2e-4, G 1e-4, "
+        "batch 256.",
+        (0.0, 1.0),
+        dict(batch_size=256, lr_g=1e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, optimizer="rmsprop",
+             d_dropout=0.4, ema_decay=0.0, g_width=192, d_width=32),
+        generator_body=_upsample_dcgan_g, discriminator_body=_upsample_dcgan_d,
+    ),
+    "mlp": ArchSpec(
+        "mlp",
+        "Fully connected GAN: G 256-512-1024-784 (LeakyReLU 0.2, BatchNorm), tanh; D 512-256 "
+        "(LeakyReLU 0.2, dropout 0.3). Adam 2e-4 b1 0.5, batch 64.",
+        (-1.0, 1.0),
+        dict(batch_size=64, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, optimizer="adam",
+             d_dropout=0.3, ema_decay=0.0, g_width=256, d_width=512),
+        generator_body=_mlp_g, discriminator_body=_mlp_d,
+    ),
+}
 
 
 # --- figures ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ def test_health_of_an_unknown_model_is_not_found(channel):
         health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="model/nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # The message names what to ask for instead.
+    assert "'model/nope'" in err.value.details() and "'model/cond'" in err.value.details()
 
 
 def test_reflection_lists_and_describes_the_services(channel):

@@ -170,8 +170,15 @@ def test_client_cli_writes_pngs_and_lists_models(server, tmp_path):
     assert out.returncode == 0 and len(list((tmp_path / "c").iterdir())) == 301
     info = run("info")
     assert info.returncode == 0 and "cond (default): dcgan on mnist" in info.stdout
+    out = run("generate", "--seed", "5-9,20", "--stream", "--out", str(tmp_path / "e"))
+    assert out.returncode == 0 and len(list((tmp_path / "e").iterdir())) == 6
     bad = run("generate", "--seed", "1", "--model", "nope", "--out", str(tmp_path / "d"))
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr
+    # Ten million seeds are refused before one is listed: the server's limit is asked first.
+    started = time.monotonic()
+    big = run("generate", "--seed", "0-9999999", "--out", str(tmp_path / "f"))
+    assert big.returncode == 2 and "10000000 seeds: the server takes at most 256" in big.stderr
+    assert "--stream" in big.stderr and time.monotonic() - started < 10
     health = run("health")
     assert health.returncode == 0 and health.stdout.strip() == "SERVING"
     assert run("health", "--service", "model/plain").returncode == 0

@@ -164,8 +164,12 @@ def test_download_of_corrupt_data_fails_and_leaves_nothing(subset_spec, tmp_path
     (subset_spec / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not the labels"))
     mirror = _Mirror(subset_spec)
     try:
-        with pytest.raises(DatasetError, match="could not download t10k-labels.*SHA-256"):
+        with pytest.raises(DatasetError, match="(?s)could not download t10k-labels.*SHA-256"
+                           ) as err:
             load_split("mnist", "test", mirrors=(mirror.url,))
+        # One line per address, with how often it was tried, then what to do.
+        assert str(err.value).count(mirror.url) == 1 and "(3 tries)" in str(err.value)
+        assert str(err.value).rstrip().splitlines()[-1].startswith("Put the files")
     finally:
         mirror.close()
     assert not (tmp_path / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
