@@ -185,15 +185,19 @@ class Batcher:
                                  "; retry with back-off")
             self._queue.append(request)
             self._queued_images += n
-            # Small work goes to the loop when it may run there: a lone caller's, or any with
-            # one worker. Everything else is the workers'.
-            for_loop = self._queued_images < BIG_REQUEST and (
-                self.workers == 1 or (self._on_threads == 0 and self._found_idle()))
-            if for_loop:
-                self._loop_turn = True
+            small = self._queued_images < BIG_REQUEST
+            lone = (small and not self.limits.max_delay_s and self._on_threads == 0
+                    and self._found_idle())
+            for_loop = small and not lone and self.workers == 1
+            if lone:  # a lone caller's: run it now, right here
+                batch, _ = self._take(BIG_REQUEST - 1, first_cut=0)
+            elif for_loop:  # one worker: small batches run on the loop, after the dispatcher
+                self._loop_turn = True  # has let the requests arriving together queue
             elif self._may_take():  # else a busy worker takes it when its run ends
                 self._wake_workers()
-        if for_loop and not self._scheduled:
+        if lone:
+            self._deliver(batch, *self._run(self.lone_runner, batch))
+        elif for_loop and not self._scheduled:
             self._scheduled, self._yields, self._seen = True, 0, 0
             self._loop.call_soon(self._dispatch)
         return await request.future
@@ -207,13 +211,13 @@ class Batcher:
         for thread in self._threads:
             thread.join()
 
-    # --- on the event loop: small batches -------------------------------------------------------
+    # --- on the event loop: small batches of a one-worker process ---------------------------------
 
     def _dispatch(self) -> None:
         """Run what is queued for the loop once the requests that arrived together have
-        queued: yield to the loop while each turn brings more, with one worker under load (the
-        last run here served several requests) for up to LOAD_WINDOW_S, and for up to
-        --batch-max-delay-ms when one is set. A lone caller waits for one turn of the loop."""
+        queued: yield to the loop while each turn brings more, under load (the last run
+        served several requests) for up to LOAD_WINDOW_S, and for up to --batch-max-delay-ms
+        when one is set."""
         queued = len(self._queue)
         if queued and self._queued_images < self.max_batch and self._yields < MAX_YIELDS:
             oldest = time.perf_counter() - self._queue[0].queued_at
@@ -227,17 +231,12 @@ class Batcher:
         self._scheduled = False
         with self._cv:
             self._loop_turn = False
-            alone = self._on_threads == 0 and self._found_idle()
-            if self._queued_images < BIG_REQUEST and (alone or self.workers == 1):
-                batch, dropped = self._take(BIG_REQUEST - 1, first_cut=0)
-            else:  # company arrived meanwhile: the workers share it
-                batch, dropped = [], []
-                if self._may_take():
-                    self._wake_workers()
+            batch, dropped = self._take(BIG_REQUEST - 1, first_cut=0)
+            if self._may_take():  # a big request left for the worker
+                self._wake_workers()
         self._drop(dropped)
         if batch:
-            runner = self.lone_runner if alone else self.runner
-            self._deliver(batch, *self._run(runner, batch))
+            self._deliver(batch, *self._run(self.runner, batch))
 
     def _found_idle(self) -> bool:
         """(Lock held.) Whether the one queued request is a lone caller's: the last run served
@@ -258,10 +257,8 @@ class Batcher:
     def _worker(self, waiting: threading.Condition) -> None:
         while True:
             with self._cv:
-                while not self._may_take():
-                    if self._closed and not self._queue:
-                        return
-                    waiting.wait()
+                if not self._wait_for_work(waiting):
+                    return
                 if self._on_threads == 0 and len(self._queue) == 1:
                     # One request and every worker idle: a piece per worker, so it uses
                     # every core (whole, if too small to be worth cutting).
@@ -289,6 +286,22 @@ class Batcher:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop has stopped: nobody waits for these any more
             pass
+
+    def _wait_for_work(self, waiting: threading.Condition) -> bool:
+        """(Lock held.) Wait until there is work to take, and with --batch-max-delay-ms
+        until the oldest request has waited that long or a batch is full; False once closed
+        with nothing left."""
+        while True:
+            if not self._may_take():
+                if self._closed and not self._queue:
+                    return False
+                waiting.wait()
+                continue
+            remaining = (self._queue[0].queued_at + self.limits.max_delay_s
+                         - time.perf_counter())
+            if remaining <= 0 or self._queued_images >= self.max_batch or self._closed:
+                return True
+            waiting.wait(remaining)
 
     def _may_take(self) -> bool:
         """(Lock held.) Whether a worker should take work now: there is some the loop is not

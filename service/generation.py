@@ -129,6 +129,13 @@ class LatentCache:
         self._row = (functools.lru_cache(maxsize=size)(_read_only_latent) if size
                      else _read_only_latent)
 
+    def stats(self) -> tuple[int, int]:
+        """(rows kept, hits so far); (0, 0) when the cache is off."""
+        if not hasattr(self._row, "cache_info"):
+            return 0, 0
+        info = self._row.cache_info()
+        return info.currsize, info.hits
+
     def __call__(self, seeds: list[int], latent_dim: int) -> np.ndarray:
         """float32 [N, latent_dim], C-contiguous, for `seeds` (already checked)."""
         if len(seeds) == 1:

@@ -32,8 +32,9 @@ def _want(runner, seeds):
 
 
 class Recorder:
-    """A runner that records each run as (thread name, images), and whose runs on a worker
-    thread wait for `release` (a run on the event loop never waits: it would stop the loop)."""
+    """A runner that records each run as (where, images): "loop" when it ran on the thread
+    of the event loop (these tests run it in the main thread), else "thread". Its runs on a
+    worker thread wait for `release` (one on the loop never waits: that would stop the loop)."""
 
     def __init__(self, runner, hold: bool = False):
         self.runner = runner
@@ -44,9 +45,9 @@ class Recorder:
         self.runs: list[tuple[str, int]] = []
 
     def generate(self, z, y):
-        name = threading.current_thread().name
-        self.runs.append((name, len(z)))
-        if name.startswith("inference"):
+        on_loop = threading.current_thread() is threading.main_thread()
+        self.runs.append(("loop" if on_loop else "thread", len(z)))
+        if not on_loop:
             self.release.wait(10)
         return self.runner.generate(z, y)
 
@@ -55,7 +56,7 @@ class Recorder:
         return [n for _, n in self.runs]
 
     def where(self) -> list[str]:
-        return ["thread" if name.startswith("inference") else "loop" for name, _ in self.runs]
+        return [where for where, _ in self.runs]
 
 
 def _batcher(runner, workers=2, hold=False, **limits):
@@ -101,7 +102,7 @@ def test_a_lone_small_request_runs_on_the_event_loop_and_a_crowd_on_the_workers(
     for seed, got in zip(range(4, 8), crowd):
         assert got.tobytes() == _want(runner, [seed])
     # No hand-off for the lone caller; the four that arrived together share one worker's run.
-    assert rec.runs[0] == ("MainThread", 3)
+    assert rec.runs[0] == ("loop", 3)
     assert rec.where()[1:] == ["thread"] and rec.sizes[1:] == [4]
 
 
@@ -131,7 +132,9 @@ def test_a_request_larger_than_the_batch_runs_in_pieces_in_order(runner):
 
 
 def test_small_requests_wait_for_the_busy_worker_until_there_is_work_to_share(runner):
-    batcher, rec = _batcher(runner, workers=2, hold=True)
+    # A wait for company (50 ms) lets the first two requests share a run for certain, and
+    # turns the lone caller's path off.
+    batcher, rec = _batcher(runner, workers=2, hold=True, max_delay_s=0.05)
 
     async def main():
         first = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in (1, 2)]
@@ -237,7 +240,9 @@ def test_with_one_worker_small_batches_run_on_the_loop_and_big_ones_on_the_threa
     batcher.close()
     assert [got.tobytes() for got in small] == [_want(runner, [s]) for s in range(5)]
     assert big.tobytes() == _want(runner, list(range(16)))
-    assert rec.where() == ["loop", "thread"] and rec.sizes == [5, 16]
+    # The first small request found the model idle and ran at once; the four that arrived
+    # with it shared the next run. All on the loop; the big one on the worker thread.
+    assert rec.where() == ["loop", "loop", "thread"] and rec.sizes == [1, 4, 16]
 
 
 @pytest.fixture(scope="module", params=[2, 1], ids=["worker-threads", "on-the-loop"])

@@ -137,6 +137,5 @@ def test_the_latent_cache_gives_the_contracts_latents_and_stays_bounded(size):
         assert got.dtype == np.float32 and got.flags.c_contiguous
     row = cache([7], 100)
     assert not row.flags.writeable  # a shared cached row cannot be changed by a caller
-    if size:
-        info = cache._row.cache_info()
-        assert info.currsize == size and info.hits > 0
+    kept, hits = cache.stats()
+    assert kept == size and (hits > 0) == (size > 0)
