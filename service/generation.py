@@ -119,10 +119,10 @@ class ModelRegistry:
 class LatentCache:
     """The latent rows of the most recently asked seeds (contract rule v1), kept for reuse.
 
-    Making a seed's latent builds a fresh PCG64 stream (about 8 µs); at batch 1 that was the
-    largest piece of the event loop's own work per call, and callers ask for the same seeds
-    again and again (a demo's seeds 0..63, a seed a user liked). Rows are read-only, so a
-    cached row can be handed out without a copy. `size` 0 turns the cache off.
+    Making a seed's latent builds a fresh PCG64 stream, a large share of the event loop's own
+    work per batch-1 call (docs/decisions.md), and callers ask for the same seeds again and
+    again (a demo's seeds 0..63, a seed a user liked). Rows are read-only, so a cached row can
+    be handed out without a copy. `size` 0 turns the cache off.
     """
 
     def __init__(self, size: int):

@@ -11,14 +11,10 @@ the exporter's parity check against PyTorch then covers like any other graph.
 One rewrite so far: a convolution with a single output channel becomes a transposed
 convolution. onnxruntime runs a Conv as im2col + GEMM; with one output channel (the `dcgan`
 generator's last layer: 32 -> 1 channels, 3x3, at 28x28) the GEMM is a matrix-vector product
-over an im2col buffer nine times the input's size, and that layer took 19% of a batch-8 run
-for 2% of its multiply-accumulates. A stride-1 convolution is the transposed convolution of
+over an im2col buffer nine times the input's size, slow for its few multiply-accumulates. A stride-1 convolution is the transposed convolution of
 the same input with the kernel flipped in space, its two channel axes swapped, and padding
 k-1-p; onnxruntime runs that as a GEMM whose long axis is the image, plus a col2im of k*k
-planes. Measured on the bundled mnist model, one thread of the 2-core Xeon VM: the whole
-model 1.14x as fast at batch 1, 1.21x at 4, 1.22x at 8, 1.26x at 64; 99.9999% of pixels
-identical to the Conv graph's over 1,024 images, the rest one grey level apart
-(docs/benchmarks/graph-cpu.md).
+planes: faster, with the same images up to one grey level (figures in docs/decisions.md).
 """
 
 from __future__ import annotations
