@@ -92,6 +92,21 @@ def test_bad_model_files_stop_start_up_with_a_message_naming_them(tmp_path, tiny
         assert str(path) in proc.stderr and message in proc.stderr, (kind, proc.stderr)
 
 
+def test_a_taken_port_fails_start_up_at_once_with_one_clear_line(tiny_onnx):
+    import socket
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run([PYTHON, "-m", "service", "--host", "127.0.0.1", "--port",
+                               str(port), "--metrics-port", "-1", "--model", f"m={tiny_onnx}"],
+                              env=python_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    # Said before any model is loaded, and without gRPC's own core error line.
+    assert "loaded" not in proc.stderr and "Failed to add port" not in proc.stderr
+
+
 def test_a_wrong_shaped_model_is_refused(tmp_path, tiny_onnx):
     model = onnx.load(str(tiny_onnx))
     for prop in model.metadata_props:
