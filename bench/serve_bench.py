@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads in-process (0 = one per core)")
     parser.add_argument("--server-args", default="",
-                        help="extra dcgan-serve flags, e.g. '--no-batching' (default: none, "
+                        help="extra dcgan-serve flags, e.g. '--processes 2' (default: none, "
                              "the server's defaults)")
     parser.add_argument("--out", help="write a Markdown table here (and .json beside it)")
     args = parser.parse_args()

@@ -214,11 +214,6 @@ def seed_ranges(specs: Iterable[str]) -> list[tuple[int, int]]:
     return ranges
 
 
-def count_seeds(specs: Iterable[str]) -> int:
-    """How many seeds the specs name, without listing them."""
-    return sum(last - first + 1 for first, last in seed_ranges(specs))
-
-
 def parse_seeds(specs: Iterable[str]) -> list[int]:
     """Seeds from command-line specs: "7", "0-15" (inclusive), "3,9,20-22"; order is kept."""
     return [seed for first, last in seed_ranges(specs) for seed in range(first, last + 1)]

@@ -1,6 +1,6 @@
 """The service's exceptions, raised where a problem is detected.
 
-None of these know about gRPC: `servicer.py` maps them to status codes in one place
+None of these know about gRPC: `edge.py` maps them to status codes in one place
 (`STATUS_FOR`), and anything not listed there becomes INTERNAL.
 """
 
