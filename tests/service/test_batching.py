@@ -89,21 +89,27 @@ def test_concurrent_callers_get_exactly_their_unbatched_images(runner):
 
 
 def test_a_lone_small_request_runs_on_the_event_loop_and_a_crowd_on_the_workers(runner):
-    batcher, rec = _batcher(runner)
+    batcher, rec = _batcher(runner, hold=True)
 
     async def main():
         alone = await batcher.generate(*_request([1, 2, 3]))
-        crowd = await asyncio.gather(*(batcher.generate(*_request([s])) for s in range(4, 8)))
-        return alone, crowd
+        big = asyncio.ensure_future(batcher.generate(*_request(list(range(16)))))
+        await _until(lambda: len(rec.runs) == 3)  # both workers hold a piece of it
+        crowd = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in range(4, 8)]
+        await asyncio.sleep(0.05)
+        rec.release.set()
+        return alone, await big, await asyncio.gather(*crowd)
 
-    alone, crowd = asyncio.run(main())
+    alone, big, crowd = asyncio.run(main())
     batcher.close()
     assert alone.tobytes() == _want(runner, [1, 2, 3])
+    assert big.tobytes() == _want(runner, list(range(16)))
     for seed, got in zip(range(4, 8), crowd):
         assert got.tobytes() == _want(runner, [seed])
-    # No hand-off for the lone caller; the four that arrived together share one worker's run.
+    # No hand-off for the lone caller. The four that queued while the workers were busy share
+    # one run of the first worker back.
     assert rec.runs[0] == ("loop", 3)
-    assert rec.where()[1:] == ["thread"] and rec.sizes[1:] == [4]
+    assert rec.where()[1:] == ["thread"] * 3 and rec.sizes[1:] == [8, 8, 4]
 
 
 def test_a_big_lone_request_is_cut_into_a_piece_per_worker(runner):
@@ -229,7 +235,8 @@ def test_backpressure_refuses_at_once_past_the_queue_limit(runner):
 
 
 def test_with_one_worker_small_batches_run_on_the_loop_and_big_ones_on_the_thread(runner):
-    batcher, rec = _batcher(runner, workers=1)
+    # A wait for company (10 ms) makes the five small requests share one run for certain.
+    batcher, rec = _batcher(runner, workers=1, max_delay_s=0.01)
 
     async def main():
         small = await asyncio.gather(*(batcher.generate(*_request([s])) for s in range(5)))
@@ -240,9 +247,7 @@ def test_with_one_worker_small_batches_run_on_the_loop_and_big_ones_on_the_threa
     batcher.close()
     assert [got.tobytes() for got in small] == [_want(runner, [s]) for s in range(5)]
     assert big.tobytes() == _want(runner, list(range(16)))
-    # The first small request found the model idle and ran at once; the four that arrived
-    # with it shared the next run. All on the loop; the big one on the worker thread.
-    assert rec.where() == ["loop", "loop", "thread"] and rec.sizes == [1, 4, 16]
+    assert rec.where() == ["loop", "thread"] and rec.sizes == [5, 16]
 
 
 @pytest.fixture(scope="module", params=[2, 1], ids=["worker-threads", "on-the-loop"])
