@@ -157,10 +157,6 @@ class Batcher:
     def max_batch(self) -> int:
         return self.limits.max_batch
 
-    @property
-    def queued_images(self) -> int:
-        return self._queued_images
-
     def describe(self) -> str:
         return (f"batching up to {self.max_batch} images a run on {self.workers} worker "
                 f"thread(s), a lone caller's on the event loop")

@@ -70,17 +70,8 @@ def rpc(name: str, admit: bool = False):
     def wrap(handler):
         @functools.wraps(handler)
         async def wrapped(self, request, context: grpc.aio.ServicerContext):
-            edge: Edge = self.edge
-            with edge.metrics.track(name) as call:
-                try:
-                    _check_decoded(request)
-                    with edge.gate.admitted() if admit else contextlib.nullcontext():
-                        return await handler(self, request, context, call)
-                except asyncio.CancelledError:  # the caller cancelled or its deadline passed
-                    call.code = grpc.StatusCode.CANCELLED.name
-                    raise
-                except Exception as exc:
-                    await _abort(context, call, exc)
+            async with _guarded(self.edge, name, admit, request, context) as call:
+                return await handler(self, request, context, call)
         return wrapped
     return wrap
 
@@ -90,24 +81,31 @@ def rpc_stream(name: str, admit: bool = False):
     def wrap(handler):
         @functools.wraps(handler)
         async def wrapped(self, request, context: grpc.aio.ServicerContext):
-            edge: Edge = self.edge
-            with edge.metrics.track(name) as call:
-                try:
-                    _check_decoded(request)
-                    with edge.gate.admitted() if admit else contextlib.nullcontext():
-                        async with contextlib.aclosing(
-                                handler(self, request, context, call)) as responses:
-                            async for response in responses:
-                                yield response
-                # The caller cancelled: grpc cancels our task if we are awaiting a run, or
-                # closes this generator (GeneratorExit at the yield) if we wait to be read.
-                except (asyncio.CancelledError, GeneratorExit):
-                    call.code = grpc.StatusCode.CANCELLED.name
-                    raise
-                except Exception as exc:
-                    await _abort(context, call, exc)
+            async with _guarded(self.edge, name, admit, request, context) as call:
+                async with contextlib.aclosing(
+                        handler(self, request, context, call)) as responses:
+                    async for response in responses:
+                        yield response
         return wrapped
     return wrap
+
+
+@contextlib.asynccontextmanager
+async def _guarded(edge: Edge, name: str, admit: bool, request,
+                   context: grpc.aio.ServicerContext):
+    """Around one RPC: metrics, the decode check, admission, and errors -> status codes."""
+    with edge.metrics.track(name) as call:
+        try:
+            _check_decoded(request)
+            with edge.gate.admitted() if admit else contextlib.nullcontext():
+                yield call
+        # The caller cancelled: grpc cancels our task if we are awaiting a run, or closes a
+        # streaming handler (GeneratorExit at its yield) if it waits to be read.
+        except (asyncio.CancelledError, GeneratorExit):
+            call.code = grpc.StatusCode.CANCELLED.name
+            raise
+        except Exception as exc:
+            await _abort(context, call, exc)
 
 
 def check_still_wanted(context: grpc.aio.ServicerContext) -> None:

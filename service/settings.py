@@ -25,18 +25,17 @@ _TRUE = ("1", "true", "yes", "on")
 
 def setting(default: Any, help: str, *, flag: str | None = None, env: str | None = None,
             parse: Callable[[str], Any] | None = None, choices: tuple | None = None,
-            repeat: bool = False, metavar: str | None = None, shown_default: str | None = None,
-            hidden: bool = False) -> Any:
+            repeat: bool = False, metavar: str | None = None,
+            shown_default: str | None = None) -> Any:
     """A dataclass field that is also a command-line flag.
 
     `flag` and `env` override the names made from the field's name (`--max-batch`,
     `DCGAN_MAX_BATCH`); `parse` turns the flag's or variable's text into the value (default:
     the field's type); `repeat` makes a repeatable flag whose variable is comma-separated;
-    `shown_default` is what docs say instead of the raw default; `hidden` keeps it out of
-    `--help` and the docs (settings one program passes to another).
+    `shown_default` is what docs say instead of the raw default.
     """
     meta = dict(help=help, flag=flag, env=env, parse=parse, choices=choices, repeat=repeat,
-                metavar=metavar, shown_default=shown_default, hidden=hidden)
+                metavar=metavar, shown_default=shown_default)
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -120,9 +119,8 @@ def add_flags(parser: argparse.ArgumentParser, cls, env_prefix: str | None = Non
     for spec in specs(cls):
         default = spec.from_env(env_prefix)
         env = spec.env(env_prefix)
-        help_text = argparse.SUPPRESS if spec.meta["hidden"] else (
-            f"{spec.meta['help']} (default: {spec.shown_default()}"
-            + (f"; ${env}" if env else "") + ")").replace("%", "%%")
+        help_text = (f"{spec.meta['help']} (default: {spec.shown_default()}"
+                     + (f"; ${env}" if env else "") + ")").replace("%", "%%")
         kwargs: dict[str, Any] = dict(dest=spec.name, help=help_text)
         if spec.type is bool:
             kwargs.update(action="store_false" if spec.flag.startswith("--no-") else "store_true",
@@ -147,7 +145,7 @@ def _checked(spec: _Spec) -> Callable[[str], Any]:
     return parse
 
 
-def from_args(cls, args: argparse.Namespace, env_prefix: str | None = None, **extra) -> Any:
+def from_args(cls, args: argparse.Namespace, env_prefix: str | None = None) -> Any:
     """An instance of `cls` from parsed flags (settings not on the parser keep defaults)."""
     values = {}
     for spec in specs(cls):
@@ -157,7 +155,7 @@ def from_args(cls, args: argparse.Namespace, env_prefix: str | None = None, **ex
         if spec.meta["repeat"]:
             value = tuple(value) if value is not None else spec.from_env(env_prefix)
         values[spec.name] = value
-    return cls(**values, **extra)
+    return cls(**values)
 
 
 def markdown_table(cls, env_prefix: str | None = None) -> str:
@@ -167,8 +165,6 @@ def markdown_table(cls, env_prefix: str | None = None) -> str:
     rule = "|---|" + ("---|" if env_column else "") + "---|---|"
     rows = [head, rule]
     for spec in specs(cls):
-        if spec.meta["hidden"]:
-            continue
         flag = spec.flag + (f" {spec.meta['metavar']}" if spec.meta["metavar"] else "")
         cells = [f"`{flag}`"]
         if env_column:
