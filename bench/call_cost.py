@@ -69,7 +69,7 @@ def zero_cost_model(source: Path, target: Path) -> None:
 
 def targets(model: Path, zero: Path) -> dict[str, list[str]]:
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
-             "--metrics-port", "-1", "--device", "cpu"]
+             "--metrics-port", "-1", "--http-port", "-1", "--device", "cpu"]
     peer = [sys.executable, str(ROOT / "bench" / "peers" / "fixed_reply_server.py")]
     return {
         "grpc.aio, fixed reply": peer + ["aio", "{port}"],

@@ -40,7 +40,7 @@ def rss_bytes(pid: int) -> int:
 def start_server(model: str | None, extra: list[str]) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0",
-           "--metrics-port", "-1", *extra]
+           "--metrics-port", "-1", "--http-port", "-1", *extra]
     if model:
         cmd += ["--model", f"soak={model}"]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)

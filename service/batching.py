@@ -186,13 +186,15 @@ class Batcher:
                     and self._found_idle())
             for_loop = small and not lone and self.workers == 1
             if lone:  # a lone caller's: run it now, right here
-                batch, _ = self._take(BIG_REQUEST - 1, first_cut=0)
+                batch, dropped = self._take(BIG_REQUEST - 1, first_cut=0)
             elif for_loop:  # one worker: small batches run on the loop, after the dispatcher
                 self._loop_turn = True  # has let the requests arriving together queue
             elif self._may_take():  # else a busy worker takes it when its run ends
                 self._wake_workers()
         if lone:
-            self._deliver(batch, *self._run(self.lone_runner, batch))
+            self._drop(dropped)  # its deadline had passed already
+            if batch:
+                self._deliver(batch, *self._run(self.lone_runner, batch))
         elif for_loop and not self._scheduled:
             self._scheduled, self._yields, self._seen = True, 0, 0
             self._loop.call_soon(self._dispatch)

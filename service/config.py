@@ -17,6 +17,7 @@ from service.settings import add_flags, from_args, setting
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9090
+DEFAULT_HTTP_PORT = 8080
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2; a Kubernetes CPU limit lands here
 
 
@@ -48,8 +49,12 @@ def _model_spec(text: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class ServeConfig:
     # --- network
-    host: str = setting("0.0.0.0", "gRPC bind address (127.0.0.1 for loopback only)")
+    host: str = setting("0.0.0.0", "gRPC and HTTP bind address (127.0.0.1 for loopback "
+                        "only)")
     port: int = setting(DEFAULT_PORT, "gRPC port; 0 picks a free one (logged)")
+    http_port: int = setting(DEFAULT_HTTP_PORT, "HTTP port: the Open Inference Protocol over "
+                             "REST, PNG URLs, the playground at /; 0 picks a free one, -1 "
+                             "turns HTTP off")
     metrics_host: str = setting("0.0.0.0", "Prometheus /metrics bind address")
     metrics_port: int = setting(DEFAULT_METRICS_PORT,
                                 "Prometheus /metrics port; 0 picks a free one, -1 turns it off")
@@ -64,10 +69,12 @@ class ServeConfig:
                           choices=("auto", "cpu", "cuda"))
     # --- limits
     max_batch: int = setting(1024, "most seeds in one Generate request")
-    max_message_bytes: int = setting(64 << 20, "largest gRPC message sent or received; stream "
-                                     "chunks are sized to fit", shown_default="64 MiB")
-    max_in_flight: int = setting(128, "RPCs handled or waiting at once; more are refused with "
-                                 "RESOURCE_EXHAUSTED at once instead of queueing")
+    max_message_bytes: int = setting(64 << 20, "largest gRPC message sent or received, and "
+                                     "largest HTTP body; stream chunks are sized to fit",
+                                     shown_default="64 MiB")
+    max_in_flight: int = setting(128, "calls handled or waiting at once, per protocol; more "
+                                 "are refused at once (RESOURCE_EXHAUSTED, HTTP 429) "
+                                 "instead of queueing")
     max_queued_images: int = setting(4096, "images per model waiting for onnxruntime; past it "
                                      "new requests are refused with RESOURCE_EXHAUSTED")
     # --- batching: concurrent requests for a model share onnxruntime runs (service/batching.py)
@@ -83,7 +90,8 @@ class ServeConfig:
     latent_cache: int = setting(4096, "seeds whose latent vectors are kept for reuse (about "
                                 "0.5 KB each); 0 turns the cache off")
     # --- security
-    tls_cert: str = setting("", "PEM certificate chain: serve gRPC over TLS (with --tls-key)")
+    tls_cert: str = setting("", "PEM certificate chain: serve gRPC and HTTP over TLS (with "
+                            "--tls-key)")
     tls_key: str = setting("", "PEM private key of --tls-cert")
     tls_client_ca: str = setting("", "PEM CA bundle: require and verify client certificates "
                                  "(mutual TLS)")
@@ -91,11 +99,11 @@ class ServeConfig:
                                    "must send as `authorization: Bearer <token>` (or set "
                                    "DCGAN_AUTH_TOKEN to the token itself)")
     # --- processes
-    processes: int = setting(1, "server processes sharing the gRPC port (SO_REUSEPORT), each "
-                             "with its own GIL, models and share of the cores; /metrics merges "
-                             "them; 0 = one per usable core")
-    reuse_port: bool = setting(False, "let other processes bind the same gRPC port (what "
-                               "--processes gives its workers)")
+    processes: int = setting(1, "server processes sharing the gRPC and HTTP ports "
+                             "(SO_REUSEPORT), each with its own GIL, models and share of the "
+                             "cores; /metrics merges them; 0 = one per usable core")
+    reuse_port: bool = setting(False, "let other processes bind the same gRPC and HTTP ports "
+                               "(what --processes gives its workers)")
     # --- lifecycle
     grace_seconds: float = setting(10.0, "on SIGTERM, how long in-flight calls may take to "
                                    "finish")
@@ -141,6 +149,11 @@ class ServeConfig:
                      "encode_workers", "inference_workers"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must not be negative")
+        if self.http_port < -1:
+            problems.append("--http-port must be a port number, 0 (any free port) or -1 (off)")
+        if self.http_port > 0 and self.http_port in (self.port, self.metrics_port):
+            problems.append(f"--http-port {self.http_port} is taken by another of this "
+                            "server's ports: pick a different one")
         if self.max_message_bytes < 1 << 16:
             problems.append("--max-message-bytes must be at least 65536")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -178,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcgan-serve",
         description="Serve exported DCGAN generators over gRPC (dcgan.v1.GeneratorService, the "
-                    "Open Inference Protocol, health, reflection) with Prometheus metrics. With "
-                    "no arguments it serves the bundled models on port 50051, metrics on 9090. "
+                    "Open Inference Protocol, health, reflection) and HTTP (the Open Inference "
+                    "Protocol over REST, PNG URLs, a playground page) with Prometheus metrics. "
+                    "With no arguments it serves the bundled models on ports 50051 (gRPC), "
+                    "8080 (HTTP) and 9090 (metrics). "
                     "Every flag can also be set by the environment variable named in its help; "
                     "a flag wins over the variable.")
     add_flags(parser, ServeConfig, ENV_PREFIX)

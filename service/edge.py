@@ -57,12 +57,45 @@ def status_for(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# How each status reads over HTTP (google/rpc/code.proto's mapping): the REST edge answers
+# with the same status the gRPC edges would, in HTTP's words.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
 @dataclass
 class Edge:
-    """What the wrappers need from the server: where figures go, and who gets in."""
+    """What every call needs from the server: where figures go, and who gets in."""
 
     metrics: Metrics
     gate: CallGate
+
+    @contextlib.contextmanager
+    def handling(self, name: str, admit: bool):
+        """Around one call of any transport: metrics, admission (refused while draining), and
+        the status of whatever escapes, recorded; the transport then answers with it."""
+        with self.metrics.track(name) as call:
+            try:
+                with self.gate.admitted() if admit else contextlib.nullcontext():
+                    yield call
+            # The caller cancelled: grpc cancels our task if we are awaiting a run, or closes
+            # a streaming handler (GeneratorExit at its yield) if it waits to be read.
+            except (asyncio.CancelledError, GeneratorExit):
+                call.code = grpc.StatusCode.CANCELLED.name
+                raise
+            except Exception as exc:
+                call.code = status_for(exc).name
+                raise
 
 
 def rpc(name: str, admit: bool = False):
@@ -70,8 +103,12 @@ def rpc(name: str, admit: bool = False):
     def wrap(handler):
         @functools.wraps(handler)
         async def wrapped(self, request, context: grpc.aio.ServicerContext):
-            async with _guarded(self.edge, name, admit, request, context) as call:
-                return await handler(self, request, context, call)
+            try:
+                with self.edge.handling(name, admit) as call:
+                    _check_decoded(request)
+                    return await handler(self, request, context, call)
+            except Exception as exc:
+                await _abort(context, exc)
         return wrapped
     return wrap
 
@@ -81,31 +118,17 @@ def rpc_stream(name: str, admit: bool = False):
     def wrap(handler):
         @functools.wraps(handler)
         async def wrapped(self, request, context: grpc.aio.ServicerContext):
-            async with _guarded(self.edge, name, admit, request, context) as call:
-                async with contextlib.aclosing(
-                        handler(self, request, context, call)) as responses:
-                    async for response in responses:
-                        yield response
+            try:
+                with self.edge.handling(name, admit) as call:
+                    _check_decoded(request)
+                    async with contextlib.aclosing(
+                            handler(self, request, context, call)) as responses:
+                        async for response in responses:
+                            yield response
+            except Exception as exc:
+                await _abort(context, exc)
         return wrapped
     return wrap
-
-
-@contextlib.asynccontextmanager
-async def _guarded(edge: Edge, name: str, admit: bool, request,
-                   context: grpc.aio.ServicerContext):
-    """Around one RPC: metrics, the decode check, admission, and errors -> status codes."""
-    with edge.metrics.track(name) as call:
-        try:
-            _check_decoded(request)
-            with edge.gate.admitted() if admit else contextlib.nullcontext():
-                yield call
-        # The caller cancelled: grpc cancels our task if we are awaiting a run, or closes a
-        # streaming handler (GeneratorExit at its yield) if it waits to be read.
-        except (asyncio.CancelledError, GeneratorExit):
-            call.code = grpc.StatusCode.CANCELLED.name
-            raise
-        except Exception as exc:
-            await _abort(context, call, exc)
 
 
 def check_still_wanted(context: grpc.aio.ServicerContext) -> None:
@@ -117,10 +140,9 @@ def check_still_wanted(context: grpc.aio.ServicerContext) -> None:
         raise Cancelled("the call was cancelled")
 
 
-async def _abort(context: grpc.aio.ServicerContext, call, exc: Exception) -> None:
-    """Record `exc`'s status on the metrics `call`, then end the RPC with it (abort raises)."""
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """End the RPC with `exc`'s status (abort raises)."""
     code = status_for(exc)
-    call.code = code.name
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error")
         await context.abort(code, "internal error; the server log has the details")

@@ -1,15 +1,17 @@
-"""Transport security and authentication for the gRPC port.
+"""Transport security and authentication for the gRPC and HTTP ports.
 
-* TLS / mutual TLS: `server_credentials(config)` builds grpc credentials from PEM files
-  (`--tls-cert`, `--tls-key`, and `--tls-client-ca` to require client certificates).
+* TLS / mutual TLS: `server_credentials(config)` builds grpc credentials, `http_ssl_context`
+  the HTTP port's, from the same PEM files (`--tls-cert`, `--tls-key`, and `--tls-client-ca`
+  to require client certificates).
 * Bearer tokens: `BearerTokenInterceptor` refuses calls without `authorization: Bearer <token>`
-  with UNAUTHENTICATED. Health checks stay open, so load balancers and Kubernetes probes
+  with UNAUTHENTICATED (HTTP's check is in `api_http`, with 401). Health checks stay open, so load balancers and Kubernetes probes
   work without credentials; they reveal only SERVING / NOT_SERVING.
 """
 
 from __future__ import annotations
 
 import hmac
+import ssl
 from pathlib import Path
 
 import grpc
@@ -36,6 +38,21 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
         if config.tls_client_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                        require_client_auth=client_ca is not None)
+
+
+def http_ssl_context(config: ServeConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.load_verify_locations(config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ServiceError(f"cannot use the TLS files (--tls-cert, --tls-key, "
+                           f"--tls-client-ca): {exc}") from None
+    return context
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -1,17 +1,19 @@
-"""`dcgan-serve`: load the models, start gRPC (+ health, reflection) and /metrics, stop gracefully.
+"""`dcgan-serve`: load the models, start gRPC (+ health, reflection), HTTP and /metrics, stop gracefully.
 
     create_server(config) -> RunningServer   builds and starts everything; tests bind port 0
     serve(config)                            create_server, then block until SIGTERM/SIGINT
     main()                                   flags/env -> ServeConfig -> serve (or, with
                                              --processes N, supervisor.supervise); exit codes
 
-A request's path: gRPC (grpc.aio, one event loop in the `rpc-loop` thread) -> the edge
-(`edge.py`: admission, metrics, errors) -> an API module (`api_dcgan.py`, `api_v2.py`) -> the
-core (`generation.py`) -> the model's batcher (`batching.py`) -> onnxruntime (`runtime.py`).
+A request's path: gRPC (grpc.aio) or HTTP (aiohttp), both on one event loop in the `rpc-loop`
+thread -> the edge (`edge.py`: admission, metrics, errors) -> an API module (`api_dcgan.py`,
+`api_v2.py`, `api_http.py`) -> the core (`generation.py`) -> the model's batcher
+(`batching.py`) -> onnxruntime (`runtime.py`).
 The caller of create_server (the main thread in `serve`) keeps signals, reload and stop.
 
 Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
-NOT_SERVING, new calls are refused, and in-flight calls get `grace_seconds` to finish.
+NOT_SERVING (HTTP's /v2/health/ready 503), new calls are refused, and in-flight calls of
+either protocol get `grace_seconds` to finish.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -39,6 +42,7 @@ from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.admission import CallGate
 from service.api_dcgan import GeneratorServicer
+from service.api_http import build_app
 from service.api_v2 import InferenceServicer
 from service.batching import BatchLimits, make_engine
 from service.config import ServeConfig, config_from_args
@@ -46,7 +50,7 @@ from service.edge import Edge, add_servicer
 from service.errors import ServiceError
 from service.generation import Generator, ModelRegistry
 from service.metrics import Metrics
-from service.security import BearerTokenInterceptor, server_credentials
+from service.security import BearerTokenInterceptor, http_ssl_context, server_credentials
 from service.supervisor import supervise
 
 log = logging.getLogger("dcgan-serve")
@@ -92,6 +96,8 @@ class RunningServer:
     config: ServeConfig
     loop: asyncio.AbstractEventLoop  # runs gRPC, in its own thread
     encoder: ThreadPoolExecutor
+    http_port: int | None = None
+    _http: web.AppRunner | None = None
     _metrics_http: object = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -131,7 +137,10 @@ class RunningServer:
         drained = self.gate.drain(grace)
         if not drained:
             log.warning("grace period of %.1fs over with calls still running", grace)
-        _on_loop(self.loop, self.server.stop(max(0.5, grace - (time.monotonic() - started))))
+        left = max(0.5, grace - (time.monotonic() - started))
+        if self._http is not None:
+            _on_loop(self.loop, self._http.cleanup())
+        _on_loop(self.loop, self.server.stop(left))
         self.registry.close()
         self.encoder.shutdown()
         if self._metrics_http is not None:
@@ -173,9 +182,11 @@ def create_server(config: ServeConfig) -> RunningServer:
     metrics = Metrics()
     gate = CallGate()
     token = config.auth_token()
-    metrics_http, metrics_port, registry, encoder = None, None, None, None
+    metrics_http, metrics_port, registry, encoder, http = None, None, None, None, None
     loop = _start_loop()
     try:
+        if config.http_port > 0 and not config.reuse_port:
+            _check_port_free(config.host, config.http_port, "--http-port")
         server, port = _on_loop(loop, _bind_grpc(config, token))
         if config.metrics_port >= 0:
             try:
@@ -189,9 +200,13 @@ def create_server(config: ServeConfig) -> RunningServer:
         encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                      thread_name_prefix="encode")
         generator = Generator(registry, config.max_batch, encoder, config.latent_cache)
-        health_servicer = _on_loop(loop, _start_grpc(server, config, generator,
-                                                     Edge(metrics, gate)))
+        edge = Edge(metrics, gate)
+        health_servicer = _on_loop(loop, _start_grpc(server, config, generator, edge))
+        if config.http_port >= 0:
+            http, http_port = _on_loop(loop, _start_http(config, generator, edge, token))
     except BaseException:
+        if http is not None:
+            _on_loop(loop, http.cleanup())
         _stop_loop(loop)
         if metrics_http is not None:
             metrics_http.shutdown()
@@ -204,17 +219,19 @@ def create_server(config: ServeConfig) -> RunningServer:
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
     gc.freeze()
-    log.info("listening grpc=%s:%d metrics=%s tls=%s auth=%s", config.host, port,
+    log.info("listening grpc=%s:%d http=%s metrics=%s tls=%s auth=%s", config.host, port,
+             f"{config.host}:{http_port}" if http else "off",
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
              "bearer" if token else "off")
     return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
-                         metrics, config, loop, encoder, metrics_http)
+                         metrics, config, loop, encoder, http_port if http else None, http,
+                         metrics_http)
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Fail with a clear message when the gRPC port is taken (grpc's own error is a core log
-    line and a bare RuntimeError)."""
+def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
+    """Fail at once with a clear message when a port is taken (grpc's own error is a core log
+    line and a bare RuntimeError, and the HTTP port is bound only after the models load)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
@@ -222,7 +239,7 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise ServiceError(f"cannot listen on {host}:{port}: {exc.strerror}; stop what "
-                               "holds the port or pick another with --port") from None
+                               f"holds the port or pick another with {flag}") from None
 
 
 async def _bind_grpc(config: ServeConfig, token: str) -> tuple[grpc.aio.Server, int]:
@@ -266,6 +283,25 @@ async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, generator: G
     for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in generator.registry)):
         await health_servicer.set(name, serving)
     return health_servicer
+
+
+async def _start_http(config: ServeConfig, generator: Generator, edge: Edge, token: str
+                      ) -> tuple[web.AppRunner, int]:
+    """Serve the HTTP front door on the same loop as gRPC; returns the runner and its port."""
+    app = build_app(generator, edge, token, config.max_in_flight, config.max_message_bytes)
+    # aiohttp's own access log is off: the edge logs each call at DEBUG, as for gRPC.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=config.grace_seconds)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.http_port, ssl_context=http_ssl_context(config),
+                       reuse_port=config.reuse_port or None)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServiceError(f"cannot listen on {config.host}:{config.http_port}: "
+                           f"{exc.strerror}; pick another port with --http-port") from None
+    return runner, runner.addresses[0][1]
 
 
 # --- the event loop's thread -------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Multi-process mode (`dcgan-serve --processes N`): N server processes share one gRPC port.
+"""Multi-process mode (`dcgan-serve --processes N`): N server processes share the gRPC and HTTP ports.
 
 One Python process serves RPCs under one GIL; on several cores small requests are limited by
 that, not by onnxruntime. Here a light supervisor process (no models, no onnxruntime) starts N
-ordinary `dcgan-serve` workers that all bind the same port with SO_REUSEPORT, so the kernel
+ordinary `dcgan-serve` workers that all bind the same ports with SO_REUSEPORT, so the kernel
 spreads incoming connections over them, and:
 
   * serves /metrics itself, merging the workers' metrics with a `worker` label added (each
@@ -40,7 +40,7 @@ from service.errors import ServiceError
 
 log = logging.getLogger("dcgan-serve")
 
-LISTENING = re.compile(r"listening grpc=\S+:(\d+) metrics=127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"listening grpc=\S+:(\d+) http=\S+ metrics=127\.0\.0\.1:(\d+)")
 
 
 @dataclass
@@ -86,30 +86,33 @@ class WorkerMetrics:
         yield from families.values()
 
 
-def worker_command(config: ServeConfig, argv: list[str], port: int) -> list[str]:
+def worker_command(config: ServeConfig, argv: list[str], port: int,
+                   http_port: int = -1) -> list[str]:
     """The worker's command line: the supervisor's own flags, then the overrides (argparse
     keeps the last value of a repeated flag)."""
     workers_each = config.inference_workers or max(1, usable_cpus() // config.resolved_processes)
     return [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port",
-            "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+            "--port", str(port), "--http-port", str(http_port),
+            "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             "--inference-workers", str(workers_each)]
 
 
-def _pick_port(config: ServeConfig) -> int:
-    """The shared port: the configured one, or (for port 0) a free one chosen here, since every
-    worker must bind the same number."""
-    if config.port:
-        return config.port
+def _pick_port(host: str, port: int) -> int:
+    """A shared port: the configured one, or (for port 0) a free one chosen here, since every
+    worker must bind the same number. -1 (off) stays off."""
+    if port:
+        return port
     with socket.socket() as s:
-        s.bind((config.host, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def supervise(config: ServeConfig, argv: list[str]) -> int:
-    port = _pick_port(config)
+    port = _pick_port(config.host, config.port)
+    http_port = _pick_port(config.host, config.http_port)
     workers = []
     for index in range(config.resolved_processes):
-        proc = subprocess.Popen(worker_command(config, argv, port),
+        proc = subprocess.Popen(worker_command(config, argv, port, http_port),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)  # signals come from us
         worker = Worker(index, proc)
@@ -125,7 +128,8 @@ def supervise(config: ServeConfig, argv: list[str]) -> int:
     except BaseException:
         _stop(workers, config.grace_seconds)
         raise
-    log.info("listening grpc=%s:%d metrics=%s processes=%d", config.host, port,
+    log.info("listening grpc=%s:%d http=%s metrics=%s processes=%d", config.host, port,
+             f"{config.host}:{http_port}" if http_port > 0 else "off",
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off", len(workers))
     return _wait(workers, config)
 

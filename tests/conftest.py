@@ -79,6 +79,7 @@ def server(tiny_onnx, tiny_cond_onnx):
     from service.config import ServeConfig
     from service.server import create_server
     config = ServeConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+                         http_port=0,
                          models=(("cond", str(tiny_cond_onnx)), ("plain", str(tiny_onnx))),
                          device="cpu", max_batch=256)
     running = create_server(config)

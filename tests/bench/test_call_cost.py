@@ -75,7 +75,7 @@ def test_start_up_is_timed_to_the_first_answer_not_to_a_reconnect_backoff(tmp_pa
     model = bundled_models()[0][1]
     target = compare.Target("late", "generate", [
         "sh", "-c", f"sleep 1; exec {sys.executable} -m service --host 127.0.0.1 --port {{port}} "
-                    f"--metrics-port -1 --model m={model}"])
+                    f"--metrics-port -1 --http-port -1 --model m={model}"])
     compare.start(target, 100, False, tmp_path)
     try:
         assert 1.0 <= target.start_s < 3.5, target.start_s

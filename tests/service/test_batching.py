@@ -259,7 +259,7 @@ def waiting_server(request, tiny_onnx):
     from service.server import create_server
     running = create_server(ServeConfig(
         host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
-        models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5,
+        http_port=-1, models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5,
         inference_workers=request.param))
     engine = running.registry.get("plain").engine
     assert (engine.max_batch, engine.limits.max_queued_images) == (64, 4096)  # CPU defaults

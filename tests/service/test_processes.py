@@ -23,7 +23,8 @@ from tests.service.test_lifecycle import ServerProcess
 class Supervised(ServerProcess):
     """`python -m service --processes 2`, its ports read from the supervisor's own line."""
 
-    listening = re.compile(r"listening grpc=[\d.]+:(\d+) metrics=[\d.]+:(\d+) processes=2")
+    listening = re.compile(
+        r"listening grpc=[\d.]+:(\d+) http=\S+ metrics=[\d.]+:(\d+) processes=2")
 
     def __init__(self, *args: str):
         super().__init__("--processes", "2", *args)
@@ -104,7 +105,7 @@ def test_a_bad_model_file_fails_start_up_with_its_name(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_text("not a model")
     proc = subprocess.run([PYTHON, "-m", "service", "--processes", "2", "--port", "0",
-                           "--metrics-port", "-1", "--model", f"m={bad}"], env=python_env(),
+                           "--http-port", "0", "--metrics-port", "-1", "--model", f"m={bad}"], env=python_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert str(bad) in proc.stdout + proc.stderr and "did not start" in proc.stderr

@@ -1,0 +1,155 @@
+"""The Open Inference Protocol's (KServe V2) tensors for this service, whatever the transport.
+
+The gRPC edge (`api_v2.py`) and the REST edge (`api_http.py`) turn their messages into
+`InputTensor`s and back, and share everything else here, so both take the same inputs, give the
+same outputs and refuse bad ones with the same messages:
+
+    input  "seeds"   UINT64 or INT64, shape [N] or [N, 1]
+    input  "labels"  INT64 or INT32, shape [N] or [1]    conditional models only, optional
+    output "images"  UINT8 [N, 1, H, W]
+    output "labels"  INT64 [N]                           conditional models only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata as package_metadata
+from typing import Sequence
+
+import numpy as np
+
+from service.errors import InvalidRequest, ModelNotFound
+from service.generation import GenerationResult, Generator, ServedModel
+
+SERVER_NAME = "dcgan-digits"
+PLATFORM = "onnxruntime_onnx"
+
+# Datatype name -> numpy little-endian dtype, per input.
+SEED_TYPES = {"UINT64": "<u8", "INT64": "<i8"}
+LABEL_TYPES = {"INT64": "<i8", "INT32": "<i4"}
+
+
+def server_version() -> str:
+    try:
+        return package_metadata.version(SERVER_NAME)
+    except package_metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
+@dataclass
+class InputTensor:
+    """One input as sent: its values either as raw little-endian bytes or as a sequence
+    (protobuf's typed contents, JSON's `data`)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: bytes | None = None
+    values: Sequence | None = None
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]
+    optional: bool = False
+
+
+def resolve_model(generator: Generator, name: str, version: str) -> ServedModel:
+    """The protocol names the model in every request; an empty name means the default model."""
+    model = generator.registry.get(name)
+    if version and version != model.metadata.version:
+        raise ModelNotFound(f"model {model.name!r} has version "
+                            f"{model.metadata.version!r}, not {version!r}: send that "
+                            "or leave the version out")
+    return model
+
+
+def input_specs(model: ServedModel) -> list[TensorSpec]:
+    specs = [TensorSpec("seeds", "UINT64", [-1])]
+    if model.metadata.conditional:
+        specs.append(TensorSpec("labels", "INT64", [-1], optional=True))
+    return specs
+
+
+def output_specs(model: ServedModel) -> list[TensorSpec]:
+    specs = [TensorSpec("images", "UINT8", [-1, *model.metadata.image_shape])]
+    if model.metadata.conditional:
+        specs.append(TensorSpec("labels", "INT64", [-1]))
+    return specs
+
+
+def seeds_and_labels(inputs: Sequence[InputTensor]) -> tuple[np.ndarray, np.ndarray | tuple]:
+    """The request's seeds ([N]) and labels ([N], [1] or ()), checked for name, type and shape;
+    the core (`Generator`) then checks counts and ranges as it does for every API."""
+    tensors = {}
+    for tensor in inputs:
+        if tensor.name not in ("seeds", "labels"):
+            raise InvalidRequest(f"unknown input {tensor.name!r}: this model takes 'seeds' "
+                                 "(UINT64 [N]) and, if conditional, 'labels' (INT64 [N])")
+        tensors[tensor.name] = tensor
+    if "seeds" not in tensors:
+        raise InvalidRequest("input 'seeds' is missing: send the seeds as a UINT64 [N] tensor")
+    seeds = _values(tensors["seeds"], SEED_TYPES)
+    if seeds.ndim == 2 and seeds.shape[1] == 1:  # [N, 1], as batching clients often send
+        seeds = seeds[:, 0]
+    if seeds.ndim != 1:
+        raise InvalidRequest(f"'seeds' has shape {list(seeds.shape)}: send [N] or [N, 1]")
+    if seeds.dtype.kind == "i" and (seeds < 0).any():
+        raise InvalidRequest("seeds must be 0..2**64-1; INT64 seeds must not be negative")
+    labels = ()
+    if "labels" in tensors:
+        labels = _values(tensors["labels"], LABEL_TYPES).reshape(-1)
+    return seeds, labels
+
+
+def _values(tensor: InputTensor, types: dict[str, str]) -> np.ndarray:
+    """A tensor's values as a numpy array of its shape."""
+    if tensor.datatype not in types:
+        raise InvalidRequest(f"input {tensor.name!r} has datatype {tensor.datatype!r}: use "
+                             f"{' or '.join(types)}")
+    dtype = np.dtype(types[tensor.datatype])
+    shape = list(tensor.shape)
+    if not shape or any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidRequest(f"input {tensor.name!r} has shape {shape}: give every dimension "
+                             "as a non-negative integer")
+    count = int(np.prod(shape))
+    if tensor.raw is not None:
+        if len(tensor.raw) != count * dtype.itemsize:
+            raise InvalidRequest(f"input {tensor.name!r}: {len(tensor.raw)} raw bytes for shape "
+                                 f"{shape} of {tensor.datatype}")
+        values = np.frombuffer(tensor.raw, dtype=dtype)
+    else:
+        if len(tensor.values) != count:  # counted before any value is converted
+            raise InvalidRequest(f"input {tensor.name!r}: {len(tensor.values)} values for "
+                                 f"shape {shape}")
+        try:
+            values = np.asarray(tensor.values, dtype=dtype)
+        except (ValueError, OverflowError, TypeError):
+            raise InvalidRequest(f"input {tensor.name!r}: values must be integers that fit "
+                                 f"{tensor.datatype}") from None
+    return values.reshape(shape)
+
+
+def wanted_outputs(names: Sequence[str], model: ServedModel) -> list[str]:
+    """The outputs asked for by name, or all of them when none is named."""
+    available = [spec.name for spec in output_specs(model)]
+    wanted = list(names) or available
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise InvalidRequest(f"unknown output {unknown[0]!r}: model {model.name!r} has "
+                             f"{' and '.join(repr(a) for a in available)}")
+    return wanted
+
+
+def output_tensors(result: GenerationResult, wanted: Sequence[str]
+                   ) -> list[tuple[str, str, np.ndarray]]:
+    """(name, datatype, values) of each wanted output, in the order asked."""
+    tensors = []
+    for name in wanted:
+        if name == "images":
+            tensors.append(("images", "UINT8", result.images))
+        else:
+            tensors.append(("labels", "INT64", result.labels.astype("<i8")))
+    return tensors
