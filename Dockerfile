@@ -5,7 +5,7 @@
 #   train       the training CLI with torch (CUDA build on x86-64 Linux from PyPI)
 #
 #   docker build -t dcgan-serve .
-#   docker run --rm -p 50051:50051 -p 9090:9090 dcgan-serve
+#   docker run --rm -p 50051:50051 -p 8080:8080 -p 9090:9090 dcgan-serve
 #   docker build --target serve-cuda -t dcgan-serve:cuda . && docker run --gpus all ...
 #   docker build --target train -t dcgan-train . && docker run --rm -v "$PWD/runs:/runs" dcgan-train train --out /runs/mnist
 #
@@ -50,9 +50,9 @@ RUN python3 -m venv /opt/venv \
     && rm -rf /src
 WORKDIR /
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 DCGAN_HOST=0.0.0.0 DCGAN_PORT=50051 \
-    DCGAN_METRICS_PORT=9090 DCGAN_DEVICE=cuda ORT_DISABLE_TELEMETRY=1
+    DCGAN_HTTP_PORT=8080 DCGAN_METRICS_PORT=9090 DCGAN_DEVICE=cuda ORT_DISABLE_TELEMETRY=1
 USER 10001
-EXPOSE 50051 9090
+EXPOSE 50051 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["/bin/sh", "-c", "dcgan-client --address 127.0.0.1:${DCGAN_PORT} --timeout 2 health"]
 STOPSIGNAL SIGTERM
@@ -79,11 +79,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DCGAN_HOST=0.0.0.0 \
     DCGAN_PORT=50051 \
+    DCGAN_HTTP_PORT=8080 \
     DCGAN_METRICS_PORT=9090 \
     DCGAN_LOG_LEVEL=INFO \
     ORT_DISABLE_TELEMETRY=1
 USER 10001
-EXPOSE 50051 9090
+EXPOSE 50051 8080 9090
 # The gRPC health service, as Kubernetes probes see it; honours a changed DCGAN_PORT.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["/bin/sh", "-c", "dcgan-client --address 127.0.0.1:${DCGAN_PORT} --timeout 2 health"]

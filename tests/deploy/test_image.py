@@ -149,6 +149,35 @@ def test_environment_variables_configure_it(engine):
         img.remove(engine, name)
 
 
+def test_compose_brings_up_the_service_with_http_and_the_playground(engine, tmp_path):
+    """compose.yaml's `dcgan-serve` service, up for real with podman-compose on the image built
+    here (Prometheus' and Grafana's images cannot be pulled on these machines)."""
+    if engine.command != "podman":
+        pytest.skip("the compose check runs podman-compose")
+    compose = [PYTHON, "-m", "podman_compose", "-f", str(ROOT / "compose.yaml"),
+               "-p", f"dcgantest{os.getpid()}"]
+    ports = {name: img.free_port() for name in ("GRPC", "HTTP", "METRICS")}
+    env = {**engine.env, "DCGAN_IMAGE": img.IMAGE,
+           **{f"{name}_HOST_PORT": str(port) for name, port in ports.items()}}
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--no-build", "dcgan-serve"], env=env,
+                            capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        img.wait_first_answer(ports["GRPC"], timeout=90)
+        base = f"http://127.0.0.1:{ports['HTTP']}"
+        with urllib.request.urlopen(base + "/v2/health/ready", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(base + "/", timeout=10) as r:
+            assert b"dcgan-digits playground" in r.read()
+        with urllib.request.urlopen(base + "/v1/models/mnist/grid.png?seeds=0-3",
+                                    timeout=10) as r:
+            assert decode_png(r.read()).shape == (62, 62)
+        assert "dcgan_request_duration_seconds" in _scrape(ports["METRICS"])
+    finally:
+        subprocess.run([*compose, "down", "-t", "5"], env=env, capture_output=True,
+                       timeout=120)
+
+
 def test_stop_with_requests_in_flight_answers_them_and_exits_cleanly(engine):
     name = f"dcgan-test-stop-{os.getpid()}"
     try:

@@ -89,7 +89,8 @@ def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 50051, "metrics": 9090}  # the image's EXPOSE and defaults
+    assert ports == {"grpc": 50051, "http": 8080, "metrics": 9090}  # the image's defaults
+    assert "EXPOSE 50051 8080 9090" in (ROOT / "Dockerfile").read_text()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["grpc"], probe
     assert container["readinessProbe"]["grpc"]["service"] == "dcgan.v1.GeneratorService"
