@@ -10,6 +10,7 @@ concurrent clients) in interleaved rounds, so the machine's noise hits all alike
   in-process      C threads calling onnxruntime `session.run` on ready latents (the ceiling)
   dcgan-serve     this service, defaults (dynamic batching on), `Generate` with seeds
   dcgan-serve -p2 the same with `--processes 2` (two workers on one port)
+  dcgan-serve +http  the same as dcgan-serve with its HTTP port open (the others have it off)
   baseline, baseline -p2   with `--baseline DIR`: the same two from another checkout (an
                   earlier commit, e.g. `git worktree add DIR COMMIT`), to compare code changes
   handwritten     grpcio + onnxruntime by hand, V2 ModelInfer with latents (thread-pool
@@ -296,12 +297,15 @@ def targets(model: str, peers: Path | None, workdir: Path,
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
              "--metrics-port", "-1", "--device", "cpu", "--model", f"{MODEL_NAME}={model}"]
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    http_off, http_on = ["--http-port", "-1"], ["--http-port", "0"]
     found = [
         Target("in-process", "inproc"),
-        Target("dcgan-serve", "generate", serve, env),
-        Target("dcgan-serve -p2", "generate", serve + ["--processes", "2"], env),
+        Target("dcgan-serve", "generate", serve + http_off, env),
+        Target("dcgan-serve -p2", "generate", serve + http_off + ["--processes", "2"], env),
+        # The same with the HTTP port open (idle): gRPC must not pay for it.
+        Target("dcgan-serve +http", "generate", serve + http_on, env),
     ]
-    if baseline is not None:
+    if baseline is not None:  # (an earlier checkout may not know --http-port)
         old = {"PYTHONPATH": str(baseline.resolve()), "PYTHONUNBUFFERED": "1"}
         found += [Target("baseline", "generate", serve, old, baseline),
                   Target("baseline -p2", "generate", serve + ["--processes", "2"], old,

@@ -1,6 +1,7 @@
-"""KServe's Python ModelServer (V2 gRPC) serving the ONNX file, as its docs' custom model does.
+"""KServe's Python ModelServer (V2 gRPC and REST) serving the ONNX file, as its docs' custom
+model does.
 
-    .bench-venvs/kserve/bin/python bench/peers/kserve_server.py MODEL.onnx PORT
+    .bench-venvs/kserve/bin/python bench/peers/kserve_server.py MODEL.onnx PORT [HTTP_PORT]
 """
 
 from __future__ import annotations
@@ -32,5 +33,6 @@ class DCGAN(Model):
 
 if __name__ == "__main__":
     path, port = sys.argv[1], int(sys.argv[2])
-    ModelServer(grpc_port=port, http_port=free_port(), workers=1,
+    http_port = int(sys.argv[3]) if len(sys.argv) > 3 else free_port()
+    ModelServer(grpc_port=port, http_port=http_port, workers=1,
                 enable_latency_logging=False).start([DCGAN("dcgan", path)])

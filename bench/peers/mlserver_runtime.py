@@ -1,6 +1,6 @@
 """Seldon MLServer with a custom MLModel running the ONNX file, adaptive batching on.
 
-    .bench-venvs/mlserver/bin/python bench/peers/mlserver_runtime.py MODEL.onnx PORT WORKDIR
+    .bench-venvs/mlserver/bin/python bench/peers/mlserver_runtime.py MODEL.onnx PORT WORKDIR [HTTP_PORT]
 
 Writes MLServer's settings.json and model-settings.json into WORKDIR and runs `mlserver start`
 there; MLServer then imports `DCGANRuntime` from this file (copied beside the settings).
@@ -42,11 +42,12 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from common import free_port
     model, port, workdir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    http_port = int(sys.argv[4]) if len(sys.argv) > 4 else free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "common.py", workdir / "common.py")
     shutil.copy(Path(__file__), workdir / "mlserver_runtime.py")
     (workdir / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "grpc_port": port, "http_port": free_port(),
+        "host": "127.0.0.1", "grpc_port": port, "http_port": http_port,
         "metrics_port": free_port(), "grpc_max_message_length": 64 << 20}))
     (workdir / "model-settings.json").write_text(json.dumps({
         "name": "dcgan", "implementation": "mlserver_runtime.DCGANRuntime",
