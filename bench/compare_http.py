@@ -78,7 +78,8 @@ def request_body(target: str, batch: int, latent_dim: int, conditional: bool
             blobs.append(labels.tobytes())
         header = json.dumps({"inputs": inputs,
                              "parameters": {"binary_data_output": True}}).encode()
-        return header + b"".join(blobs), {BINARY: str(len(header))}
+        return header + b"".join(blobs), {BINARY: str(len(header)),
+                                          "Content-Type": "application/octet-stream"}
     inputs = [{"name": "latent", "datatype": "FP32", "shape": [batch, latent_dim],
                "data": latents.reshape(-1).tolist()}]
     if labels is not None:
@@ -108,6 +109,7 @@ def _post(target: Target, batch: int, latent_dim: int, conditional: bool):
     body, headers = request_body(target.name, batch, latent_dim, conditional)
     request = urllib.request.Request(_url(target), data=body, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
+
     with urllib.request.urlopen(request, timeout=30) as response:
         return images_from(response.read(), response.headers)
 
@@ -161,9 +163,9 @@ def drive(target: Target, batch: int, clients: int, seconds: float, latent_dim: 
         data, log = Path(tmp) / "body", Path(tmp) / "log.tsv"
         data.write_bytes(body)
         args = ["h2load", "--h1", "-c", str(clients), "-t", "1",
-                "-D", f"{int(seconds * 1000)}ms", "--warm-up-time", "300ms", "-d", str(data), "-H", "Content-Type: application/json",
-                f"--log-file={log}"]
-        for key, value in headers.items():
+                "-D", f"{int(seconds * 1000)}ms", "--warm-up-time", "300ms",
+                "-d", str(data), f"--log-file={log}"]
+        for key, value in {"Content-Type": "application/json", **headers}.items():
             args += ["-H", f"{key}: {value}"]
         out = subprocess.run(args + [_url(target)], capture_output=True, text=True,
                              timeout=seconds + 120).stdout

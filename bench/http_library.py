@@ -6,7 +6,7 @@ worth of bytes (784 B binary plus its JSON header). No model runs: this is the H
 own cost, which is what differs between the libraries. The load is h2load --h1 (C, its own
 process), rounds interleaved, with the server's CPU time per request read from /proc.
 
-    python bench/http_library.py [--seconds 5] [--rounds 3] [--out docs/benchmarks/http-library-cpu.md]
+    python bench/http_library.py --seconds 4 --rounds 3 --out docs/benchmarks/http-library-cpu.md
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def _start(library: str) -> tuple[subprocess.Popen, int]:
 
 
 def _h2load(port: int, clients: int, seconds: float, body: Path) -> float:
-    out = subprocess.run(["h2load", "--h1", "-D", str(seconds), "-c", str(clients), "-t", "1",
-                          "-d", str(body), "-H", "Content-Type: application/json",
-                          f"http://127.0.0.1:{port}/v2/models/m/infer"],
+    out = subprocess.run(["h2load", "--h1", "-D", f"{int(seconds * 1000)}ms", "-c",
+                          str(clients), "-t", "1", "-d", str(body),
+                          "-H", "Content-Type: application/json", f"http://127.0.0.1:{port}/v2/models/m/infer"],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)

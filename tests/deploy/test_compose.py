@@ -87,8 +87,9 @@ def test_prometheus_accepts_its_configuration():
     promtool = shutil.which("promtool")
     if not promtool:
         pytest.skip("promtool (Debian: apt-get install prometheus) is not installed")
-    proc = subprocess.run([promtool, "check", "config", str(ROOT / "deploy/compose/prometheus.yml")],
-                          capture_output=True, text=True, timeout=60)
+    config = ROOT / "deploy" / "compose" / "prometheus.yml"
+    proc = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
