@@ -1,4 +1,4 @@
-"""The edge: what every RPC of every API goes through, written once.
+"""The edge: what every call of every API goes through, written once.
 
     class MyServicer(...):
         def __init__(self, edge: Edge): self.edge = edge
@@ -6,12 +6,15 @@
         @rpc("Generate", admit=True)
         async def Generate(self, request, context, call): ...   # call.model / call.images
 
-`@rpc` wraps a unary handler (`@rpc_stream` a server-streaming one) with, in this order:
-metrics (`dcgan_request_duration_seconds` and the in-flight gauge, labelled by the RPC's
-name), admission (`admit=True` for calls that generate: refused while draining, counted by
-the drain), cancellation (recorded as CANCELLED), and the one translation of the service's
-exceptions into status codes (`STATUS_FOR`; anything else is a bug: INTERNAL, with the detail
-logged, not sent). The dcgan API and the Open Inference Protocol both use it.
+`Edge.handling(name, admit)` is the part common to both transports: metrics
+(`dcgan_request_duration_seconds` and the in-flight gauge, labelled by the RPC's name or the
+HTTP route), admission (`admit=True` for calls that generate: refused while draining, counted
+by the drain), cancellation (recorded as CANCELLED), and the status of whatever escapes
+(`STATUS_FOR`; anything else is a bug: INTERNAL, with the detail logged, not sent). `@rpc`
+(unary) and `@rpc_stream` (server-streaming) put it around a gRPC handler and end the call
+with that status; `api_http.route` puts it around an HTTP handler and answers with the same
+status in HTTP's words (`HTTP_STATUS`). The dcgan API, the Open Inference Protocol over gRPC
+and the HTTP front door all use it.
 
 `add_servicer` registers a servicer so that a request whose bytes are not a valid message is
 answered INVALID_ARGUMENT (grpc.aio alone would answer UNKNOWN and log a traceback per bad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -38,13 +39,13 @@ class Supervised(ServerProcess):
         return super().finish(timeout)
 
 
-def _per_worker_calls(metrics_port: int) -> dict[str, float]:
+def _per_worker_calls(metrics_port: int, rpc: str = "Generate") -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     calls: dict[str, float] = {}
-    for m in re.finditer(r'^dcgan_request_duration_seconds_count\{([^}]*)\} (\S+)$', text, re.M):
+    for m in re.finditer(r'^dcgan_request_duration_seconds_count\{(.*)\} (\S+)$', text, re.M):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
-        if labels["rpc"] == "Generate" and labels["code"] == "OK":
+        if labels["rpc"] == rpc and labels["code"] == "OK":
             calls[labels["worker"]] = calls.get(labels["worker"], 0) + float(m[2])
     return calls
 
@@ -66,6 +67,20 @@ def test_workers_share_the_port_and_metrics_merge_them(tiny_onnx, server, stub):
                     pb.GenerateRequest(seeds=seeds), timeout=10)
                 np.testing.assert_array_equal(images_from_response(response), expected)
         calls = _per_worker_calls(sup.metrics_port)
+        assert set(calls) == {"0", "1"} and sum(calls.values()) == 16, calls
+        # The HTTP port is shared the same way (each request on a connection of its own).
+        http = re.search(r"http=[\d.]+:(\d+) metrics", "".join(sup.log))[1]
+        body = json.dumps({"inputs": [{"name": "seeds", "datatype": "UINT64", "shape": [5],
+                                       "data": seeds}]}).encode()
+        for _ in range(16):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http}/v2/models/m/infer", data=body,
+                headers={"Content-Type": "application/json", "Connection": "close"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                [images] = json.loads(r.read())["outputs"]
+            np.testing.assert_array_equal(
+                np.array(images["data"], np.uint8).reshape(expected.shape), expected)
+        calls = _per_worker_calls(sup.metrics_port, "POST /v2/models/{name}/infer")
         assert set(calls) == {"0", "1"} and sum(calls.values()) == 16, calls
         # A big request (run on a worker's threads, not its event loop): exact as well.
         big = list(range(40))
