@@ -127,7 +127,7 @@ def free_port() -> int:
 
 
 def start(engine: Engine, name: str, image: str = IMAGE, env: dict | None = None,
-          container_port: int = 50051) -> tuple[int, int]:
+          container_port: int = 50051, volumes: dict | None = None) -> tuple[int, int]:
     """`run -d` with the gRPC and metrics ports published on 127.0.0.1 only; returns them."""
     grpc_port, metrics_port = free_port(), free_port()
     args = ["run", "-d", "--name", name,
@@ -137,6 +137,8 @@ def start(engine: Engine, name: str, image: str = IMAGE, env: dict | None = None
         args += ["--ulimit", "host"]
     for key, value in (env or {}).items():
         args += ["-e", f"{key}={value}"]
+    for host_path, container_path in (volumes or {}).items():
+        args += ["-v", f"{host_path}:{container_path}:ro"]
     engine.run(*args, image, timeout=60)
     return grpc_port, metrics_port
 

@@ -55,6 +55,10 @@ class ServeConfig:
     http_port: int = setting(DEFAULT_HTTP_PORT, "HTTP port: the Open Inference Protocol over "
                              "REST, PNG URLs, the playground at /; 0 picks a free one, -1 "
                              "turns HTTP off")
+    health_port: int = setting(-1, "a plaintext port serving only the gRPC health service, "
+                               "for probes and HEALTHCHECKs that cannot speak TLS or show a "
+                               "client certificate; 0 picks a free one, -1 (default) off; "
+                               "the image sets 50052")
     metrics_host: str = setting("0.0.0.0", "Prometheus /metrics bind address")
     metrics_port: int = setting(DEFAULT_METRICS_PORT,
                                 "Prometheus /metrics port; 0 picks a free one, -1 turns it off")
@@ -149,11 +153,15 @@ class ServeConfig:
                      "encode_workers", "inference_workers"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must not be negative")
-        if self.http_port < -1:
-            problems.append("--http-port must be a port number, 0 (any free port) or -1 (off)")
-        if self.http_port > 0 and self.http_port in (self.port, self.metrics_port):
-            problems.append(f"--http-port {self.http_port} is taken by another of this "
-                            "server's ports: pick a different one")
+        for flag, value in (("--http-port", self.http_port),
+                            ("--health-port", self.health_port)):
+            if value < -1:
+                problems.append(f"{flag} must be a port number, 0 (any free port) or -1 (off)")
+        ports = [p for p in (self.port, self.http_port, self.health_port, self.metrics_port)
+                 if p > 0]
+        if len(set(ports)) != len(ports):
+            problems.append(f"the gRPC, HTTP, health and metrics ports must differ, got "
+                            f"{ports}: pick a different one for each")
         if self.max_message_bytes < 1 << 16:
             problems.append("--max-message-bytes must be at least 65536")
         if bool(self.tls_cert) != bool(self.tls_key):

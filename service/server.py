@@ -97,7 +97,9 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop  # runs gRPC, in its own thread
     encoder: ThreadPoolExecutor
     http_port: int | None = None
+    health_port: int | None = None
     _http: web.AppRunner | None = None
+    _health_server: grpc.aio.Server | None = None
     _metrics_http: object = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -141,6 +143,8 @@ class RunningServer:
         if self._http is not None:
             _on_loop(self.loop, self._http.cleanup())
         _on_loop(self.loop, self.server.stop(left))
+        if self._health_server is not None:
+            _on_loop(self.loop, self._health_server.stop(0))
         self.registry.close()
         self.encoder.shutdown()
         if self._metrics_http is not None:
@@ -183,10 +187,13 @@ def create_server(config: ServeConfig) -> RunningServer:
     gate = CallGate()
     token = config.auth_token()
     metrics_http, metrics_port, registry, encoder, http = None, None, None, None, None
+    health_server, health_port = None, None
     loop = _start_loop()
     try:
-        if config.http_port > 0 and not config.reuse_port:
-            _check_port_free(config.host, config.http_port, "--http-port")
+        for flag, value in (("--http-port", config.http_port),
+                            ("--health-port", config.health_port)):
+            if value > 0 and not config.reuse_port:
+                _check_port_free(config.host, value, flag)
         server, port = _on_loop(loop, _bind_grpc(config, token))
         if config.metrics_port >= 0:
             try:
@@ -202,11 +209,16 @@ def create_server(config: ServeConfig) -> RunningServer:
         generator = Generator(registry, config.max_batch, encoder, config.latent_cache)
         edge = Edge(metrics, gate)
         health_servicer = _on_loop(loop, _start_grpc(server, config, generator, edge))
+        if config.health_port >= 0:
+            health_server, health_port = _on_loop(loop, _start_health_port(config,
+                                                                           health_servicer))
         if config.http_port >= 0:
             http, http_port = _on_loop(loop, _start_http(config, generator, edge, token))
     except BaseException:
         if http is not None:
             _on_loop(loop, http.cleanup())
+        if health_server is not None:
+            _on_loop(loop, health_server.stop(0))
         _stop_loop(loop)
         if metrics_http is not None:
             metrics_http.shutdown()
@@ -219,14 +231,15 @@ def create_server(config: ServeConfig) -> RunningServer:
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
     gc.freeze()
-    log.info("listening grpc=%s:%d http=%s metrics=%s tls=%s auth=%s", config.host, port,
-             f"{config.host}:{http_port}" if http else "off",
+    log.info("listening grpc=%s:%d http=%s metrics=%s tls=%s auth=%s health=%s", config.host,
+             port, f"{config.host}:{http_port}" if http else "off",
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
-             "bearer" if token else "off")
+             "bearer" if token else "off",
+             f"{config.host}:{health_port} (plaintext)" if health_server else "on the gRPC port")
     return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
-                         metrics, config, loop, encoder, http_port if http else None, http,
-                         metrics_http)
+                         metrics, config, loop, encoder, http_port if http else None,
+                         health_port, http, health_server, metrics_http)
 
 
 def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
@@ -283,6 +296,22 @@ async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, generator: G
     for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in generator.registry)):
         await health_servicer.set(name, serving)
     return health_servicer
+
+
+async def _start_health_port(config: ServeConfig, health_servicer: HealthServicer
+                             ) -> tuple[grpc.aio.Server, int]:
+    """A second, plaintext gRPC server with nothing but the health service (the same servicer,
+    so the same statuses): Kubernetes' gRPC probes and the image's HEALTHCHECK cannot speak
+    TLS or present a client certificate. It reveals only SERVING / NOT_SERVING."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+    except RuntimeError as exc:
+        raise ServiceError(f"cannot listen on {config.host}:{config.health_port}: {exc}; "
+                           "pick another port with --health-port") from None
+    await server.start()
+    return server, port
 
 
 async def _start_http(config: ServeConfig, generator: Generator, edge: Edge, token: str

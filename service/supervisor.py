@@ -87,12 +87,13 @@ class WorkerMetrics:
 
 
 def worker_command(config: ServeConfig, argv: list[str], port: int,
-                   http_port: int = -1) -> list[str]:
+                   http_port: int = -1, health_port: int = -1) -> list[str]:
     """The worker's command line: the supervisor's own flags, then the overrides (argparse
     keeps the last value of a repeated flag)."""
     workers_each = config.inference_workers or max(1, usable_cpus() // config.resolved_processes)
     return [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port",
             "--port", str(port), "--http-port", str(http_port),
+            "--health-port", str(health_port),
             "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             "--inference-workers", str(workers_each)]
 
@@ -110,9 +111,10 @@ def _pick_port(host: str, port: int) -> int:
 def supervise(config: ServeConfig, argv: list[str]) -> int:
     port = _pick_port(config.host, config.port)
     http_port = _pick_port(config.host, config.http_port)
+    health_port = _pick_port(config.host, config.health_port)
     workers = []
     for index in range(config.resolved_processes):
-        proc = subprocess.Popen(worker_command(config, argv, port, http_port),
+        proc = subprocess.Popen(worker_command(config, argv, port, http_port, health_port),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)  # signals come from us
         worker = Worker(index, proc)

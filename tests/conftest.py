@@ -8,6 +8,8 @@ everywhere, so the suite runs the same on a fresh clone; tests that need the ful
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -110,3 +112,55 @@ def python_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+# --- a test CA with server and client certificates (TLS and mutual TLS tests) -------------------
+
+def _cert(name, issuer_key, issuer_name, key, ca=False, server=False):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                          name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(obj) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """ca.pem; server.pem/.key (for localhost and 127.0.0.1) and client.pem/.key signed by it;
+    stranger.pem/.key, a client certificate from another CA."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test CA", ca_key, None, ca_key, ca=True)
+    files = {"ca.pem": _pem(ca)}
+    for who, server in (("server", True), ("client", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[f"{who}.pem"] = _pem(_cert(who, ca_key, ca.subject, key, server=server))
+        files[f"{who}.key"] = _pem(key)
+    other_key = ec.generate_private_key(ec.SECP256R1())  # a client cert from another CA
+    files["stranger.pem"] = _pem(_cert("stranger", other_key, None, other_key))
+    files["stranger.key"] = _pem(other_key)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder

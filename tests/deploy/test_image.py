@@ -149,6 +149,49 @@ def test_environment_variables_configure_it(engine):
         img.remove(engine, name)
 
 
+def test_a_mutual_tls_container_turns_healthy_through_its_health_port(engine, pki, tmp_path):
+    """With TLS and client certificates on, the image's HEALTHCHECK (plaintext, on the
+    health-only port the image opens) still sees SERVING, while the gRPC port wants TLS."""
+    certs = tmp_path / "certs"
+    certs.mkdir(mode=0o755)
+    for file in ("server.pem", "server.key", "ca.pem"):
+        (certs / file).write_bytes((pki / file).read_bytes())
+        (certs / file).chmod(0o644)  # readable by the image's user, uid 10001
+    name = f"dcgan-test-tls-{os.getpid()}"
+    try:
+        port, _ = img.start(engine, name, env={"DCGAN_TLS_CERT": "/certs/server.pem",
+                                               "DCGAN_TLS_KEY": "/certs/server.key",
+                                               "DCGAN_TLS_CLIENT_CA": "/certs/ca.pem"},
+                            volumes={str(certs): "/certs"})
+        deadline = time.monotonic() + 90
+        while not _healthy(engine, name):
+            assert time.monotonic() < deadline, engine.run("logs", name).stderr[-2000:]
+            time.sleep(1)
+        from service.client import GeneratorClient
+        ca = (pki / "ca.pem").read_bytes()
+        with GeneratorClient(f"127.0.0.1:{port}", tls_ca=ca, tls_cert=(pki / "client.pem")
+                             .read_bytes(), tls_key=(pki / "client.key").read_bytes(),
+                             timeout=10) as client:
+            assert client.generate([1, 2]).shape == (2, 28, 28)
+        with GeneratorClient(f"127.0.0.1:{port}", timeout=3) as plain, \
+                pytest.raises(grpc.RpcError) as err:
+            plain.generate([1])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        logs = engine.run("logs", name, timeout=30)
+        assert "tls=mutual" in logs.stdout + logs.stderr
+        assert "health=0.0.0.0:50052 (plaintext)" in logs.stdout + logs.stderr
+    finally:
+        img.remove(engine, name)
+
+
+def _healthy(engine, name: str) -> bool:
+    """The image's HEALTHCHECK, run now (podman runs it on demand; Docker on its timer)."""
+    if engine.command == "podman":
+        return engine.run("healthcheck", "run", name, check=False, timeout=30).returncode == 0
+    status = engine.run("inspect", "--format", "{{.State.Health.Status}}", name, check=False)
+    return status.stdout.strip() == "healthy"
+
+
 def test_compose_brings_up_the_service_with_http_and_the_playground(engine, tmp_path):
     """compose.yaml's `dcgan-serve` service, up for real with podman-compose on the image built
     here (Prometheus' and Grafana's images cannot be pulled on these machines)."""

@@ -80,7 +80,7 @@ def _containers(doc: dict) -> list[dict]:
     return spec["containers"]
 
 
-@pytest.mark.parametrize("folder", ["kubernetes", "kubernetes/gpu"])
+@pytest.mark.parametrize("folder", ["kubernetes", "kubernetes/gpu", "kubernetes/tls"])
 def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
     docs = _documents(f"{folder}/*.yaml")
     deployment = _by_kind(docs, "Deployment")[0]
@@ -89,10 +89,12 @@ def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 50051, "http": 8080, "metrics": 9090}  # the image's defaults
-    assert "EXPOSE 50051 8080 9090" in (ROOT / "Dockerfile").read_text()
+    # The image's defaults (its EXPOSE, and DCGAN_HEALTH_PORT for the health-only port).
+    assert ports == {"grpc": 50051, "http": 8080, "health": 50052, "metrics": 9090}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "EXPOSE 50051 8080 9090" in dockerfile and "DCGAN_HEALTH_PORT=50052" in dockerfile
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == ports["grpc"], probe
+        assert container[probe]["grpc"]["port"] == ports["health"], probe
     assert container["readinessProbe"]["grpc"]["service"] == "dcgan.v1.GeneratorService"
     # Security: the image's non-root user, nothing writable but /tmp.
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001
@@ -120,6 +122,27 @@ def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
     for hpa in _by_kind(docs, "HorizontalPodAutoscaler"):
         assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
         assert container["resources"]["requests"]["cpu"]  # utilisation needs a CPU request
+
+
+def test_the_tls_example_probes_a_port_that_answers_without_a_client_certificate():
+    deployment = _by_kind(_documents("kubernetes/tls/*.yaml"), "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # TLS and mutual TLS on, from files of the mounted Secret.
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")["mountPath"]
+    for name in ("DCGAN_TLS_CERT", "DCGAN_TLS_KEY", "DCGAN_TLS_CLIENT_CA"):
+        assert env[name].startswith(mount + "/"), name
+    assert any(v.get("secret") for v in pod["volumes"] if v["name"] == "tls")
+    # The probes go to the plaintext health-only port, not the TLS gRPC port.
+    health = int(env["DCGAN_HEALTH_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == health != ports["grpc"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == health, probe
+    # ... and that port, on a real server with these settings, answers a plaintext health
+    # check without a client certificate: tests/service/test_security.py
+    # (test_mutual_tls_server_answers_plaintext_probes_on_its_health_port).
 
 
 def test_the_gpu_variant_asks_for_a_gpu_and_insists_on_cuda():

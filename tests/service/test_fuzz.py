@@ -97,3 +97,65 @@ def test_enormous_repeated_fields_up_to_the_message_limit(stub):
         list(stub.GenerateStream(stream, timeout=60))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stub.Generate(pb.GenerateRequest(seeds=[7]), timeout=10).count == 1
+
+
+# --- the Open Inference Protocol's ModelInfer -------------------------------------------------
+
+from service.api.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
+from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
+
+DATATYPES = st.one_of(st.sampled_from(["UINT64", "INT64", "INT32", "FP32", "BYTES", "UINT8"]),
+                      st.text(max_size=12))
+NAMES = st.one_of(st.sampled_from(["seeds", "labels", "images"]), st.text(max_size=12))
+PARAMETER = st.one_of(st.builds(v2.InferParameter, bool_param=st.booleans()),
+                      st.builds(v2.InferParameter, int64_param=st.integers(-2**63, 2**63 - 1)),
+                      st.builds(v2.InferParameter, string_param=st.text(max_size=20)))
+
+
+@st.composite
+def infer_requests(draw):
+    request = v2.ModelInferRequest(
+        model_name=draw(st.sampled_from(["", "cond", "plain", "nope"])),
+        model_version=draw(st.one_of(st.just(""), st.text(max_size=10))),
+        id=draw(st.text(max_size=10)))
+    raw = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 3))):
+        tensor = request.inputs.add(name=draw(NAMES), datatype=draw(DATATYPES),
+                                    shape=draw(st.lists(st.integers(-3, 400), max_size=3)))
+        for key in draw(st.lists(st.text(max_size=8), max_size=2)):
+            tensor.parameters[key].CopyFrom(draw(PARAMETER))
+        if raw:  # contents of every length, not only whole values
+            request.raw_input_contents.append(draw(st.binary(max_size=2500)))
+        else:
+            tensor.contents.uint64_contents.extend(draw(st.lists(UINT64, max_size=300)))
+            tensor.contents.int64_contents.extend(draw(st.lists(
+                st.integers(-2**63, 2**63 - 1), max_size=20)))
+            tensor.contents.int_contents.extend(draw(st.lists(
+                st.integers(-2**31, 2**31 - 1), max_size=20)))
+    if draw(st.booleans()) and request.raw_input_contents:  # a count that does not match
+        request.raw_input_contents.append(b"\0" * 8)
+    for name in draw(st.lists(NAMES, max_size=3)):
+        request.outputs.add(name=name)
+    for key in draw(st.lists(st.text(max_size=8), max_size=2)):
+        request.parameters[key].CopyFrom(draw(PARAMETER))
+    return request
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=infer_requests())
+def test_any_model_infer_request_gets_a_status(channel, request):
+    v2_stub = v2_grpc.GRPCInferenceServiceStub(channel)
+    code = _status(lambda: v2_stub.ModelInfer(request, timeout=20))
+    assert code in EXPECTED, (code, request)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(max_size=2000))
+def test_malformed_model_infer_frames_are_refused(channel, stub, payload):
+    raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                              request_serializer=None, response_deserializer=None)
+    try:
+        raw(payload, timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() in EXPECTED | {grpc.StatusCode.INTERNAL}, err
+    assert stub.Generate(pb.GenerateRequest(seeds=[7]), timeout=10).count == 1

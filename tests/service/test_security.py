@@ -55,6 +55,35 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tiny_onnx):
         running.stop(grace=0)
 
 
+def test_mutual_tls_server_answers_plaintext_probes_on_its_health_port(pki, tiny_onnx):
+    """What Kubernetes' gRPC probes and the image's HEALTHCHECK need from a secure server: a
+    plaintext port, no client certificate, with the health service and nothing else."""
+    running = _serve(tiny_onnx, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                     tls_client_ca=str(pki / "ca.pem"), health_port=0)
+    try:
+        assert running.health_port and running.health_port != running.port
+        with grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for service in ("", "dcgan.v1.GeneratorService", "model/m"):
+                assert health.Check(health_pb2.HealthCheckRequest(service=service),
+                                    timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:  # nothing else is served there
+                from service.api.dcgan.v1 import generator_pb2 as pb
+                from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+                pb_grpc.GeneratorServiceStub(ch).Generate(pb.GenerateRequest(seeds=[1]),
+                                                          timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # The dcgan-client health command, as the HEALTHCHECK runs it, exits 0.
+        from service.client import main as client_main
+        assert client_main(["--address", f"127.0.0.1:{running.health_port}", "--timeout", "5",
+                            "health"]) == 0
+        # The gRPC port itself still wants TLS and a client certificate.
+        with GeneratorClient(f"127.0.0.1:{running.port}", timeout=2) as plain:
+            assert _status(plain) == "UNAVAILABLE"
+    finally:
+        running.stop(grace=0)
+
+
 def test_bearer_token_guards_every_rpc_but_health(tiny_onnx, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
