@@ -12,6 +12,8 @@ Variants (same model file, same latents; each one's output compared with the def
   1-channel Conv, 1 thread           the same graph with the exporter's rewrite undone (its last
                                      layer a Conv again, as PyTorch exports it; see
                                      training/graph_rewrites.py): what the rewrite buys
+  fp16                               the fp16 copy `tools/quantize_model.py --precision fp16`
+                                     makes (for GPUs), on the CPU: what it would cost or save
 It reports img/s per batch size (median of interleaved rounds) and session creation time.
 """
 
@@ -115,6 +117,11 @@ def main() -> int:
     as_torch = str(work / "conv.onnx")
     if undo_conv_rewrite(args.model, as_torch):
         variants["1-channel Conv, 1 thread"] = session(as_torch, "all", threads=1)
+    sys.path.insert(0, str(ROOT / "tools"))
+    from quantize_model import quantize
+    fp16 = work / "fp16.onnx"
+    quantize(Path(args.model), fp16, "fp16")
+    variants["fp16"] = session(str(fp16), "all")
     reference = variants["all"][0].run(None, feeds(variants["all"][0], 16))[0]
     differences = {}
     for name, (s, _) in variants.items():  # fusions may round differently: say by how much

@@ -1,11 +1,14 @@
 """Soak / load test: saturate a dcgan-serve process on 127.0.0.1 and watch its memory.
 
-    python bench/soak.py --seconds 300 --clients 16 --out docs/benchmarks/soak-cpu.json
+    python bench/soak.py --seconds 600 --clients 16 --out docs/benchmarks/soak-cpu.json \
+        --plot docs/benchmarks/soak-cpu.png
 
 Starts the server as its own process, drives it with closed-loop client threads sending a mix
 of requests (batch 1, 16 and 64, PNG and RAW, 5% invalid), samples the server's RSS from
 /proc every second, and reports requests served, errors by status, p50/p99 latency and RSS
-growth from the end of warm-up (the first 20% of the run) to the end. It passes when nothing
+growth from the end of warm-up (the first 20% of the run) to the end, and the same over time
+(RSS, p99 and statuses per 10-second window: `timeline` in the JSON, and `--plot`). It passes
+when nothing
 but the expected INVALID_ARGUMENT answers came back and RSS grew by less than 5% after warm-up.
 Bounded in time and count; talks only to 127.0.0.1.
 """
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PASS_RSS_GROWTH = 0.05
+WINDOW_S = 10
 
 
 def rss_bytes(pid: int) -> int:
@@ -60,6 +64,8 @@ def run(seconds: float, clients: int, model: str | None = None, extra: list[str]
     samples: list[tuple[float, int]] = []
     codes: dict[str, int] = {}
     latencies: list[float] = []
+    events: list[tuple[float, float, str]] = []  # (seconds since start, latency, status)
+    begun = time.monotonic()
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
     mix = [pb.GenerateRequest(seeds=[3]), pb.GenerateRequest(seeds=list(range(16))),
@@ -80,9 +86,11 @@ def run(seconds: float, clients: int, model: str | None = None, extra: list[str]
                     code = "OK"
                 except grpc.RpcError as err:
                     code = err.code().name
+                took = time.perf_counter() - started
                 with lock:
-                    latencies.append(time.perf_counter() - started)
+                    latencies.append(took)
                     codes[code] = codes.get(code, 0) + 1
+                    events.append((time.monotonic() - begun, took, code))
 
     def sampler():
         start = time.monotonic()
@@ -105,6 +113,20 @@ def run(seconds: float, clients: int, model: str | None = None, extra: list[str]
     growth = (warm[-1] - warm[0]) / warm[0]
     unexpected = {k: v for k, v in codes.items() if k not in ("OK", "INVALID_ARGUMENT")}
     lat = np.array(latencies)
+    timeline = []
+    for start in np.arange(0, seconds, WINDOW_S):
+        window = [(took, code) for t, took, code in events if start <= t < start + WINDOW_S]
+        rss = [r for t, r in samples if start <= t < start + WINDOW_S]
+        if not window:
+            continue
+        counts: dict[str, int] = {}
+        for _, code in window:
+            counts[code] = counts.get(code, 0) + 1
+        timeline.append({"t": float(start + WINDOW_S), "requests": len(window),
+                         "p99_ms": round(float(np.percentile([w for w, _ in window], 99)) * 1e3,
+                                         2),
+                         "rss_mb": round(max(rss) / 2**20, 1) if rss else None,
+                         "codes": counts})
     return {
         "seconds": round(elapsed, 1), "clients": clients, "requests": int(sum(codes.values())),
         "requests_per_s": round(sum(codes.values()) / elapsed, 1), "codes": codes,
@@ -113,15 +135,42 @@ def run(seconds: float, clients: int, model: str | None = None, extra: list[str]
         "rss_after_warmup_mb": round(warm[0] / 2**20, 1), "rss_end_mb": round(warm[-1] / 2**20, 1),
         "rss_growth": round(growth, 4), "server_exit_code": exit_code,
         "passed": bool(not unexpected and growth < PASS_RSS_GROWTH and exit_code == 0),
+        "timeline": timeline,
     }
+
+
+def plot(result: dict, path: str) -> None:
+    """RSS, p99 and statuses per window, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = [w["t"] / 60 for w in result["timeline"]]
+    fig, (rss, p99, codes) = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    rss.plot(t, [w["rss_mb"] for w in result["timeline"]])
+    rss.set_ylabel("server RSS, MB")
+    rss.set_ylim(bottom=0)
+    p99.plot(t, [w["p99_ms"] for w in result["timeline"]], color="tab:orange")
+    p99.set_ylabel("p99 latency, ms")
+    p99.set_ylim(bottom=0)
+    for code in sorted({c for w in result["timeline"] for c in w["codes"]}):
+        codes.plot(t, [w["codes"].get(code, 0) / WINDOW_S for w in result["timeline"]],
+                   label=code)
+    codes.set_ylabel("answers/s by status")
+    codes.set_xlabel("minutes")
+    codes.legend()
+    fig.suptitle(f"soak: {result['clients']} clients, {result['seconds'] / 60:.0f} min, "
+                 f"RSS growth after warm-up {result['rss_growth']:+.1%}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--model", help="an ONNX file (default: the bundled models)")
     parser.add_argument("--out", help="write the JSON result here too")
+    parser.add_argument("--plot", help="write RSS, p99 and statuses over time as a PNG")
     args = parser.parse_args()
     result = run(args.seconds, args.clients, args.model)
     text = json.dumps(result, indent=2)
@@ -129,6 +178,8 @@ def main() -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+    if args.plot:
+        plot(result, args.plot)
     return 0 if result["passed"] else 1
 
 

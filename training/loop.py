@@ -337,14 +337,17 @@ def _batch(images, labels, cfg, place, step, steps_per_epoch, output_range):
 
 
 def _noise(cfg, place, step, num_classes):
-    """z (and fake labels) for `step`; also reseeds torch so dropout is a function of the step."""
-    step_seed = (cfg.seed * 1_000_003 + step) * 64 + place.rank
-    torch.manual_seed(step_seed)
+    """z (and fake labels) for `step`: the global batch's, drawn from (seed, step) alone, and
+    this process's rows of it, strided by rank as the real batch is; so N ranks together use
+    the very noise one process would. Also reseeds torch so dropout is a function of the step."""
+    step_seed = (cfg.seed * 1_000_003 + step) * 64
+    torch.manual_seed(step_seed + place.rank)
     gen = torch.Generator().manual_seed(step_seed)
-    z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen).to(place.device)
-    y = (torch.randint(0, num_classes, (cfg.batch_size,), generator=gen).to(place.device)
-         if num_classes else None)
-    return z, y
+    total = cfg.batch_size * place.world
+    z = torch.randn(total, cfg.latent_dim, generator=gen)[place.rank::place.world]
+    y = (torch.randint(0, num_classes, (total,), generator=gen)[place.rank::place.world]
+         .to(place.device) if num_classes else None)
+    return z.to(place.device), y
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
@@ -175,3 +176,43 @@ def test_short_soak_serves_everything_and_memory_stays_flat(tiny_onnx):
     # Ten seconds are still inside onnxruntime's and the allocator's warm-up (~+9% seen), so
     # the short version only catches gross leaks: keeping each response would add far more.
     assert result["rss_growth"] < 0.25, result
+
+
+def test_a_deadline_that_passes_in_the_queue_on_the_server_drops_the_run(tiny_onnx):
+    """Not a client-side timeout: the request reaches the server, waits behind a long queue,
+    its deadline passes there, and the server never runs it. Seen in the server's own
+    metrics: the images it ran (dcgan_batch_size sum) are exactly the others' images."""
+    from service.config import ServeConfig
+    from service.server import create_server
+    running = create_server(ServeConfig(
+        host="127.0.0.1", port=0, http_port=-1, metrics_port=-1, device="cpu",
+        models=(("plain", str(tiny_onnx)),), inference_workers=2, batch_max_images=1))
+    runs = running.metrics.batch_size.labels(model="plain")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
+                ThreadPoolExecutor(4) as pool:
+            stub = pb_grpc.GeneratorServiceStub(channel)
+            big = pb.GenerateRequest(seeds=list(range(1024)))  # 1,024 runs of one image each
+            queued = [pool.submit(stub.Generate, big, timeout=120) for _ in range(3)]
+            deadline = time.monotonic() + 30
+            while runs._sum.get() < 8:  # the queue is being worked through
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(pb.GenerateRequest(seeds=[5, 6, 7]), timeout=0.05)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert runs._sum.get() < 3 * 1024, "the queue was gone before the deadline"
+            for future in queued:
+                assert future.result().count == 1024
+        # Every image run was one of the big requests': the three late seeds never ran.
+        assert runs._sum.get() == 3 * 1024
+        text = running.metrics.registry
+        codes = {s.labels["code"]: s.value for m in text.collect() for s in m.samples
+                 if s.name == "dcgan_request_duration_seconds_count"
+                 and s.labels.get("rpc") == "Generate"}
+        assert codes["OK"] == 3
+        # The server saw the expiry itself: as DEADLINE_EXCEEDED from the queue, or as gRPC
+        # cancelling the handler at the deadline (both mean the run was dropped).
+        assert codes.get("DEADLINE_EXCEEDED", 0) + codes.get("CANCELLED", 0) == 1, codes
+    finally:
+        running.stop(grace=1)

@@ -33,6 +33,26 @@ def test_bundled_model_loads_and_carries_complete_metadata(entry):
     assert (entry["name"], path) in bundled_models()
 
 
+def test_the_model_card_states_the_guarded_figures():
+    """The card and the guard cannot drift apart: the card's table of guarded figures is
+    exactly what default_models.json holds."""
+    card = (ROOT / "models" / "README.md").read_text()
+    table = card[card.index("| guarded (N = 1,000, subset)"):].split("\n\n")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines()[2:]}
+    names = [c.strip() for c in table.splitlines()[0].split("|")[2:-1]]
+    assert names == [e["name"] for e in ENTRIES]
+    for column, entry in enumerate(ENTRIES):
+        guard = entry["guard"]
+        assert guard["samples"] == 1000
+        assert rows["Fréchet distance (±10%)"][column] == f"{guard['fd']:.2f}"
+        assert rows["recognised as the requested class (at least, −1 point)"][column] == \
+            f"{guard['label_accuracy']:.1%}"
+        assert rows["smallest class share (at least, −1 point)"][column] == \
+            f"{guard['min_class_share']:.1%}"
+    assert f"±{FD_MARGIN:.0%}" in table
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
 def test_small_evaluate_stays_within_the_recorded_figures(entry):
     guard = entry["guard"]
@@ -43,3 +63,20 @@ def test_small_evaluate_stays_within_the_recorded_figures(entry):
     assert not scores["mode_collapse"]
     if "label_accuracy" in guard:
         assert scores["label_accuracy"] >= guard["label_accuracy"] - 0.01
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_each_card_states_the_hyper_parameters_its_file_was_trained_with(entry):
+    import re
+    card = (ROOT / "models" / "README.md").read_text()
+    section = card[card.index(f"## `{entry['name']}`"):]
+    section = section[:section.find("\n## ", 1)]
+    [row] = [line for line in section.splitlines() if line.startswith("| hyper-parameters |")]
+    props = {p.key: p.value for p in onnx.load(str(ROOT / "models" / entry["file"])).metadata_props}
+    trained = json.loads(props["dcgan.train_config"])
+    assert float(re.search(r"Adam ([\d.e-]+)", row)[1]) == trained["lr_g"] == trained["lr_d"]
+    for text in (f"β1 {trained['beta1']}", f"batch {trained['batch_size']}",
+                 f"EMA decay {trained['ema_decay']}", f"latent {trained['latent_dim']}",
+                 f"seed {trained['seed']}", f"`{trained['arch']}` preset",
+                 f"width it had then ({trained['d_width']}"):
+        assert text in row, text

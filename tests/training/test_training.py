@@ -129,6 +129,25 @@ def test_presets_train_a_few_steps(arch, tmp_path):
     assert all(np.isfinite(float(r["loss_g"])) for r in _rows(run))
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_is_the_real_target_of_the_d_step(tmp_path, monkeypatch, smoothing):
+    """One real training step, with the loss function watched: D's loss on real images is
+    taken against 1 - smoothing, on fakes against 0, and G's against 1 (non-saturating)."""
+    import torch.nn.functional as F
+    targets = []
+    real_bce = F.binary_cross_entropy_with_logits
+
+    def watched(logits, target, *args, **kwargs):
+        targets.append(target.detach().clone())
+        return real_bce(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(F, "binary_cross_entropy_with_logits", watched)
+    train(tiny_config(tmp_path / "run", label_smoothing=smoothing, steps=1, sample_at=[]))
+    real, fake, generator = targets[:3]
+    assert torch.allclose(real, torch.full_like(real, 1.0 - smoothing)) and real.numel() == 32
+    assert torch.all(fake == 0) and torch.all(generator == 1)
+
+
 def test_bad_hyper_parameters_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="--label-smoothing"):
         train(tiny_config(tmp_path / "x", label_smoothing=0.7))
