@@ -4,6 +4,7 @@ Both `dcgan-train sample` and the gRPC service import this module, so a seed giv
 pixels whichever one you ask. It owns:
 
 * the **seed → latent rule** (versioned: a model records the rule it was exported for);
+* the **latent-walk rule** (versioned): interpolation between two latents and truncation;
 * the **label rule** for class-conditional models (none, one for all seeds, or one per seed;
   a seed without a label gets seed mod classes);
 * the **ONNX metadata keys** the exporter writes and the service reads;
@@ -56,6 +57,50 @@ def default_labels(seeds: Iterable[int], num_classes: int) -> np.ndarray:
 
 class ContractError(ValueError):
     """A request breaks a rule of this contract; the message says what to send instead."""
+
+
+# --- walking the latent space -----------------------------------------------------------------
+
+#: Version 1 of the latent-walk rule, recorded in responses that use it:
+#:  * interpolation from latent a to latent b in N frames at t_i = i / (N - 1), spherical
+#:    (slerp: a·sin((1-t)Ω)/sin Ω + b·sin(tΩ)/sin Ω, Ω the angle between a and b; linear when
+#:    sin Ω < 1e-6) or linear ((1-t)·a + t·b), computed in float64, rounded to float32 once;
+#:    frame 0 is a and frame N-1 is b, bit for bit;
+#:  * truncation by psi in (0, 1]: z' = mean + psi·(z - mean) with mean 0, the latents' own
+#:    mean (standard normal), rounded to float32 once; psi = 1 returns z untouched.
+LATENT_RULE = "slerp-lerp-truncation/v1"
+INTERPOLATIONS = ("slerp", "lerp")
+
+
+def interpolate(a: np.ndarray, b: np.ndarray, frames: int, method: str = "slerp"
+                ) -> np.ndarray:
+    """float32 [frames, D] from latent `a` to latent `b` (each float32 [D]), rule v1."""
+    if method not in INTERPOLATIONS:
+        raise ContractError(f"unknown interpolation {method!r}: use slerp or lerp")
+    if frames < 2:
+        raise ContractError(f"{frames} frames: an interpolation needs at least 2")
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    t = np.linspace(0.0, 1.0, frames)[:, None]
+    path = (1 - t) * a64 + t * b64
+    if method == "slerp":
+        norms = np.linalg.norm(a64) * np.linalg.norm(b64)
+        cos = np.clip(a64 @ b64 / norms, -1.0, 1.0) if norms else 1.0
+        omega = np.arccos(cos)
+        if np.sin(omega) >= 1e-6:
+            path = (np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)
+    out = path.astype(np.float32)
+    out[0], out[-1] = a, b  # the endpoints are the two latents themselves
+    return out
+
+
+def truncate(latents: np.ndarray, psi: float) -> np.ndarray:
+    """Latents moved toward the mean (0) by `psi` in (0, 1], rule v1; psi = 1 is a no-op."""
+    if not 0.0 < psi <= 1.0:  # also refuses NaN
+        raise ContractError(f"psi {psi!r} is outside (0, 1]: 1 is no truncation, smaller "
+                            "values trade variety for quality")
+    if psi == 1.0:
+        return latents
+    return (np.asarray(latents, np.float64) * psi).astype(np.float32)
 
 
 def labels_for(seeds: Sequence[int], labels: Sequence[int], num_classes: int,

@@ -68,8 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Images for seeds through the versioned seed->latent rule: the "
                                    "same pixels as the service's Generate for the same seeds.")
     s.add_argument("model", help="a .onnx file, a checkpoint, or a run directory")
-    s.add_argument("--seed", action="append", required=True, metavar="SEEDS",
+    s.add_argument("--seed", action="append", metavar="SEEDS",
                    help="seed, range or list: 7, 0-15, 3,9,20-22 (repeatable)")
+    s.add_argument("--interpolate", nargs=2, type=int, metavar=("A", "B"),
+                   help="instead of --seed: walk from seed A's latent to seed B's; writes "
+                        "frame_*.png, strip.png and interpolation.gif")
+    s.add_argument("--frames", type=int, default=16, help="frames of --interpolate (default 16)")
+    s.add_argument("--method", choices=["slerp", "lerp"], default="slerp",
+                   help="spherical (default) or linear interpolation")
+    s.add_argument("--psi", type=float, default=1.0,
+                   help="truncation in (0, 1]: latents scaled toward the mean; 1 (default) is "
+                        "none, smaller trades variety for quality")
     s.add_argument("--label", action="append", metavar="CLASS",
                    help="class for conditional models, by number or name: one for all seeds or "
                         "one per seed (repeatable); default seed mod 10")
@@ -103,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sample":  # as are these: exit 2
+        if bool(args.seed) == bool(args.interpolate):
+            parser.error("sample needs --seed SEEDS or --interpolate A B (one of the two)")
+        if args.interpolate and args.label and len(args.label) > 1:
+            parser.error("--interpolate takes one --label for the whole walk")
+        if not 0 < args.psi <= 1:
+            parser.error(f"--psi {args.psi} is outside (0, 1]: 1 is no truncation")
+        if args.interpolate and args.frames < 2:
+            parser.error("--frames must be at least 2")
     if args.command == "train":  # a bad combination of flags is a bad command line: exit 2
         args.config = from_args(TrainConfig, args)
         try:
@@ -139,9 +157,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(export(args.checkpoint, args.out, verify=args.verify), indent=2))
     elif args.command == "sample":
         from service.contract import parse_seeds
-        from training.sampling import sample
-        written = sample(args.model, parse_seeds(args.seed), Path(args.out), args.label,
-                         grid=args.grid, device=args.device)
+        from training.sampling import interpolation, sample
+        if args.interpolate:
+            written = interpolation(args.model, *args.interpolate, args.frames, Path(args.out),
+                                    args.method, args.psi,
+                                    args.label[0] if args.label else None, args.device)
+        else:
+            written = sample(args.model, parse_seeds(args.seed), Path(args.out), args.label,
+                             grid=args.grid, device=args.device, psi=args.psi)
         print(f"wrote {len(written)} files to {args.out}")
     elif args.command == "evaluate":
         from training.evaluation import evaluate

@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from service.contract import labels_for, seeds_to_latents
+from service.contract import (ContractError, interpolate, labels_for, seed_to_latent,
+                              seeds_to_latents, truncate)
 from service.imaging import encode_png, make_grid
 from training import checkpoints
 from training.data import DATASETS
@@ -31,8 +32,9 @@ class OnnxSource:
     def images_for(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         return self.model.generate(latents, labels)
 
-    def generate(self, seeds: Sequence[int], labels: np.ndarray | None = None, batch: int = 500):
-        return _generate(self, seeds, labels, batch)
+    def generate(self, seeds: Sequence[int], labels: np.ndarray | None = None, batch: int = 500,
+                 psi: float = 1.0):
+        return _generate(self, seeds, labels, batch, psi)
 
 
 class TorchSource:
@@ -55,8 +57,9 @@ class TorchSource:
         self.g.train(was_training)
         return images
 
-    def generate(self, seeds: Sequence[int], labels: np.ndarray | None = None, batch: int = 500):
-        return _generate(self, seeds, labels, batch)
+    def generate(self, seeds: Sequence[int], labels: np.ndarray | None = None, batch: int = 500,
+                 psi: float = 1.0):
+        return _generate(self, seeds, labels, batch, psi)
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> "TorchSource":
@@ -83,12 +86,12 @@ def load_generator_source(model: str | Path, device: str = "cpu"):
     return TorchSource.from_checkpoint(path, device)
 
 
-def _generate(source, seeds, labels, batch):
+def _generate(source, seeds, labels, batch, psi=1.0):
     seeds = list(seeds)
     labels = labels_for(seeds, () if labels is None else labels, source.num_classes)
     out = []
     for i in range(0, len(seeds), batch):
-        latents = seeds_to_latents(seeds[i:i + batch], source.latent_dim)
+        latents = truncate(seeds_to_latents(seeds[i:i + batch], source.latent_dim), psi)
         out.append(source.images_for(latents, None if labels is None else labels[i:i + batch]))
     return np.concatenate(out) if out else np.zeros((0, 1, 28, 28), np.uint8), labels
 
@@ -112,15 +115,17 @@ def resolve_labels(source, seeds: list[int], labels: list[str] | None) -> np.nda
 
 
 def sample(model: str | Path, seeds: list[int], out_dir: Path, labels: list[str] | None = None,
-           grid: bool = False, device: str = "cpu") -> list[Path]:
-    """Write one PNG per seed (seed_<seed>[_label<k>].png) and, with `grid`, grid.png."""
+           grid: bool = False, device: str = "cpu", psi: float = 1.0) -> list[Path]:
+    """Write one PNG per seed (seed_<seed>[_label<k>][_psi<psi>].png) and, with `grid`,
+    grid.png; `psi` < 1 truncates the latents (the contract's latent-walk rule)."""
     source = load_generator_source(model, device)
     label_array = resolve_labels(source, seeds, labels)
-    images, used_labels = source.generate(seeds, label_array)
+    images, used_labels = source.generate(seeds, label_array, psi=psi)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, seed in enumerate(seeds):
         suffix = f"_label{used_labels[i]}" if used_labels is not None else ""
+        suffix += f"_psi{psi:g}" if psi != 1.0 else ""
         path = out_dir / f"seed_{seed}{suffix}.png"
         path.write_bytes(encode_png(images[i, 0]))
         written.append(path)
@@ -129,3 +134,46 @@ def sample(model: str | Path, seeds: list[int], out_dir: Path, labels: list[str]
         path.write_bytes(encode_png(make_grid(images)))
         written.append(path)
     return written
+
+
+def interpolation(model: str | Path, a: int, b: int, frames: int, out_dir: Path,
+                  method: str = "slerp", psi: float = 1.0, label: str | None = None,
+                  device: str = "cpu", frame_ms: int = 80) -> list[Path]:
+    """Walk from seed `a`'s latent to seed `b`'s in `frames` frames (the contract's rule):
+    frame_<i>.png each, strip.png (one row) and interpolation.gif (looping). The first and last
+    frames are the very images `sample` (and `Generate`) give for `a` and `b`.
+
+    A conditional model takes one class for the whole walk: `label`, or the seeds' default
+    class when both seeds have the same one. These models take a class number, not a mix of
+    classes, so a walk between two classes is refused with a message saying so.
+    """
+    from PIL import Image
+    source = load_generator_source(model, device)
+    labels = None
+    if source.num_classes:
+        if label is None and a % source.num_classes != b % source.num_classes:
+            raise ContractError(
+                f"seeds {a} and {b} default to classes {a % source.num_classes} and "
+                f"{b % source.num_classes}; this model takes one class, not a mix of two: "
+                "pass --label to walk within one class")
+        chosen = (resolve_labels(source, [a], [label])[0] if label is not None
+                  else a % source.num_classes)
+        labels = np.full(frames, chosen, np.int64)
+    elif label is not None:
+        raise ContractError("this model is not class-conditional: send no --label")
+    latents = interpolate(seed_to_latent(a, source.latent_dim),
+                          seed_to_latent(b, source.latent_dim), frames, method)
+    images = source.images_for(truncate(latents, psi), labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(frames):
+        path = out_dir / f"frame_{i:03d}.png"
+        path.write_bytes(encode_png(images[i, 0]))
+        written.append(path)
+    strip = out_dir / "strip.png"
+    strip.write_bytes(encode_png(make_grid(images, ncols=frames)))
+    gif = out_dir / "interpolation.gif"
+    pictures = [Image.fromarray(img[0], mode="L") for img in images]
+    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    return [*written, strip, gif]
+

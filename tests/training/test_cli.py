@@ -153,3 +153,19 @@ def test_torchrun_data_parallel_on_cpu_with_gloo(tmp_path):
     assert [int(r["images_seen"]) for r in rows] == [32 * s for s in range(1, 7)]
     assert all(torch.isfinite(p).all() for p in state["generator"].values()
                if p.dtype.is_floating_point)
+
+
+def test_sample_interpolate_and_psi_on_the_command_line(tiny_cond_onnx, tmp_path):
+    out = tmp_path / "walk"
+    proc = run("sample", str(tiny_cond_onnx), "--interpolate", "2", "12", "--frames", "5",
+               "--psi", "0.7", "--out", str(out))
+    assert "wrote 7 files" in proc.stdout
+    assert (out / "interpolation.gif").is_file() and (out / "frame_004.png").is_file()
+    for args, message in ((["--seed", "1", "--interpolate", "1", "2"], "one of the two"),
+                          (["--seed", "1", "--psi", "0"], "outside (0, 1]"),
+                          (["--interpolate", "1", "2", "--frames", "1"], "at least 2")):
+        bad = run("sample", str(tiny_cond_onnx), *args, "--out", str(tmp_path), check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+    mixed = run("sample", str(tiny_cond_onnx), "--interpolate", "2", "13", "--out",
+                str(tmp_path), check=False)
+    assert mixed.returncode == 1 and "pass --label" in mixed.stderr

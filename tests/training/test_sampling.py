@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.imaging import decode_png
-from training.sampling import load_generator_source, sample
+from training.sampling import interpolation, load_generator_source, sample
 
 
 def test_same_seeds_same_bytes(tiny_onnx, tmp_path):
@@ -41,3 +41,40 @@ def test_labels_by_number_or_name_one_or_per_seed(tiny_cond_onnx, tmp_path):
 def test_labels_for_an_unconditional_model_are_refused(tiny_onnx, tmp_path):
     with pytest.raises(ValueError, match="not class-conditional"):
         sample(tiny_onnx, [1], tmp_path, labels=["3"])
+
+
+def test_interpolation_frames_end_on_the_two_seeds_images_and_make_a_gif(tiny_cond_onnx,
+                                                                           tmp_path):
+    from PIL import Image
+    written = interpolation(tiny_cond_onnx, 3, 13, 6, tmp_path / "walk")
+    assert [p.name for p in written][-2:] == ["strip.png", "interpolation.gif"]
+    frames = [decode_png(p.read_bytes()) for p in written[:6]]
+    # Frame 0 and the last frame are byte-identical to the plain samples of seeds 3 and 13.
+    ends = sample(tiny_cond_onnx, [3, 13], tmp_path / "ends")
+    assert written[0].read_bytes() == ends[0].read_bytes()
+    assert written[5].read_bytes() == ends[1].read_bytes()
+    assert not np.array_equal(frames[2], frames[0])  # the middle is neither end
+    gif = Image.open(written[-1])
+    assert gif.n_frames == 6 and gif.info["loop"] == 0
+    for i, frame in enumerate(frames):  # a grey GIF keeps the pixels exactly
+        gif.seek(i)
+        assert np.array_equal(np.asarray(gif.convert("L")), frame)
+
+
+def test_interpolation_between_two_classes_is_refused_unless_one_is_chosen(tiny_cond_onnx,
+                                                                          tiny_onnx, tmp_path):
+    from service.contract import ContractError
+    with pytest.raises(ContractError, match="takes one class, not a mix of two: pass --label"):
+        interpolation(tiny_cond_onnx, 3, 14, 4, tmp_path)
+    assert len(interpolation(tiny_cond_onnx, 3, 14, 4, tmp_path, label="7")) == 6
+    with pytest.raises(ContractError, match="not class-conditional"):
+        interpolation(tiny_onnx, 3, 14, 4, tmp_path, label="7")
+
+
+def test_psi_one_is_today_and_smaller_psi_changes_the_images(tiny_onnx, tmp_path):
+    plain = sample(tiny_onnx, [5, 6], tmp_path / "plain")
+    same = sample(tiny_onnx, [5, 6], tmp_path / "same", psi=1.0)
+    assert [p.read_bytes() for p in plain] == [p.read_bytes() for p in same]
+    truncated = sample(tiny_onnx, [5, 6], tmp_path / "psi", psi=0.5)
+    assert [p.name for p in truncated] == ["seed_5_psi0.5.png", "seed_6_psi0.5.png"]
+    assert truncated[0].read_bytes() != plain[0].read_bytes()
