@@ -15,7 +15,7 @@ from service.contract import MAX_SEED, SEED_RULE, labels_for
 from service.edge import Edge, check_still_wanted, rpc, rpc_stream
 from service.errors import InvalidRequest
 from service.generation import (Format, GenerationRequest, GenerationResult, Generator,
-                                ServedModel, stream_chunks)
+                                ServedModel, Walk, stream_chunks)
 
 _FORMATS = {
     pb.IMAGE_FORMAT_UNSPECIFIED: Format.RAW,
@@ -25,6 +25,8 @@ _FORMATS = {
 }
 _PROTO_FORMAT = {Format.RAW: pb.IMAGE_FORMAT_RAW, Format.PNG: pb.IMAGE_FORMAT_PNG,
                  Format.PNG_GRID: pb.IMAGE_FORMAT_PNG_GRID}
+_METHODS = {pb.INTERPOLATION_UNSPECIFIED: "slerp", pb.INTERPOLATION_SLERP: "slerp",
+            pb.INTERPOLATION_LERP: "lerp"}
 
 
 class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
@@ -39,11 +41,32 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
         fmt = _format(request.format)
         model = self.generator.registry.get(request.model)
         call.model = model.name
-        self.edge.metrics.observe_request_size(model.name, len(request.seeds))
+        check_still_wanted(context)
+        generation = GenerationRequest(request.seeds, request.labels, fmt,
+                                       context.time_remaining(), _psi(request.psi),
+                                       latents=request.latents)
+        call.kind = generation.kind.value
+        result = await self.generator.generate(model, generation)
+        call.images = len(result.images)
+        self.edge.metrics.observe_request_size(model.name, call.images)
+        return _response(result)
+
+    @rpc("Interpolate", admit=True)
+    async def Interpolate(self, request: pb.InterpolateRequest,
+                          context: grpc.aio.ServicerContext, call) -> pb.GenerateResponse:
+        fmt = _format(request.format)
+        if request.method not in _METHODS:
+            raise InvalidRequest(f"unknown interpolation {request.method}: use "
+                                 "INTERPOLATION_SLERP (1) or INTERPOLATION_LERP (2)")
+        model = self.generator.registry.get(request.model)
+        call.model, call.kind = model.name, "interpolation"
         check_still_wanted(context)
         result = await self.generator.generate(model, GenerationRequest(
-            request.seeds, request.labels, fmt, context.time_remaining()))
-        call.images = len(result.seeds)
+            labels=request.labels, format=fmt, timeout=context.time_remaining(),
+            psi=_psi(request.psi),
+            walk=Walk(request.seed_a, request.seed_b, request.frames, _METHODS[request.method])))
+        call.images = len(result.images)
+        self.edge.metrics.observe_request_size(model.name, call.images)
         return _response(result)
 
     @rpc_stream("GenerateStream", admit=True)
@@ -101,6 +124,10 @@ def _format(value: int) -> Format:
                              "PNG_GRID (3)") from None
 
 
+def _psi(value: float) -> float:
+    return 1.0 if value == 0 else value  # proto3: unset reads as 0, meaning no truncation
+
+
 def _stream_seeds(request: pb.GenerateStreamRequest):
     which = request.WhichOneof("selection")
     if which == "range":
@@ -122,10 +149,11 @@ def _response(result: GenerationResult) -> pb.GenerateResponse:
     response = pb.GenerateResponse(
         model=result.model, model_version=result.version, seeds=result.seeds,
         labels=[] if result.labels is None else result.labels.tolist(),
-        format=_PROTO_FORMAT[result.format], height=h, width=w)
+        format=_PROTO_FORMAT[result.format], height=h, width=w,
+        latent_rule=result.latent_rule, psi=result.psi)
     if result.format is Format.RAW:
         response.raw = result.images.tobytes()  # already contiguous N x 1 x H x W
-        response.count = len(result.seeds)
+        response.count = len(result.images)
     elif result.format is Format.PNG:
         response.png.extend(result.pngs)
     else:

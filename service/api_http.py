@@ -12,7 +12,8 @@ on its own port (`--http-port`). The routes:
                                                 tensor extension (Inference-Header-Content-Length)
     GET  /v1/models                             the served models, for pages and scripts
     GET  /v1/models/{name}/images/{seed}.png    one image  (?label=, ?version=)
-    GET  /v1/models/{name}/grid.png?seeds=0-99  a grid     (?label=, ?version=)
+    GET  /v1/models/{name}/grid.png?seeds=0-99  a grid     (?label=, ?version=, ?psi=)
+    GET  /v1/models/{name}/interpolation.png?a=3&b=13&frames=16   a strip (.gif: animated)
 
 A request's path: aiohttp -> `_door` (bearer token, in-flight limit, errors aiohttp raises
 itself) -> `@route` (the edge's `handling`: metrics with the route as the `rpc` label,
@@ -39,13 +40,15 @@ from typing import Any
 
 from aiohttp import web
 
-from service.contract import SEED_RULE, labels_for, seed_ranges
+from service.contract import LATENT_RULE, SEED_RULE, labels_for, seed_ranges
 from service.edge import HTTP_STATUS, Edge, status_for
 from service.errors import DeadlineExceeded, InvalidRequest, Overloaded
-from service.generation import Format, GenerationRequest, Generator, ServedModel
-from service.inference_protocol import (PLATFORM, SERVER_NAME, InputTensor, input_specs,
-                                        output_specs, output_tensors, resolve_model,
-                                        seeds_and_labels, server_version, wanted_outputs)
+from service.generation import Format, GenerationRequest, Generator, ServedModel, Walk
+from service.imaging import encode_gif
+from service.inference_protocol import (PLATFORM, SERVER_NAME, InputTensor,
+                                        generation_request, input_specs, output_specs,
+                                        output_tensors, resolve_model, server_version,
+                                        wanted_outputs)
 from service.openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -172,7 +175,9 @@ class HttpFrontDoor:
                       ("POST", prefix + "/infer", self.infer)]
         table += [("GET", "/v1/models", self.list_models),
                   ("GET", "/v1/models/{name}/images/{seed}.png", self.image),
-                  ("GET", "/v1/models/{name}/grid.png", self.grid)]
+                  ("GET", "/v1/models/{name}/grid.png", self.grid),
+                  ("GET", "/v1/models/{name}/interpolation.png", self.interpolation_strip),
+                  ("GET", "/v1/models/{name}/interpolation.gif", self.interpolation_gif)]
         return table
 
     # --- pages --------------------------------------------------------------------------------
@@ -237,7 +242,6 @@ class HttpFrontDoor:
         model = self._model(request, call)
         header, binary = await _read_infer_body(request)
         inputs = _input_tensors(header, binary)
-        seeds, labels = seeds_and_labels(inputs)
         outputs = header.get("outputs") or []
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise InvalidRequest("'outputs' must be a list of objects with a 'name'")
@@ -250,10 +254,11 @@ class HttpFrontDoor:
         timeout = _timeout(request)
         if "timeout" in parameters:  # Triton's, in microseconds
             timeout = min(timeout or math.inf, _microseconds(parameters["timeout"]))
-        self.edge.metrics.observe_request_size(model.name, len(seeds))
-        result = await self.generator.generate(model, GenerationRequest(
-            seeds, labels, Format.RAW, timeout))
-        call.images = len(result.seeds)
+        generation = generation_request(inputs, parameters, timeout)
+        call.kind = generation.kind.value
+        result = await self.generator.generate(model, generation)
+        call.images = len(result.images)
+        self.edge.metrics.observe_request_size(model.name, call.images)
         return _infer_response(header, result, wanted, as_binary)
 
     # --- image URLs ---------------------------------------------------------------------------
@@ -286,27 +291,60 @@ class HttpFrontDoor:
             raise InvalidRequest(str(exc)) from None
         return await self._png(request, call, ranges, Format.PNG_GRID)
 
+    @route("GET /v1/models/{name}/interpolation.png", admit=True)
+    async def interpolation_strip(self, request, call):
+        return await self._interpolation(request, call, gif=False)
+
+    @route("GET /v1/models/{name}/interpolation.gif", admit=True)
+    async def interpolation_gif(self, request, call):
+        return await self._interpolation(request, call, gif=True)
+
+    async def _interpolation(self, request, call, gif: bool):
+        """Frames from seed ?a= to seed ?b= (?frames=, ?method=slerp|lerp): one strip PNG, or
+        a looping GIF."""
+        walk = Walk(_int_query(request, "a"), _int_query(request, "b"),
+                    _int_query(request, "frames", 16),
+                    request.query.get("method", "slerp"))
+        call.kind = "interpolation"
+        return await self._picture(request, call, walk, Format.RAW if gif else Format.PNG_GRID,
+                                   gif=gif)
+
     async def _png(self, request, call, ranges: list[tuple[int, int]], fmt: Format):
-        model = self._model(request, call)
         count = sum(last - first + 1 for first, last in ranges)  # before listing any seed
         if count > self.generator.max_batch:
             raise InvalidRequest(f"{count} seeds in one request; this server allows at most "
                                  f"{self.generator.max_batch}: ask for fewer")
+        return await self._picture(request, call, ranges, fmt)
+
+    async def _picture(self, request, call, what: list[tuple[int, int]] | Walk, fmt: Format,
+                       gif: bool = False):
+        """A cacheable picture of seeds (ranges) or of an interpolation (a Walk)."""
+        model = self._model(request, call)
         labels = _label(request)
-        labels_for([0], labels, model.metadata.num_classes, f"model {model.name!r}")
+        psi = _psi_query(request)
+        if not isinstance(what, Walk):
+            labels_for([0], labels, model.metadata.num_classes, f"model {model.name!r}")
         # The pixels depend only on these, so they name the response: a cache may keep it.
-        key = json.dumps([model.name, model.metadata.version, SEED_RULE, fmt.value, ranges,
-                          labels])
+        key = json.dumps([model.name, model.metadata.version, SEED_RULE, LATENT_RULE, fmt.value,
+                          gif, what if not isinstance(what, Walk) else vars(what), labels, psi])
         etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
         headers = {"ETag": etag, "Cache-Control": CACHE_PINNED if request.query.get("version")
                    else CACHE_UNPINNED}
         if etag in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers=headers)
-        seeds = [seed for first, last in ranges for seed in range(first, last + 1)]
-        self.edge.metrics.observe_request_size(model.name, len(seeds))
-        result = await self.generator.generate(model, GenerationRequest(
-            seeds, labels, fmt, _timeout(request)))
-        call.images = len(result.seeds)
+        if isinstance(what, Walk):
+            generation = GenerationRequest(labels=labels, format=fmt, timeout=_timeout(request),
+                                           psi=psi, walk=what)
+        else:
+            seeds = [seed for first, last in what for seed in range(first, last + 1)]
+            generation = GenerationRequest(seeds, labels, fmt, _timeout(request), psi)
+        result = await self.generator.generate(model, generation)
+        call.images = len(result.images)
+        self.edge.metrics.observe_request_size(model.name, call.images)
+        if gif:
+            body = await asyncio.get_running_loop().run_in_executor(
+                self.generator.encoder, encode_gif, result.images)
+            return web.Response(body=body, content_type="image/gif", headers=headers)
         body = result.pngs[0] if fmt is Format.PNG else result.grid_png
         return web.Response(body=body, content_type="image/png", headers=headers)
 
@@ -339,6 +377,28 @@ def _label(request: web.Request) -> list[int]:
         return [int(text)]
     except ValueError:
         raise InvalidRequest(f"label {text!r} is not a class number") from None
+
+
+def _int_query(request: web.Request, name: str, default: int | None = None) -> int:
+    text = request.query.get(name)
+    if text is None and default is not None:
+        return default
+    try:
+        value = int(text)
+        if value < 0:
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"?{name}= {'is missing' if text is None else repr(text)}: "
+                             "send a whole number, e.g. ?a=3&b=13&frames=16") from None
+
+
+def _psi_query(request: web.Request) -> float:
+    text = request.query.get("psi", "1")
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"psi {text!r} is not a number in (0, 1]") from None
 
 
 def _etags(header: str) -> set[str]:
@@ -435,7 +495,7 @@ def _input_tensors(header: dict, binary: bytes) -> list[InputTensor]:
 
 
 def _flat(data, name: str) -> list:
-    """JSON `data`, flat or nested row-major, as one flat list of integers."""
+    """JSON `data`, flat or nested row-major, as one flat list of numbers."""
     if not isinstance(data, list):
         raise InvalidRequest(f"input {name!r}: 'data' must be a list of integers (or send "
                              "binary data with parameters.binary_data_size)")
@@ -446,8 +506,8 @@ def _flat(data, name: str) -> list:
             if isinstance(value, list):
                 stack.append(iter(value))
                 break
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidRequest(f"input {name!r}: {value!r} is not an integer")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidRequest(f"input {name!r}: {value!r} is not a number")
             flat.append(value)
         else:
             stack.pop()

@@ -17,15 +17,17 @@ from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.edge import Edge, rpc
 from service.errors import InvalidRequest, ModelNotFound
-from service.generation import Format, GenerationRequest, Generator, ServedModel
-from service.inference_protocol import (PLATFORM, SERVER_NAME, InputTensor, input_specs,
-                                        output_specs, output_tensors, resolve_model,
-                                        seeds_and_labels, server_version, wanted_outputs)
+from service.generation import Generator, ServedModel
+from service.inference_protocol import (PLATFORM, SERVER_NAME, InputTensor,
+                                        generation_request, input_specs, output_specs,
+                                        output_tensors, resolve_model, server_version,
+                                        wanted_outputs)
 
 # Where protobuf keeps the typed (non-raw) values of each datatype.
 _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
-                   "INT32": "int_contents"}
-_CONFIG_TYPE = {"UINT64": v2.TYPE_UINT64, "INT64": v2.TYPE_INT64, "UINT8": v2.TYPE_UINT8}
+                   "INT32": "int_contents", "FP32": "fp32_contents"}
+_CONFIG_TYPE = {"UINT64": v2.TYPE_UINT64, "INT64": v2.TYPE_INT64, "UINT8": v2.TYPE_UINT8,
+                "FP32": v2.TYPE_FP32}
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
@@ -75,12 +77,16 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                          call) -> v2.ModelInferResponse:
         model = resolve_model(self.generator, request.model_name, request.model_version)
         call.model = model.name
-        seeds, labels = seeds_and_labels(_input_tensors(request))
+        parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))
+                      for key, value in request.parameters.items()
+                      if value.WhichOneof("parameter_choice")}
+        generation = generation_request(_input_tensors(request), parameters,
+                                        context.time_remaining())
         wanted = wanted_outputs([o.name for o in request.outputs], model)
-        self.edge.metrics.observe_request_size(model.name, len(seeds))
-        result = await self.generator.generate(model, GenerationRequest(
-            seeds, labels, Format.RAW, context.time_remaining()))
-        call.images = len(result.seeds)
+        call.kind = generation.kind.value
+        result = await self.generator.generate(model, generation)
+        call.images = len(result.images)
+        self.edge.metrics.observe_request_size(model.name, call.images)
         response = v2.ModelInferResponse(model_name=result.model, model_version=result.version,
                                          id=request.id)
         for name, datatype, values in output_tensors(result, wanted):

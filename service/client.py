@@ -28,6 +28,7 @@ from service.imaging import decode_png
 
 FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "png": pb.IMAGE_FORMAT_PNG,
            "grid": pb.IMAGE_FORMAT_PNG_GRID}
+METHODS = {"slerp": pb.INTERPOLATION_SLERP, "lerp": pb.INTERPOLATION_LERP}
 
 
 class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
@@ -99,15 +100,36 @@ class GeneratorClient:
         self.channel.close()
 
     def generate_response(self, seeds: Sequence[int], labels: Sequence[int] = (),
-                          model: str = "", format: str = "raw") -> pb.GenerateResponse:
-        return self.stub.Generate(pb.GenerateRequest(
-            seeds=list(seeds), labels=list(labels), model=model, format=FORMATS[format]),
+                          model: str = "", format: str = "raw", psi: float = 1.0,
+                          latents: np.ndarray | None = None) -> pb.GenerateResponse:
+        request = pb.GenerateRequest(seeds=list(seeds), labels=list(labels), model=model,
+                                     format=FORMATS[format], psi=psi)
+        if latents is not None:
+            request.latents = np.ascontiguousarray(latents, "<f4").tobytes()
+        return self.stub.Generate(request, timeout=self.timeout)
+
+    def generate(self, seeds: Sequence[int] = (), labels: Sequence[int] = (), model: str = "",
+                 psi: float = 1.0, latents: np.ndarray | None = None) -> np.ndarray:
+        """uint8 images [N, H, W] for the seeds, or for your own float32 `latents` [N, D]
+        (RAW transfer, the fastest); `psi` < 1 truncates."""
+        return images_from_response(self.generate_response(seeds, labels, model, psi=psi,
+                                                           latents=latents))
+
+    def interpolate_response(self, seed_a: int, seed_b: int, frames: int,
+                             method: str = "slerp", labels: Sequence[int] = (),
+                             model: str = "", format: str = "raw", psi: float = 1.0
+                             ) -> pb.GenerateResponse:
+        return self.stub.Interpolate(pb.InterpolateRequest(
+            seed_a=seed_a, seed_b=seed_b, frames=frames, method=METHODS[method],
+            labels=list(labels), model=model, format=FORMATS[format], psi=psi),
             timeout=self.timeout)
 
-    def generate(self, seeds: Sequence[int], labels: Sequence[int] = (), model: str = ""
-                 ) -> np.ndarray:
-        """uint8 images [N, H, W] for the seeds (RAW transfer, the fastest)."""
-        return images_from_response(self.generate_response(seeds, labels, model))
+    def interpolate(self, seed_a: int, seed_b: int, frames: int, method: str = "slerp",
+                    labels: Sequence[int] = (), model: str = "", psi: float = 1.0
+                    ) -> np.ndarray:
+        """uint8 frames [frames, H, W] from seed_a's image to seed_b's."""
+        return images_from_response(self.interpolate_response(
+            seed_a, seed_b, frames, method, labels, model, psi=psi))
 
     def generate_stream(self, start: int | None = None, count: int | None = None,
                         seeds: Sequence[int] | None = None, labels: Sequence[int] = (),
@@ -153,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid", action="store_true", help="write one grid.png instead of one per seed")
     g.add_argument("--stream", action="store_true",
                    help="use GenerateStream (for more seeds than one request allows)")
+    g.add_argument("--psi", type=float, default=1.0,
+                   help="truncation in (0, 1]; 1 (default) is none")
+    i = sub.add_parser("interpolate", help="write the frames from one seed's image to "
+                                           "another's: frame_*.png, strip.png, "
+                                           "interpolation.gif")
+    i.add_argument("seed_a", type=int)
+    i.add_argument("seed_b", type=int)
+    i.add_argument("--frames", type=int, default=16, help="frames, both ends included")
+    i.add_argument("--method", choices=sorted(METHODS), default="slerp")
+    i.add_argument("--label", type=int, action="append", default=[], metavar="N",
+                   help="one class for every frame (conditional models)")
+    i.add_argument("--psi", type=float, default=1.0, help="truncation in (0, 1]")
+    i.add_argument("--model", default="", help="model name (default: the server's default)")
+    i.add_argument("--out", default="interpolation", help="output folder")
     sub.add_parser("info", help="list the server's models")
     h = sub.add_parser("health", help="exit 0 if the server (or one model) is SERVING, else 1 "
                                       "(for container HEALTHCHECKs and scripts)")
@@ -181,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{m.height}x{m.width}, providers {', '.join(m.execution_providers)}"
                           f"{classes}")
                 return 0
+            if args.command == "interpolate":
+                return _interpolate(client, args)
             return _generate(client, args)
     except grpc.RpcError as err:
         print(f"dcgan-client: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -229,12 +267,26 @@ def _generate(client: GeneratorClient, args) -> int:
     if args.grid:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        response = client.generate_response(seeds, args.label, args.model, "grid")
+        response = client.generate_response(seeds, args.label, args.model, "grid", args.psi)
         (out / "grid.png").write_bytes(response.grid_png)
         print(f"wrote {out / 'grid.png'} ({len(seeds)} images, model {response.model})")
         return 0
-    return _write([client.generate_response(seeds, args.label, args.model, "png")],
+    return _write([client.generate_response(seeds, args.label, args.model, "png", args.psi)],
                   Path(args.out))
+
+
+def _interpolate(client: GeneratorClient, args) -> int:
+    from service.imaging import encode_gif, encode_png, make_grid
+    frames = client.interpolate(args.seed_a, args.seed_b, args.frames, args.method, args.label,
+                                args.model, psi=args.psi)[:, None]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        (out / f"frame_{i:03d}.png").write_bytes(encode_png(frame[0]))
+    (out / "strip.png").write_bytes(encode_png(make_grid(frames, ncols=len(frames))))
+    (out / "interpolation.gif").write_bytes(encode_gif(frames))
+    print(f"wrote {len(frames)} frames, strip.png and interpolation.gif to {out}")
+    return 0
 
 
 def _write(responses, out: Path) -> int:

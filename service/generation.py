@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from service.batching import Batcher
-from service.contract import MAX_SEED, ModelMetadata, labels_for, seed_to_latent
+from service.contract import (LATENT_RULE, MAX_SEED, ContractError, ModelMetadata, interpolate,
+                              labels_for, seed_to_latent, truncate)
 from service.errors import InvalidRequest, ModelNotFound
 from service.imaging import encode_png, make_grid
 from service.runtime import OnnxGenerator
@@ -36,12 +37,37 @@ class Format(enum.Enum):
     PNG_GRID = "png_grid"
 
 
+class Kind(enum.Enum):
+    """Where a request's latents come from (the `kind` label of the images counter)."""
+    SEED = "seed"
+    INTERPOLATION = "interpolation"
+    LATENT = "latent"
+
+
+@dataclass
+class Walk:
+    """An interpolation: `frames` latents from seed `a`'s to seed `b`'s (contract rule v1)."""
+    a: int
+    b: int
+    frames: int
+    method: str = "slerp"
+
+
 @dataclass
 class GenerationRequest:
-    seeds: Sequence[int]
+    seeds: Sequence[int] = ()
     labels: Sequence[int] = ()
     format: Format = Format.RAW
     timeout: float | None = None  # seconds left before the caller's deadline
+    psi: float = 1.0                 # truncation, contract rule v1; 1 is none
+    latents: bytes | np.ndarray | None = None  # instead of seeds: float32 [N, latent_dim]
+    walk: Walk | None = None         # instead of seeds: an interpolation
+
+    @property
+    def kind(self) -> Kind:
+        if self.walk is not None:
+            return Kind.INTERPOLATION
+        return Kind.LATENT if self.latents is not None and len(self.latents) else Kind.SEED
 
 
 @dataclass
@@ -55,6 +81,13 @@ class GenerationResult:
     pngs: list[bytes] = field(default_factory=list)
     grid_png: bytes = b""
     grid_columns: int = 0
+    kind: Kind = Kind.SEED
+    psi: float = 1.0
+
+    @property
+    def latent_rule(self) -> str:
+        """The latent-walk rule these images used, or "" for plain seeds."""
+        return "" if self.kind is Kind.SEED and self.psi == 1.0 else LATENT_RULE
 
 
 @dataclass
@@ -164,16 +197,47 @@ class Generator:
 
     async def generate(self, model: ServedModel, request: GenerationRequest
                        ) -> GenerationResult:
-        seeds = self.check_seeds(request.seeds, self.max_batch)
-        labels = labels_for(seeds, request.labels, model.metadata.num_classes,
-                            f"model {model.name!r}")
-        images = await self.run(model, seeds, labels, request.timeout)
+        latents, seeds, labels = self.latents_for(model, request)
+        images = await model.engine.generate(latents, labels, request.timeout)
         if request.format is Format.RAW:  # nothing to encode: the bytes go out as they are
-            return self.encode(model, seeds, labels, images, request.format)
-        return await asyncio.get_running_loop().run_in_executor(
-            self.encoder, self.encode, model, seeds, labels, images, request.format)
+            result = self.encode(model, seeds, labels, images, request.format)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.encoder, self.encode, model, seeds, labels, images, request.format,
+                request.walk.frames if request.walk else 0)
+        result.kind, result.psi = request.kind, request.psi
+        return result
 
     # --- the steps, in order
+
+    def latents_for(self, model: ServedModel, request: GenerationRequest
+                    ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+        """(latents float32 [N, D], the seeds or [], labels) for the request's kind, checked."""
+        meta, where = model.metadata, f"model {model.name!r}"
+        if request.walk is not None:
+            walk = request.walk
+            if not 2 <= walk.frames <= self.max_batch:
+                raise InvalidRequest(f"{walk.frames} frames: ask for 2 to {self.max_batch}")
+            self.check_seeds([walk.a, walk.b], 2)
+            labels = _walk_labels(walk, request.labels, meta.num_classes, where)
+            latents = interpolate(self.latents([walk.a], meta.latent_dim)[0],
+                                  self.latents([walk.b], meta.latent_dim)[0], walk.frames,
+                                  walk.method)
+            seeds: list[int] = []
+        elif request.latents is not None and len(request.latents):
+            if len(request.seeds):
+                raise InvalidRequest("send seeds or latents, not both")
+            latents = _check_latents(request.latents, meta.latent_dim, self.max_batch)
+            if meta.num_classes and not len(request.labels):
+                raise ContractError(f"{where} is class-conditional: send one label for all "
+                                    "latents or one per latent")
+            labels = labels_for(range(len(latents)), request.labels, meta.num_classes, where)
+            seeds = []
+        else:
+            seeds = self.check_seeds(request.seeds, self.max_batch)
+            labels = labels_for(seeds, request.labels, meta.num_classes, where)
+            latents = self.latents(seeds, meta.latent_dim)
+        return truncate(latents, request.psi), seeds, labels
 
     @staticmethod
     def check_seeds(seeds: Sequence[int], max_batch: int) -> list[int]:
@@ -189,22 +253,61 @@ class Generator:
                 raise InvalidRequest(f"seed {s} is outside 0..2**64-1")
         return seeds
 
-    async def run(self, model: ServedModel, seeds: list[int], labels: np.ndarray | None,
-                  timeout: float | None = None) -> np.ndarray:
-        latents = self.latents(seeds, model.runner.metadata.latent_dim)
-        return await model.engine.generate(latents, labels, timeout)
-
     @staticmethod
     def encode(model: ServedModel, seeds: list[int], labels: np.ndarray | None,
-               images: np.ndarray, fmt: Format) -> GenerationResult:
+               images: np.ndarray, fmt: Format, columns: int = 0) -> GenerationResult:
         result = GenerationResult(model.name, model.runner.metadata.version, seeds, labels,
                                   images, fmt)
         if fmt is Format.PNG:
             result.pngs = [encode_png(img[0]) for img in images]
-        elif fmt is Format.PNG_GRID:
-            result.grid_columns = math.ceil(math.sqrt(len(images)))
+        elif fmt is Format.PNG_GRID:  # an interpolation is one strip; seeds a near-square grid
+            result.grid_columns = columns or math.ceil(math.sqrt(len(images)))
             result.grid_png = encode_png(make_grid(images, result.grid_columns))
         return result
+
+
+def _walk_labels(walk: Walk, labels: Sequence[int], num_classes: int, where: str
+                 ) -> np.ndarray | None:
+    """One class for every frame: the one sent, or the seeds' shared default class."""
+    if not num_classes:
+        return labels_for([walk.a], labels, num_classes, where)  # refuses labels
+    if len(labels) > 1:
+        raise ContractError(f"{len(labels)} labels for an interpolation: send none or one; "
+                            f"{where} takes one class, not a mix of two")
+    if not len(labels) and walk.a % num_classes != walk.b % num_classes:
+        raise ContractError(f"seeds {walk.a} and {walk.b} default to classes "
+                            f"{walk.a % num_classes} and {walk.b % num_classes}; {where} takes "
+                            "one class, not a mix of two: send one label for every frame")
+    label = labels_for([walk.a], labels, num_classes, where)[0]
+    return np.full(walk.frames, label, np.int64)
+
+
+def _check_latents(latents: bytes | np.ndarray, latent_dim: int, max_batch: int) -> np.ndarray:
+    """float32 [N, latent_dim] from raw little-endian bytes or an array, checked."""
+    if isinstance(latents, (bytes, bytearray, memoryview)):
+        if len(latents) % (4 * latent_dim):
+            raise InvalidRequest(f"latents: {len(latents)} bytes is not a whole number of "
+                                 f"float32 vectors of {latent_dim} (send N x {latent_dim} x 4 "
+                                 "bytes)")
+        count = len(latents) // (4 * latent_dim)
+        if count > max_batch:  # counted before anything is converted
+            raise InvalidRequest(f"{count} latents in one request; this server allows at most "
+                                 f"{max_batch}")
+        array = np.frombuffer(latents, "<f4").reshape(count, latent_dim)
+    else:
+        array = np.asarray(latents)
+        if array.ndim != 2 or array.shape[1] != latent_dim:
+            raise InvalidRequest(f"latents have shape {list(array.shape)}: send "
+                                 f"[N, {latent_dim}]")
+        if len(array) > max_batch:
+            raise InvalidRequest(f"{len(array)} latents in one request; this server allows at "
+                                 f"most {max_batch}")
+        array = array.astype(np.float32, copy=False)
+    if not len(array):
+        raise InvalidRequest("latents is empty: send at least one vector")
+    if not np.isfinite(array).all():
+        raise InvalidRequest("latents hold NaN or infinite values: send finite numbers")
+    return np.ascontiguousarray(array)
 
 
 def stream_chunks(seeds_total: int, chunk_size: int, max_batch: int, bytes_per_image: int,

@@ -33,6 +33,15 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def encode_gif(images: np.ndarray, frame_ms: int = 80) -> bytes:
+    """A looping animated GIF of uint8 images [N, 1, H, W]; grey levels are kept exactly."""
+    frames = [Image.fromarray(img[0], mode="L") for img in images]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=frame_ms, loop=0)
+    return buf.getvalue()
+
+
 def decode_png(data: bytes) -> np.ndarray:
     """uint8 [H, W] from PNG bytes (used by the client and the tests)."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("L"))

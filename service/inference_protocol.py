@@ -6,6 +6,11 @@ same outputs and refuse bad ones with the same messages:
 
     input  "seeds"   UINT64 or INT64, shape [N] or [N, 1]
     input  "labels"  INT64 or INT32, shape [N] or [1]    conditional models only, optional
+    input  "latents" FP32 [N, latent_dim]                 optional, instead of seeds
+    input  "psi"     FP32 [1]                             optional truncation in (0, 1]
+    input  "frames"  INT64 or INT32 [1]                   optional: with exactly two seeds,
+                                                          that many frames from one to the other
+    parameter "interpolation": "slerp" (default) or "lerp", with "frames"
     output "images"  UINT8 [N, 1, H, W]
     output "labels"  INT64 [N]                           conditional models only
 """
@@ -19,7 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from service.errors import InvalidRequest, ModelNotFound
-from service.generation import GenerationResult, Generator, ServedModel
+from service.generation import (GenerationRequest, GenerationResult, Generator, ServedModel,
+                                Walk)
 
 SERVER_NAME = "dcgan-digits"
 PLATFORM = "onnxruntime_onnx"
@@ -27,6 +33,8 @@ PLATFORM = "onnxruntime_onnx"
 # Datatype name -> numpy little-endian dtype, per input.
 SEED_TYPES = {"UINT64": "<u8", "INT64": "<i8"}
 LABEL_TYPES = {"INT64": "<i8", "INT32": "<i4"}
+LATENT_TYPES = {"FP32": "<f4"}
+INPUT_NAMES = ("seeds", "labels", "latents", "psi", "frames")
 
 
 def server_version() -> str:
@@ -67,9 +75,12 @@ def resolve_model(generator: Generator, name: str, version: str) -> ServedModel:
 
 
 def input_specs(model: ServedModel) -> list[TensorSpec]:
-    specs = [TensorSpec("seeds", "UINT64", [-1])]
+    specs = [TensorSpec("seeds", "UINT64", [-1], optional=True)]
     if model.metadata.conditional:
         specs.append(TensorSpec("labels", "INT64", [-1], optional=True))
+    specs += [TensorSpec("latents", "FP32", [-1, model.metadata.latent_dim], optional=True),
+              TensorSpec("psi", "FP32", [1], optional=True),
+              TensorSpec("frames", "INT64", [1], optional=True)]
     return specs
 
 
@@ -80,28 +91,52 @@ def output_specs(model: ServedModel) -> list[TensorSpec]:
     return specs
 
 
-def seeds_and_labels(inputs: Sequence[InputTensor]) -> tuple[np.ndarray, np.ndarray | tuple]:
-    """The request's seeds ([N]) and labels ([N], [1] or ()), checked for name, type and shape;
-    the core (`Generator`) then checks counts and ranges as it does for every API."""
+def generation_request(inputs: Sequence[InputTensor], parameters: dict,
+                       timeout: float | None) -> GenerationRequest:
+    """The core's request for these tensors: seeds (or latents, or an interpolation between
+    two seeds), labels and psi, checked for name, type and shape here; the core then checks
+    counts and ranges as it does for every API."""
     tensors = {}
     for tensor in inputs:
-        if tensor.name not in ("seeds", "labels"):
+        if tensor.name not in INPUT_NAMES:
             raise InvalidRequest(f"unknown input {tensor.name!r}: this model takes 'seeds' "
-                                 "(UINT64 [N]) and, if conditional, 'labels' (INT64 [N])")
+                                 "(UINT64 [N]) or 'latents' (FP32 [N, latent_dim]), and "
+                                 "optionally 'labels', 'psi' and 'frames'")
         tensors[tensor.name] = tensor
-    if "seeds" not in tensors:
-        raise InvalidRequest("input 'seeds' is missing: send the seeds as a UINT64 [N] tensor")
-    seeds = _values(tensors["seeds"], SEED_TYPES)
-    if seeds.ndim == 2 and seeds.shape[1] == 1:  # [N, 1], as batching clients often send
-        seeds = seeds[:, 0]
-    if seeds.ndim != 1:
-        raise InvalidRequest(f"'seeds' has shape {list(seeds.shape)}: send [N] or [N, 1]")
-    if seeds.dtype.kind == "i" and (seeds < 0).any():
-        raise InvalidRequest("seeds must be 0..2**64-1; INT64 seeds must not be negative")
-    labels = ()
+    if ("seeds" in tensors) == ("latents" in tensors):
+        raise InvalidRequest("send the input 'seeds' (UINT64 [N]) or 'latents' (FP32 [N, "
+                             "latent_dim]), one of the two")
+    request = GenerationRequest(timeout=timeout)
+    if "seeds" in tensors:
+        seeds = _values(tensors["seeds"], SEED_TYPES)
+        if seeds.ndim == 2 and seeds.shape[1] == 1:  # [N, 1], as batching clients often send
+            seeds = seeds[:, 0]
+        if seeds.ndim != 1:
+            raise InvalidRequest(f"'seeds' has shape {list(seeds.shape)}: send [N] or [N, 1]")
+        if seeds.dtype.kind == "i" and (seeds < 0).any():
+            raise InvalidRequest("seeds must be 0..2**64-1; INT64 seeds must not be negative")
+        request.seeds = seeds
+    else:
+        request.latents = _values(tensors["latents"], LATENT_TYPES)
     if "labels" in tensors:
-        labels = _values(tensors["labels"], LABEL_TYPES).reshape(-1)
-    return seeds, labels
+        request.labels = _values(tensors["labels"], LABEL_TYPES).reshape(-1)
+    if "psi" in tensors:
+        psi = _values(tensors["psi"], LATENT_TYPES).reshape(-1)
+        if psi.size != 1:
+            raise InvalidRequest(f"'psi' has {psi.size} values: send one, FP32 [1]")
+        request.psi = float(psi[0])
+    method = parameters.get("interpolation", "slerp")
+    if "frames" in tensors:
+        frames = _values(tensors["frames"], LABEL_TYPES).reshape(-1)
+        if frames.size != 1 or len(request.seeds) != 2:
+            raise InvalidRequest("an interpolation takes 'frames' (one value) and exactly two "
+                                 "'seeds', the first and the last frame's")
+        request.walk = Walk(int(request.seeds[0]), int(request.seeds[1]), int(frames[0]),
+                            str(method))
+        request.seeds = ()
+    elif "interpolation" in parameters:
+        raise InvalidRequest("parameter 'interpolation' needs the input 'frames' and two seeds")
+    return request
 
 
 def _values(tensor: InputTensor, types: dict[str, str]) -> np.ndarray:
@@ -124,6 +159,9 @@ def _values(tensor: InputTensor, types: dict[str, str]) -> np.ndarray:
         if len(tensor.values) != count:  # counted before any value is converted
             raise InvalidRequest(f"input {tensor.name!r}: {len(tensor.values)} values for "
                                  f"shape {shape}")
+        if dtype.kind in "iu" and not all(isinstance(v, int) for v in tensor.values):
+            raise InvalidRequest(f"input {tensor.name!r}: values must be integers that fit "
+                                 f"{tensor.datatype}")
         try:
             values = np.asarray(tensor.values, dtype=dtype)
         except (ValueError, OverflowError, TypeError):

@@ -4,7 +4,7 @@
     dcgan_inference_duration_seconds{model}            histogram, one onnxruntime session.run
     dcgan_batch_size{model}                            histogram, images per executed run
     dcgan_batch_queue_wait_seconds{model}              histogram, queue wait before a run
-    dcgan_images_generated_total{model}                counter
+    dcgan_images_generated_total{model, kind}          counter; kind: seed, interpolation, latent
     dcgan_images_per_request{model}                    histogram
     dcgan_requests_in_flight{rpc}                      gauge
     dcgan_model_info{model, version, arch, dataset, provider}  info (value 1)
@@ -43,7 +43,8 @@ class Metrics:
             "dcgan_inference_duration_seconds", "Time of one onnxruntime run, by model",
             ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter(
-            "dcgan_images_generated", "Images generated, by model", ["model"],
+            "dcgan_images_generated", "Images generated, by model and by where their latents "
+            "came from (seed, interpolation, latent)", ["model", "kind"],
             registry=self.registry)
         self.images_per_request = Histogram(
             "dcgan_images_per_request", "Images asked for per Generate request, by model",
@@ -96,7 +97,7 @@ class Metrics:
             access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
                              call.images, seconds * 1000)
             if call.images:
-                self._child(self.images, call.model).inc(call.images)
+                self._child(self.images, call.model, call.kind).inc(call.images)
 
     def observe_request_size(self, model: str, images: int) -> None:
         self._child(self.images_per_request, model).observe(images)
@@ -117,9 +118,10 @@ class Metrics:
 
 
 class _Call:
-    __slots__ = ("model", "code", "images")
+    __slots__ = ("model", "code", "images", "kind")
 
     def __init__(self) -> None:
         self.model = UNKNOWN_MODEL
         self.code = "OK"
         self.images = 0
+        self.kind = "seed"

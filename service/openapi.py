@@ -39,6 +39,9 @@ _LABEL = {"name": "label", "in": "query", "schema": {"type": "integer", "minimum
           "description": "class, for conditional models (default: the seed rule's)"}
 _TIMEOUT = {"name": "timeout", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
             "description": "seconds the caller will wait (or the Request-Timeout header)"}
+_PSI = {"name": "psi", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0,
+                                                  "maximum": 1},
+        "description": "truncation: latents scaled toward the mean (1, the default, is none)"}
 _IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"},
                   "description": "an ETag from an earlier answer: 304 if unchanged"}
 _PNG = {"description": "PNG, grey, 8 bits", "content": {"image/png": {
@@ -63,7 +66,7 @@ def openapi_document(version: str, max_batch: int) -> dict:
                                                          "items": {"type": "string"}}}},
         "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"],
                            "properties": {"name": {"type": "string"},
-                                          "datatype": {"enum": TENSOR_TYPES},
+                                          "datatype": {"enum": TENSOR_TYPES + ["FP32"]},
                                           "shape": tensor_shape}},
         "ModelMetadata": {"type": "object",
                           "required": ["name", "versions", "platform", "inputs", "outputs"],
@@ -87,9 +90,12 @@ def openapi_document(version: str, max_batch: int) -> dict:
         "InferInput": {
             "type": "object", "required": ["name", "datatype", "shape"],
             "properties": {
-                "name": {"enum": ["seeds", "labels"]},
-                "datatype": {"enum": ["UINT64", "INT64", "INT32"],
-                             "description": "seeds: UINT64 or INT64; labels: INT64 or INT32"},
+                "name": {"enum": ["seeds", "labels", "latents", "psi", "frames"]},
+                "datatype": {"enum": ["UINT64", "INT64", "INT32", "FP32"],
+                             "description": "seeds: UINT64 or INT64; labels and frames: INT64 "
+                                            "or INT32; latents [N, latent_dim] and psi [1]: "
+                                            "FP32. With frames, exactly two seeds: the "
+                                            "interpolation between them"},
                 "shape": tensor_shape,
                 "data": {"type": "array", "description": "row-major values, flat or nested"},
                 "parameters": {"type": "object", "properties": {
@@ -107,6 +113,7 @@ def openapi_document(version: str, max_batch: int) -> dict:
                                    "parameters": {"type": "object", "properties": {
                                        "binary_data": {"type": "boolean"}}}}}},
                 "parameters": {"type": "object", "properties": {
+                    "interpolation": {"enum": ["slerp", "lerp"]},
                     "binary_data_output": {"type": "boolean"},
                     "timeout": {"type": "number", "exclusiveMinimum": 0,
                                 "description": "microseconds (Triton's)"}}}}},
@@ -182,8 +189,30 @@ def openapi_document(version: str, max_batch: int) -> dict:
             parameters=[_NAME, {"name": "seeds", "in": "query", "required": True,
                                 "schema": {"type": "string"},
                                 "description": f"e.g. 0-15 or 3,9,20-22; at most {max_batch}"},
-                        _LABEL, _VERSION_QUERY, _TIMEOUT, _IF_NONE_MATCH]),
+                        _LABEL, _PSI, _VERSION_QUERY, _TIMEOUT, _IF_NONE_MATCH]),
     }
+    walk = [_NAME,
+            {"name": "a", "in": "query", "required": True, "schema": {"type": "integer",
+                                                                      "minimum": 0},
+             "description": "the first frame's seed"},
+            {"name": "b", "in": "query", "required": True, "schema": {"type": "integer",
+                                                                      "minimum": 0},
+             "description": "the last frame's seed"},
+            {"name": "frames", "in": "query", "schema": {"type": "integer", "minimum": 2,
+                                                         "maximum": max_batch, "default": 16}},
+            {"name": "method", "in": "query", "schema": {"enum": ["slerp", "lerp"],
+                                                         "default": "slerp"}},
+            _LABEL, _PSI, _VERSION_QUERY, _TIMEOUT, _IF_NONE_MATCH]
+    gif = {**_PNG, "description": "a looping animated GIF, one frame per image",
+           "content": {"image/gif": {"schema": {"type": "string",
+                                                "contentMediaType": "image/gif"}}}}
+    paths["/v1/models/{name}/interpolation.png"] = get(
+        "Frames from seed a's image to seed b's, as one strip (latent-walk rule v1: the ends "
+        "are exactly the two seeds' images)", _PNG, 400, 401, 404, 429, 503, 504,
+        parameters=walk)
+    paths["/v1/models/{name}/interpolation.gif"] = get(
+        "The same frames as an animated GIF", gif, 400, 401, 404, 429, 503, 504,
+        parameters=walk)
     for prefix, params in (("/v2/models/{name}", [_NAME]),
                            ("/v2/models/{name}/versions/{version}", [_NAME, _VERSION])):
         paths[prefix] = get("Model metadata: the tensors",

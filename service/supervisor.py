@@ -1,4 +1,4 @@
-"""Multi-process mode (`dcgan-serve --processes N`): N server processes share the gRPC and HTTP ports.
+"""Multi-process mode (`dcgan-serve --processes N`): N processes share the gRPC and HTTP ports.
 
 One Python process serves RPCs under one GIL; on several cores small requests are limited by
 that, not by onnxruntime. Here a light supervisor process (no models, no onnxruntime) starts N

@@ -15,7 +15,7 @@ import torch
 
 from service.contract import (ContractError, interpolate, labels_for, seed_to_latent,
                               seeds_to_latents, truncate)
-from service.imaging import encode_png, make_grid
+from service.imaging import encode_gif, encode_png, make_grid
 from training import checkpoints
 from training.data import DATASETS
 from training.models import ARCHS, build_generator, to_uint8
@@ -147,7 +147,6 @@ def interpolation(model: str | Path, a: int, b: int, frames: int, out_dir: Path,
     class when both seeds have the same one. These models take a class number, not a mix of
     classes, so a walk between two classes is refused with a message saying so.
     """
-    from PIL import Image
     source = load_generator_source(model, device)
     labels = None
     if source.num_classes:
@@ -173,7 +172,6 @@ def interpolation(model: str | Path, a: int, b: int, frames: int, out_dir: Path,
     strip = out_dir / "strip.png"
     strip.write_bytes(encode_png(make_grid(images, ncols=frames)))
     gif = out_dir / "interpolation.gif"
-    pictures = [Image.fromarray(img[0], mode="L") for img in images]
-    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    gif.write_bytes(encode_gif(images, frame_ms))
     return [*written, strip, gif]
 

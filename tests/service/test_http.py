@@ -230,7 +230,7 @@ BAD = [  # method, path, body, headers, status, what the message says
      JSON, 400, "use UINT64 or INT64"),
     ("POST", "/v2/models/plain/infer", json.dumps({"inputs": [
         {"name": "seeds", "datatype": "UINT64", "shape": [1], "data": ["7"]}]}).encode(),
-     JSON, 400, "is not an integer"),
+     JSON, 400, "is not a number"),
     ("POST", "/v2/models/plain/infer", json.dumps({"inputs": [
         {"name": "seeds", "datatype": "UINT64", "shape": [1], "data": [-1]}]}).encode(),
      JSON, 400, "must be integers that fit UINT64"),

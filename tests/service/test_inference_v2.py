@@ -60,11 +60,13 @@ def test_server_and_model_readiness(v2_stub):
 def test_model_metadata_describes_the_tensors(v2_stub):
     cond = v2_stub.ModelMetadata(v2.ModelMetadataRequest(name="cond"))
     assert [(t.name, t.datatype, list(t.shape)) for t in cond.inputs] == [
-        ("seeds", "UINT64", [-1]), ("labels", "INT64", [-1])]
+        ("seeds", "UINT64", [-1]), ("labels", "INT64", [-1]), ("latents", "FP32", [-1, 100]),
+        ("psi", "FP32", [1]), ("frames", "INT64", [1])]
     assert [(t.name, t.datatype, list(t.shape)) for t in cond.outputs] == [
         ("images", "UINT8", [-1, 1, 28, 28]), ("labels", "INT64", [-1])]
     plain = v2_stub.ModelMetadata(v2.ModelMetadataRequest(name="plain"))
-    assert [t.name for t in plain.inputs] == ["seeds"] and len(plain.versions) == 1
+    assert [t.name for t in plain.inputs] == ["seeds", "latents", "psi", "frames"]
+    assert len(plain.versions) == 1
     with pytest.raises(grpc.RpcError) as err:
         v2_stub.ModelMetadata(v2.ModelMetadataRequest(name="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -126,7 +128,7 @@ def test_bad_requests_get_invalid_argument_or_not_found_with_a_reason(v2_stub):
     unknown_input.inputs[0].name = "z"
     cases.append((unknown_input, grpc.StatusCode.INVALID_ARGUMENT, "'seeds'"))
     no_inputs = v2.ModelInferRequest(model_name="plain")
-    cases.append((no_inputs, grpc.StatusCode.INVALID_ARGUMENT, "missing"))
+    cases.append((no_inputs, grpc.StatusCode.INVALID_ARGUMENT, "send the input 'seeds'"))
     too_many = _seeds(range(257))
     cases.append((too_many, grpc.StatusCode.INVALID_ARGUMENT, "at most 256"))
     labels_on_plain = _seeds([1])
@@ -155,12 +157,12 @@ def test_bad_requests_get_invalid_argument_or_not_found_with_a_reason(v2_stub):
 
 def test_model_infer_is_measured_like_generate(server, v2_stub):
     before = server.metrics.registry.get_sample_value(
-        "dcgan_images_generated_total", {"model": "plain"}) or 0
+        "dcgan_images_generated_total", {"model": "plain", "kind": "seed"}) or 0
     request = _seeds(range(5))
     request.model_name = "plain"
     v2_stub.ModelInfer(request)
     after = server.metrics.registry.get_sample_value(
-        "dcgan_images_generated_total", {"model": "plain"})
+        "dcgan_images_generated_total", {"model": "plain", "kind": "seed"})
     assert after - before == 5
     assert server.metrics.registry.get_sample_value(
         "dcgan_request_duration_seconds_count",
@@ -201,8 +203,11 @@ def test_tritonclient_works_unmodified(server, stub, tmp_path_factory):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert report == {"live": True, "ready": True, "inputs": ["seeds", "labels"], "config": [
-        "cond", 0, [["seeds", "TYPE_UINT64", ["-1"]], ["labels", "TYPE_INT64", ["-1"]]],
+    assert report == {"live": True, "ready": True,
+                      "inputs": ["seeds", "labels", "latents", "psi", "frames"], "config": [
+        "cond", 0, [["seeds", "TYPE_UINT64", ["-1"]], ["labels", "TYPE_INT64", ["-1"]],
+                    ["latents", "TYPE_FP32", ["-1", "100"]], ["psi", "TYPE_FP32", ["1"]],
+                    ["frames", "TYPE_INT64", ["1"]]],
         [["images", "TYPE_UINT8", ["-1", "1", "28", "28"]], ["labels", "TYPE_INT64", ["-1"]]]]}
     expected = images_from_response(stub.Generate(pb.GenerateRequest(
         model="cond", seeds=[0, 1, 2, 3], labels=[7])))

@@ -13,25 +13,58 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_RAW: _ClassVar[ImageFormat]
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_PNG_GRID: _ClassVar[ImageFormat]
+
+class Interpolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTERPOLATION_UNSPECIFIED: _ClassVar[Interpolation]
+    INTERPOLATION_SLERP: _ClassVar[Interpolation]
+    INTERPOLATION_LERP: _ClassVar[Interpolation]
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat
 IMAGE_FORMAT_RAW: ImageFormat
 IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_PNG_GRID: ImageFormat
+INTERPOLATION_UNSPECIFIED: Interpolation
+INTERPOLATION_SLERP: Interpolation
+INTERPOLATION_LERP: Interpolation
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("seeds", "labels", "model", "format")
+    __slots__ = ("seeds", "labels", "model", "format", "psi", "latents")
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
     seeds: _containers.RepeatedScalarFieldContainer[int]
     labels: _containers.RepeatedScalarFieldContainer[int]
     model: str
     format: ImageFormat
-    def __init__(self, seeds: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    psi: float
+    latents: bytes
+    def __init__(self, seeds: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., psi: _Optional[float] = ..., latents: _Optional[bytes] = ...) -> None: ...
+
+class InterpolateRequest(_message.Message):
+    __slots__ = ("seed_a", "seed_b", "frames", "method", "labels", "model", "format", "psi")
+    SEED_A_FIELD_NUMBER: _ClassVar[int]
+    SEED_B_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    seed_a: int
+    seed_b: int
+    frames: int
+    method: Interpolation
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    model: str
+    format: ImageFormat
+    psi: float
+    def __init__(self, seed_a: _Optional[int] = ..., seed_b: _Optional[int] = ..., frames: _Optional[int] = ..., method: _Optional[_Union[Interpolation, str]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., psi: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("model", "model_version", "seeds", "labels", "format", "raw", "count", "height", "width", "png", "grid_png", "grid_columns")
+    __slots__ = ("model", "model_version", "seeds", "labels", "format", "raw", "count", "height", "width", "png", "grid_png", "grid_columns", "latent_rule", "psi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +77,8 @@ class GenerateResponse(_message.Message):
     PNG_FIELD_NUMBER: _ClassVar[int]
     GRID_PNG_FIELD_NUMBER: _ClassVar[int]
     GRID_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    LATENT_RULE_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     seeds: _containers.RepeatedScalarFieldContainer[int]
@@ -56,7 +91,9 @@ class GenerateResponse(_message.Message):
     png: _containers.RepeatedScalarFieldContainer[bytes]
     grid_png: bytes
     grid_columns: int
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., seeds: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., raw: _Optional[bytes] = ..., count: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., png: _Optional[_Iterable[bytes]] = ..., grid_png: _Optional[bytes] = ..., grid_columns: _Optional[int] = ...) -> None: ...
+    latent_rule: str
+    psi: float
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., seeds: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., raw: _Optional[bytes] = ..., count: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., png: _Optional[_Iterable[bytes]] = ..., grid_png: _Optional[bytes] = ..., grid_columns: _Optional[int] = ..., latent_rule: _Optional[str] = ..., psi: _Optional[float] = ...) -> None: ...
 
 class SeedRange(_message.Message):
     __slots__ = ("start", "count")

@@ -55,6 +55,11 @@ class GeneratorServiceStub(object):
                 request_serializer=dcgan_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=dcgan_dot_v1_dot_generator__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Interpolate = channel.unary_unary(
+                '/dcgan.v1.GeneratorService/Interpolate',
+                request_serializer=dcgan_dot_v1_dot_generator__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=dcgan_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer(object):
@@ -90,6 +95,15 @@ class GeneratorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Interpolate(self, request, context):
+        """Images along the path from one seed's latent to another's (the latent-walk rule
+        "slerp-lerp-truncation/v1"): the first and last images are exactly Generate's for those
+        seeds (same label, same psi).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +126,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=dcgan_dot_v1_dot_generator__pb2.GetModelInfoRequest.FromString,
                     response_serializer=dcgan_dot_v1_dot_generator__pb2.ModelInfo.SerializeToString,
+            ),
+            'Interpolate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Interpolate,
+                    request_deserializer=dcgan_dot_v1_dot_generator__pb2.InterpolateRequest.FromString,
+                    response_serializer=dcgan_dot_v1_dot_generator__pb2.GenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +242,33 @@ class GeneratorService(object):
             '/dcgan.v1.GeneratorService/GetModelInfo',
             dcgan_dot_v1_dot_generator__pb2.GetModelInfoRequest.SerializeToString,
             dcgan_dot_v1_dot_generator__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interpolate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dcgan.v1.GeneratorService/Interpolate',
+            dcgan_dot_v1_dot_generator__pb2.InterpolateRequest.SerializeToString,
+            dcgan_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
