@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(v)
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     v.add_argument("--out", help="also write the JSON to this file")
+    v.add_argument("--psi", type=float, default=1.0,
+                   help="truncation in (0, 1] of the latents scored (default 1: none)")
 
     c = sub.add_parser("train-classifier", parents=[common], help="(re)build the evaluation classifier",
                        description="Train the small CNN whose features `evaluate` uses, and save "
@@ -169,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from training.evaluation import evaluate
         scores = evaluate(args.model, n=args.samples, data_dir=args.data_dir,
-                          dataset=args.dataset, device=args.device)
+                          dataset=args.dataset, device=args.device, psi=args.psi)
         text = json.dumps(scores, indent=2)
         if args.out:
             Path(args.out).write_text(text + "\n")

@@ -162,8 +162,9 @@ def score_images(clf: Classifier, images: np.ndarray, reference_feats: np.ndarra
 # --- generating what to score -----------------------------------------------------------------
 
 def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = None,
-             device: str = "cpu") -> dict:
-    """Score a checkpoint, an ONNX file, or `real` (the train split) against the test split."""
+             device: str = "cpu", psi: float = 1.0) -> dict:
+    """Score a checkpoint, an ONNX file, or `real` (the train split) against the test split;
+    `psi` < 1 truncates the latents (the contract's latent-walk rule)."""
     from training.sampling import load_generator_source
     if model == "real":
         if dataset is None:
@@ -177,8 +178,9 @@ def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = No
     clf = load_classifier(dataset)
     test = load_split(dataset, "test", data_dir)
     if model != "real":
-        images, labels = source.generate(range(n))
-        meta = {"model": str(model), "arch": source.arch, "conditional": source.num_classes > 0}
+        images, labels = source.generate(range(n), psi=psi)
+        meta = {"model": str(model), "arch": source.arch, "conditional": source.num_classes > 0,
+                "psi": psi}
     ref_feats, _ = features_and_probs(clf, test.images[:, None])
     scores = score_images(clf, images, ref_feats, labels)
     return {**meta, "dataset": dataset, "reference": f"{dataset} test split ({len(test)})",

@@ -88,6 +88,17 @@ def test_playground_shows_the_pixels_of_generate_and_is_usable_from_the_keyboard
     assert page.get_attribute("#download", "download") == "grid-3,9,20-25.png"
 
     ARTIFACTS.mkdir(exist_ok=True)
+
+    # The walk: a strip of frames from seed 3 to seed 13 in class 7, exactly Interpolate's.
+    page.fill("#frames", "6")
+    page.click("#walk")
+    page.wait_for_selector("#walk-result:not([hidden])")
+    shown = page.evaluate(READ_PIXELS.replace('"grid"', '"strip"'))
+    frames = images_from_response(stub.Interpolate(pb.InterpolateRequest(
+        model="cond", seed_a=3, seed_b=13, frames=6, labels=[7])))
+    strip = np.array(shown["grey"], np.uint8).reshape(shown["height"], shown["width"])
+    np.testing.assert_array_equal(strip, make_grid(frames[:, None], ncols=6))
+    assert page.get_attribute("#walk-gif", "download") == "walk-3-13.gif"
     page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
 
     # A bad request shows the server's own message, and the page keeps working.

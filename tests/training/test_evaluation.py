@@ -66,3 +66,12 @@ def test_evaluate_an_onnx_file_end_to_end(tiny_cond_onnx, subset_dir):
     assert scores["n"] == 300 and scores["dataset"] == "mnist" and scores["conditional"]
     assert scores["fd"] > 0 and 1 <= scores["inception_score"] <= 10
     assert 0 <= scores["label_accuracy"] <= 1 and len(scores["class_shares"]) == 10
+
+
+def test_evaluate_at_a_truncation_scores_the_truncated_images(tiny_cond_onnx, subset_dir):
+    from training.evaluation import evaluate
+    plain = evaluate(str(tiny_cond_onnx), n=200, data_dir=subset_dir)
+    truncated = evaluate(str(tiny_cond_onnx), n=200, data_dir=subset_dir, psi=0.5)
+    again = evaluate(str(tiny_cond_onnx), n=200, data_dir=subset_dir, psi=0.5)
+    assert plain["psi"] == 1.0 and truncated["psi"] == 0.5
+    assert truncated["fd"] != plain["fd"] and truncated["fd"] == again["fd"]
