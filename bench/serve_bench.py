@@ -96,7 +96,8 @@ def over_grpc(port: int, batch: int, concurrency: int, seconds: float) -> dict:
 def start_server(model: str, server_args: list[str]) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1",
-                             "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--device", "cpu",
+                             "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
+                             "--device", "cpu",
                              "--model", f"bench={model}", *server_args],
                             env=env, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:

@@ -90,7 +90,7 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
             part = seeds[start:start + chunk]
             part_labels = labels[start:start + chunk] if len(labels) > 1 else labels
             result = await self.generator.generate(model, GenerationRequest(
-                part, part_labels, fmt, context.time_remaining()))
+                part, part_labels, fmt, context.time_remaining(), _psi(request.psi)))
             call.images += len(part)
             yield _response(result)
 

@@ -341,6 +341,8 @@ class HttpFrontDoor:
         result = await self.generator.generate(model, generation)
         call.images = len(result.images)
         self.edge.metrics.observe_request_size(model.name, call.images)
+        if result.latent_rule:
+            headers["Latent-Rule"] = result.latent_rule
         if gif:
             body = await asyncio.get_running_loop().run_in_executor(
                 self.generator.encoder, encode_gif, result.images)
@@ -528,6 +530,8 @@ def _infer_response(header: dict, result, wanted: list[str], as_binary: set[str]
         outputs.append(tensor)
     body: dict = {"model_name": result.model, "model_version": result.version,
                   "outputs": outputs}
+    if result.latent_rule:  # the rule these images used, as Generate reports it
+        body["parameters"] = {"latent_rule": result.latent_rule, "psi": result.psi}
     if "id" in header:
         body["id"] = header["id"]
     text = json.dumps(body, separators=(",", ":")).encode()

@@ -89,6 +89,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self.edge.metrics.observe_request_size(model.name, call.images)
         response = v2.ModelInferResponse(model_name=result.model, model_version=result.version,
                                          id=request.id)
+        if result.latent_rule:  # the rule these images used, as Generate reports it
+            response.parameters["latent_rule"].string_param = result.latent_rule
+            response.parameters["psi"].string_param = f"{result.psi:g}"
         for name, datatype, values in output_tensors(result, wanted):
             response.outputs.append(v2.ModelInferResponse.InferOutputTensor(
                 name=name, datatype=datatype, shape=list(values.shape)))

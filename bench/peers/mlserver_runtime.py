@@ -1,6 +1,7 @@
 """Seldon MLServer with a custom MLModel running the ONNX file, adaptive batching on.
 
-    .bench-venvs/mlserver/bin/python bench/peers/mlserver_runtime.py MODEL.onnx PORT WORKDIR [HTTP_PORT]
+    .bench-venvs/mlserver/bin/python bench/peers/mlserver_runtime.py MODEL.onnx PORT WORKDIR \
+        [HTTP_PORT]
 
 Writes MLServer's settings.json and model-settings.json into WORKDIR and runs `mlserver start`
 there; MLServer then imports `DCGANRuntime` from this file (copied beside the settings).

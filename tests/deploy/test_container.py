@@ -66,7 +66,8 @@ def test_the_serving_install_has_no_torch_and_serves_the_bundled_model(serving_v
                               text=True, cwd=tmp_path)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     server = subprocess.Popen([str(serving_venv / "bin" / "dcgan-serve"), "--host", "127.0.0.1",
-                               "--port", "0", "--http-port", "0", "--metrics-port", "-1"], cwd=tmp_path,
+                               "--port", "0", "--http-port", "0", "--metrics-port", "-1"],
+                              cwd=tmp_path,
                               stderr=subprocess.PIPE, text=True)
     try:
         port = None

@@ -213,3 +213,45 @@ def test_http_interpolation_strip_gif_psi_and_latents(server, stub):
     with urllib.request.urlopen(request, timeout=20) as response:
         [images] = json.loads(response.read())["outputs"]
     assert bytes(images["data"]) == _generate(stub, model="plain", seeds=[9]).tobytes()
+
+
+def test_responses_record_the_rule_on_every_api(server, stub, channel):
+    streamed = list(stub.GenerateStream(pb.GenerateStreamRequest(
+        model="plain", range=pb.SeedRange(start=0, count=6), chunk_size=4, psi=0.7), timeout=20))
+    assert all(r.latent_rule == LATENT_RULE for r in streamed)
+    assert np.concatenate([images_from_response(r) for r in streamed]).tobytes() == \
+        _generate(stub, model="plain", seeds=list(range(6)), psi=0.7).tobytes()
+    v2_stub = v2_grpc.GRPCInferenceServiceStub(channel)
+    response = v2_stub.ModelInfer(_v2_request(seeds=("UINT64", np.array([1], "<u8")),
+                                              psi=("FP32", np.array([0.5], "<f4"))))
+    assert response.parameters["latent_rule"].string_param == LATENT_RULE
+    assert response.parameters["psi"].string_param == "0.5"
+    assert "latent_rule" not in v2_stub.ModelInfer(_v2_request(
+        seeds=("UINT64", np.array([1], "<u8")))).parameters
+    _, headers, _ = _get(f"http://127.0.0.1:{server.http_port}/v1/models/plain/grid.png"
+                         "?seeds=1-2&psi=0.5")
+    assert headers["Latent-Rule"] == LATENT_RULE
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(
+    st.binary(max_size=2000),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=100,
+             max_size=800).map(lambda v: np.array(v[:len(v) // 100 * 100], "<f4").tobytes())),
+    psi=st.one_of(st.just(0.0), st.floats(-2, 2, width=32)))
+def test_any_latents_and_psi_get_images_or_a_clear_refusal(stub, data, psi):
+    request = pb.GenerateRequest(model="plain", latents=data, psi=psi)
+    array = np.frombuffer(data[:len(data) // 400 * 400], "<f4")
+    valid = (data and len(data) % 400 == 0 and np.isfinite(array).all()
+             and (psi == 0 or 0 < psi <= 1))
+    try:
+        response = stub.Generate(request, timeout=20)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details()
+        assert not valid, err.details()
+        return
+    assert valid and response.count == len(data) // 400

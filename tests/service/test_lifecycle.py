@@ -85,8 +85,8 @@ def _bad_models(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
 
 def test_bad_model_files_stop_start_up_with_a_message_naming_them(tmp_path, tiny_onnx):
     for kind, (path, message) in _bad_models(tmp_path, tiny_onnx).items():
-        proc = subprocess.run([PYTHON, "-m", "service", "--port", "0", "--http-port", "-1", "--metrics-port",
-                               "-1", "--model", f"m={path}"], env=python_env(), capture_output=True,
+        proc = subprocess.run([PYTHON, "-m", "service", "--port", "0", "--http-port", "-1",
+                               "--metrics-port", "-1", "--model", f"m={path}"], env=python_env(), capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 1, kind
         assert str(path) in proc.stderr and message in proc.stderr, (kind, proc.stderr)
@@ -99,7 +99,8 @@ def test_a_taken_port_fails_start_up_at_once_with_one_clear_line(tiny_onnx):
         holder.listen()
         port = holder.getsockname()[1]
         proc = subprocess.run([PYTHON, "-m", "service", "--host", "127.0.0.1", "--port",
-                               str(port), "--http-port", "0", "--metrics-port", "-1", "--model", f"m={tiny_onnx}"],
+                               str(port), "--http-port", "0", "--metrics-port", "-1",
+                               "--model", f"m={tiny_onnx}"],
                               env=python_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
@@ -124,8 +125,8 @@ def test_cuda_that_cannot_work_is_a_start_up_error_not_a_cpu_fallback(tiny_onnx)
     import onnxruntime as ort
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA; the refusal is for builds and machines without")
-    proc = subprocess.run([PYTHON, "-m", "service", "--port", "0", "--http-port", "-1", "--metrics-port",
-                           "-1", "--device", "cuda", "--model", f"m={tiny_onnx}"],
+    proc = subprocess.run([PYTHON, "-m", "service", "--port", "0", "--http-port", "-1",
+                           "--metrics-port", "-1", "--device", "cuda", "--model", f"m={tiny_onnx}"],
                           env=python_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "--device cuda was asked for" in proc.stderr
 

@@ -120,7 +120,8 @@ def test_a_bad_model_file_fails_start_up_with_its_name(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_text("not a model")
     proc = subprocess.run([PYTHON, "-m", "service", "--processes", "2", "--port", "0",
-                           "--http-port", "0", "--metrics-port", "-1", "--model", f"m={bad}"], env=python_env(),
+                           "--http-port", "0", "--metrics-port", "-1", "--model", f"m={bad}"],
+                          env=python_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert str(bad) in proc.stdout + proc.stderr and "did not start" in proc.stderr

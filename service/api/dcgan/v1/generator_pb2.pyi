@@ -110,20 +110,22 @@ class SeedList(_message.Message):
     def __init__(self, seeds: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
-    __slots__ = ("range", "list", "labels", "model", "format", "chunk_size")
+    __slots__ = ("range", "list", "labels", "model", "format", "chunk_size", "psi")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     LIST_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
     range: SeedRange
     list: SeedList
     labels: _containers.RepeatedScalarFieldContainer[int]
     model: str
     format: ImageFormat
     chunk_size: int
-    def __init__(self, range: _Optional[_Union[SeedRange, _Mapping]] = ..., list: _Optional[_Union[SeedList, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    psi: float
+    def __init__(self, range: _Optional[_Union[SeedRange, _Mapping]] = ..., list: _Optional[_Union[SeedList, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., chunk_size: _Optional[int] = ..., psi: _Optional[float] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
