@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.compare_servers import _RUNNER, _in_process, _tree_rss_mb  # noqa: E402
+from bench.compare_servers import _RUNNER, _in_process, _tree_rss_mb, stop  # noqa: E402
 from bench.image import free_port  # noqa: E402
 from bench.serve_bench import command_line, machine  # noqa: E402
 
@@ -142,16 +142,6 @@ def start(target: Target, latent_dim: int, conditional: bool, log_dir: Path) -> 
         raise RuntimeError(f"{target.name} answered different pixels")
     time.sleep(2)
     target.idle_rss_mb = _tree_rss_mb(target.proc.pid)
-
-
-def stop(target: Target) -> None:
-    import signal
-    if target.proc and target.proc.poll() is None:
-        os.killpg(target.proc.pid, signal.SIGTERM)
-        try:
-            target.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(target.proc.pid, signal.SIGKILL)
 
 
 def drive(target: Target, batch: int, clients: int, seconds: float, latent_dim: int,

@@ -60,6 +60,8 @@ OPEN_PATHS = frozenset({"/", "/openapi.json", "/v2/health/live", "/v2/health/rea
 # (those pixels never change), a day otherwise (a reload may bring a new version).
 CACHE_PINNED = "public, max-age=31536000, immutable"
 CACHE_UNPINNED = "public, max-age=86400"
+# The request's timeout in seconds (or None), parsed once by `route` for its handler.
+TIMEOUT = web.RequestKey("dcgan.timeout", float)
 
 
 def build_app(generator: Generator, edge: Edge, token: str, max_in_flight: int,
@@ -80,7 +82,7 @@ def route(name: str, admit: bool = False):
         async def wrapped(self, request: web.Request) -> web.StreamResponse:
             try:
                 with self.edge.handling(name, admit) as call:
-                    timeout = _timeout(request)
+                    request[TIMEOUT] = timeout = _timeout(request)
                     if timeout is None:
                         return await handler(self, request, call)
                     try:
@@ -160,6 +162,9 @@ class HttpFrontDoor:
         self.generator = generator
         self.edge = edge
         self.version = server_version()
+        # Both fixed for the server's life: read and built once, not per request.
+        self.page = resources.files("service").joinpath("static/playground.html").read_bytes()
+        self.api_document = openapi_document(self.version, generator.max_batch)
 
     def routes(self) -> list[tuple[str, str, Any]]:
         """(method, path, handler) of every route; `openapi.py` describes the same list."""
@@ -184,13 +189,12 @@ class HttpFrontDoor:
 
     @route("GET /")
     async def playground(self, request, call):
-        page = resources.files("service").joinpath("static/playground.html").read_bytes()
-        return web.Response(body=page, content_type="text/html", charset="utf-8",
+        return web.Response(body=self.page, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-cache"})
 
     @route("GET /openapi.json")
     async def openapi(self, request, call):
-        return web.json_response(openapi_document(self.version, self.generator.max_batch))
+        return web.json_response(self.api_document)
 
     # --- the Open Inference Protocol: health and metadata --------------------------------------
 
@@ -251,7 +255,7 @@ class HttpFrontDoor:
                      if _parameters(o, "an output").get("binary_data", False)}
         if parameters.get("binary_data_output", False):
             as_binary = set(wanted)
-        timeout = _timeout(request)
+        timeout = request[TIMEOUT]
         if "timeout" in parameters:  # Triton's, in microseconds
             timeout = min(timeout or math.inf, _microseconds(parameters["timeout"]))
         generation = generation_request(inputs, parameters, timeout)
@@ -305,7 +309,6 @@ class HttpFrontDoor:
         walk = Walk(_int_query(request, "a"), _int_query(request, "b"),
                     _int_query(request, "frames", 16),
                     request.query.get("method", "slerp"))
-        call.kind = "interpolation"
         return await self._picture(request, call, walk, Format.RAW if gif else Format.PNG_GRID,
                                    gif=gif)
 
@@ -333,11 +336,12 @@ class HttpFrontDoor:
         if etag in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers=headers)
         if isinstance(what, Walk):
-            generation = GenerationRequest(labels=labels, format=fmt, timeout=_timeout(request),
-                                           psi=psi, walk=what)
+            generation = GenerationRequest(labels=labels, format=fmt,
+                                           timeout=request[TIMEOUT], psi=psi, walk=what)
         else:
             seeds = [seed for first, last in what for seed in range(first, last + 1)]
-            generation = GenerationRequest(seeds, labels, fmt, _timeout(request), psi)
+            generation = GenerationRequest(seeds, labels, fmt, request[TIMEOUT], psi)
+        call.kind = generation.kind.value
         result = await self.generator.generate(model, generation)
         call.images = len(result.images)
         self.edge.metrics.observe_request_size(model.name, call.images)

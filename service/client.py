@@ -276,16 +276,11 @@ def _generate(client: GeneratorClient, args) -> int:
 
 
 def _interpolate(client: GeneratorClient, args) -> int:
-    from service.imaging import encode_gif, encode_png, make_grid
+    from service.imaging import save_walk
     frames = client.interpolate(args.seed_a, args.seed_b, args.frames, args.method, args.label,
-                                args.model, psi=args.psi)[:, None]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(frames):
-        (out / f"frame_{i:03d}.png").write_bytes(encode_png(frame[0]))
-    (out / "strip.png").write_bytes(encode_png(make_grid(frames, ncols=len(frames))))
-    (out / "interpolation.gif").write_bytes(encode_gif(frames))
-    print(f"wrote {len(frames)} frames, strip.png and interpolation.gif to {out}")
+                                args.model, psi=args.psi)
+    save_walk(frames[:, None], Path(args.out))
+    print(f"wrote {len(frames)} frames, strip.png and interpolation.gif to {args.out}")
     return 0
 
 

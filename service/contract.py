@@ -93,6 +93,23 @@ def interpolate(a: np.ndarray, b: np.ndarray, frames: int, method: str = "slerp"
     return out
 
 
+def walk_labels(a: int, b: int, frames: int, labels: Sequence[int], num_classes: int,
+                model: str = "this model") -> np.ndarray | None:
+    """The label rule of an interpolation from seed `a` to seed `b`: one class for every frame,
+    the one given or the two seeds' shared default; None for an unconditional model. The
+    shipped conditional models take a class number, not a mix of two classes."""
+    if not num_classes:
+        return labels_for([a], labels, num_classes, model)  # refuses labels
+    if len(labels) > 1:
+        raise ContractError(f"{len(labels)} labels for an interpolation: send none or one; "
+                            f"{model} takes one class, not a mix of two")
+    if not len(labels) and a % num_classes != b % num_classes:
+        raise ContractError(f"seeds {a} and {b} default to classes {a % num_classes} and "
+                            f"{b % num_classes}; {model} takes one class, not a mix of two: "
+                            "pass --label (one label in the API) to walk within one class")
+    return np.full(frames, labels_for([a], labels, num_classes, model)[0], np.int64)
+
+
 def truncate(latents: np.ndarray, psi: float) -> np.ndarray:
     """Latents moved toward the mean (0) by `psi` in (0, 1], rule v1; psi = 1 is a no-op."""
     if not 0.0 < psi <= 1.0:  # also refuses NaN

@@ -23,7 +23,7 @@ import numpy as np
 
 from service.batching import Batcher
 from service.contract import (LATENT_RULE, MAX_SEED, ContractError, ModelMetadata, interpolate,
-                              labels_for, seed_to_latent, truncate)
+                              labels_for, seed_to_latent, truncate, walk_labels)
 from service.errors import InvalidRequest, ModelNotFound
 from service.imaging import encode_png, make_grid
 from service.runtime import OnnxGenerator
@@ -219,7 +219,8 @@ class Generator:
             if not 2 <= walk.frames <= self.max_batch:
                 raise InvalidRequest(f"{walk.frames} frames: ask for 2 to {self.max_batch}")
             self.check_seeds([walk.a, walk.b], 2)
-            labels = _walk_labels(walk, request.labels, meta.num_classes, where)
+            labels = walk_labels(walk.a, walk.b, walk.frames, request.labels, meta.num_classes,
+                                 where)
             latents = interpolate(self.latents([walk.a], meta.latent_dim)[0],
                                   self.latents([walk.b], meta.latent_dim)[0], walk.frames,
                                   walk.method)
@@ -264,22 +265,6 @@ class Generator:
             result.grid_columns = columns or math.ceil(math.sqrt(len(images)))
             result.grid_png = encode_png(make_grid(images, result.grid_columns))
         return result
-
-
-def _walk_labels(walk: Walk, labels: Sequence[int], num_classes: int, where: str
-                 ) -> np.ndarray | None:
-    """One class for every frame: the one sent, or the seeds' shared default class."""
-    if not num_classes:
-        return labels_for([walk.a], labels, num_classes, where)  # refuses labels
-    if len(labels) > 1:
-        raise ContractError(f"{len(labels)} labels for an interpolation: send none or one; "
-                            f"{where} takes one class, not a mix of two")
-    if not len(labels) and walk.a % num_classes != walk.b % num_classes:
-        raise ContractError(f"seeds {walk.a} and {walk.b} default to classes "
-                            f"{walk.a % num_classes} and {walk.b % num_classes}; {where} takes "
-                            "one class, not a mix of two: send one label for every frame")
-    label = labels_for([walk.a], labels, num_classes, where)[0]
-    return np.full(walk.frames, label, np.int64)
 
 
 def _check_latents(latents: bytes | np.ndarray, latent_dim: int, max_batch: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -40,6 +41,21 @@ def encode_gif(images: np.ndarray, frame_ms: int = 80) -> bytes:
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
                    duration=frame_ms, loop=0)
     return buf.getvalue()
+
+
+def save_walk(images: np.ndarray, out_dir: Path, frame_ms: int = 80) -> list[Path]:
+    """An interpolation's uint8 frames [N, 1, H, W] as files: frame_<i>.png each, strip.png
+    (one row) and interpolation.gif (looping); returns the paths in that order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, frame in enumerate(images):
+        path = out_dir / f"frame_{i:03d}.png"
+        path.write_bytes(encode_png(frame[0]))
+        written.append(path)
+    strip, gif = out_dir / "strip.png", out_dir / "interpolation.gif"
+    strip.write_bytes(encode_png(make_grid(images, ncols=len(images))))
+    gif.write_bytes(encode_gif(images, frame_ms))
+    return [*written, strip, gif]
 
 
 def decode_png(data: bytes) -> np.ndarray:

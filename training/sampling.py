@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from service.contract import (ContractError, interpolate, labels_for, seed_to_latent,
-                              seeds_to_latents, truncate)
-from service.imaging import encode_gif, encode_png, make_grid
+from service.contract import (interpolate, labels_for, seed_to_latent, seeds_to_latents,
+                              truncate, walk_labels)
+from service.imaging import encode_png, make_grid, save_walk
 from training import checkpoints
 from training.data import DATASETS
 from training.models import ARCHS, build_generator, to_uint8
@@ -148,30 +148,11 @@ def interpolation(model: str | Path, a: int, b: int, frames: int, out_dir: Path,
     classes, so a walk between two classes is refused with a message saying so.
     """
     source = load_generator_source(model, device)
-    labels = None
-    if source.num_classes:
-        if label is None and a % source.num_classes != b % source.num_classes:
-            raise ContractError(
-                f"seeds {a} and {b} default to classes {a % source.num_classes} and "
-                f"{b % source.num_classes}; this model takes one class, not a mix of two: "
-                "pass --label to walk within one class")
-        chosen = (resolve_labels(source, [a], [label])[0] if label is not None
-                  else a % source.num_classes)
-        labels = np.full(frames, chosen, np.int64)
-    elif label is not None:
-        raise ContractError("this model is not class-conditional: send no --label")
+    given = [] if label is None else [label]
+    if given and source.num_classes:
+        given = resolve_labels(source, [a], given)  # a class number or name
+    labels = walk_labels(a, b, frames, given, source.num_classes)
     latents = interpolate(seed_to_latent(a, source.latent_dim),
                           seed_to_latent(b, source.latent_dim), frames, method)
-    images = source.images_for(truncate(latents, psi), labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i in range(frames):
-        path = out_dir / f"frame_{i:03d}.png"
-        path.write_bytes(encode_png(images[i, 0]))
-        written.append(path)
-    strip = out_dir / "strip.png"
-    strip.write_bytes(encode_png(make_grid(images, ncols=frames)))
-    gif = out_dir / "interpolation.gif"
-    gif.write_bytes(encode_gif(images, frame_ms))
-    return [*written, strip, gif]
+    return save_walk(source.images_for(truncate(latents, psi), labels), out_dir, frame_ms)
 
