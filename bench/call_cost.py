@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.image import free_port  # noqa: E402
 from bench.serve_bench import command_line, machine, publish  # noqa: E402
 from service.api.dcgan.v1 import generator_pb2 as pb  # noqa: E402
-from service.config import bundled_models  # noqa: E402
+from service.process.config import bundled_models  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -2,6 +2,7 @@
 
     bash bench/peers/setup.sh .bench-venvs            # once: the peers' own venvs (pinned)
     python bench/compare_http.py --peers .bench-venvs --out docs/benchmarks/compare-http-cpu.md
+    python bench/compare_http.py --baseline ../old-checkout --only dcgan-serve,baseline
 
 The same ONNX file behind each; every target's first answer is checked against in-process
 onnxruntime before anything is timed. The load is h2load --h1 (C, its own process): one
@@ -12,6 +13,7 @@ body repeated; rounds interleaved, medians. Each server gets the request its use
   kserve        latents as binary tensors (the same extension), images back binary
   mlserver      latents as JSON (MLServer has no binary extension), images back as JSON
   in-process    C threads calling `session.run` on ready latents: the ceiling
+  baseline      with `--baseline DIR`: dcgan-serve from another checkout, sent the same
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def request_body(target: str, batch: int, latent_dim: int, conditional: bool
     would send it."""
     from service.contract import seeds_to_latents
     labels = (np.arange(batch, dtype=np.int64) % 10) if conditional else None
-    if target.startswith("dcgan-serve"):
+    if target.startswith(("dcgan-serve", "baseline")):
         inputs = [{"name": "seeds", "datatype": "UINT64", "shape": [batch],
                    "data": list(range(batch))}]
         return json.dumps({"inputs": inputs,
@@ -137,7 +139,7 @@ def start(target: Target, latent_dim: int, conditional: bool, log_dir: Path) -> 
     target.start_s = time.monotonic() - started
     from service.contract import seeds_to_latents
     labels = np.arange(4, dtype=np.int64) % 10 if conditional else None
-    expected = _RUNNER["runner"].generate(seeds_to_latents(range(4), latent_dim), labels)
+    expected = _RUNNER["runner"].run(seeds_to_latents(range(4), latent_dim), labels)
     if not np.array_equal(images.reshape(expected.shape), expected):
         raise RuntimeError(f"{target.name} answered different pixels")
     time.sleep(2)
@@ -174,13 +176,17 @@ def drive(target: Target, batch: int, clients: int, seconds: float, latent_dim: 
             "p99_ms": float(np.percentile(latencies, 99))}
 
 
-def targets(model: str, peers: Path | None, workdir: Path) -> list[Target]:
+def targets(model: str, peers: Path | None, workdir: Path, baseline: Path | None = None
+            ) -> list[Target]:
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
              "--http-port", "{http}", "--metrics-port", "-1", "--device", "cpu",
              "--model", f"{MODEL}={model}"]
     found = [Target("in-process"), Target("dcgan-serve", serve, env),
              Target("dcgan-serve -p2", serve + ["--processes", "2"], env)]
+    if baseline is not None:
+        found.append(Target("baseline", serve, {"PYTHONPATH": str(baseline.resolve()),
+                                                "PYTHONUNBUFFERED": "1"}))
     if peers is None:
         return found
     bin_ = lambda name: peers / name / "bin"  # noqa: E731
@@ -196,8 +202,8 @@ def targets(model: str, peers: Path | None, workdir: Path) -> list[Target]:
 
 
 def main() -> int:
-    from service.config import bundled_models
-    from service.runtime import OnnxGenerator, RuntimeOptions
+    from service.process.config import bundled_models
+    from service.plane.runtime import OnnxGenerator, RuntimeOptions
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(bundled_models()[0][1]))
     parser.add_argument("--peers", type=Path, help="folder of the peers' venvs (setup.sh)")
@@ -205,6 +211,10 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout of this project, run beside this one")
+    parser.add_argument("--only", help="comma-separated target names to run (the "
+                                       "in-process ceiling always runs)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not shutil.which("h2load"):
@@ -213,7 +223,9 @@ def main() -> int:
     _RUNNER["runner"] = runner
     latent_dim, conditional = runner.metadata.latent_dim, runner.metadata.conditional
     workdir = Path(tempfile.mkdtemp(prefix="compare-http-"))
-    chosen, live, rows = targets(args.model, args.peers, workdir), [], []
+    chosen, live, rows = targets(args.model, args.peers, workdir, args.baseline), [], []
+    if args.only:
+        chosen = [t for t in chosen if t.name in ("in-process", *args.only.split(","))]
     try:
         for target in chosen:
             if target.command:

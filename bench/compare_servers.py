@@ -207,8 +207,8 @@ def _in_process(batch, concurrency, seconds) -> dict:
     from service.contract import seeds_to_latents
     latents = seeds_to_latents(range(batch), runner.metadata.latent_dim)
     labels = np.arange(batch, dtype=np.int64) % 10 if runner.metadata.conditional else None
-    closed_loop(lambda: runner.generate(latents, labels), concurrency, 0.3)
-    return closed_loop(lambda: runner.generate(latents, labels), concurrency, seconds)
+    closed_loop(lambda: runner.run(latents, labels), concurrency, 0.3)
+    return closed_loop(lambda: runner.run(latents, labels), concurrency, seconds)
 
 
 # --- servers ------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def _check_pixels(target: Target, latent_dim: int, conditional: bool) -> None:
     runner = _RUNNER["runner"]
     latents = seeds_to_latents(range(4), latent_dim)
     labels = np.arange(4, dtype=np.int64) % 10 if conditional else None
-    expected = runner.generate(latents, labels)
+    expected = runner.run(latents, labels)
     response = _caller(target.kind, target.port, 4, latent_dim, conditional)()
     raw = response.raw if target.kind == "generate" else response.raw_output_contents[0]
     got = np.frombuffer(raw, np.uint8).reshape(expected.shape)
@@ -342,8 +342,8 @@ def targets(model: str, peers: Path | None, workdir: Path,
 # --- the run ------------------------------------------------------------------------------------
 
 def main() -> int:
-    from service.config import bundled_models
-    from service.runtime import OnnxGenerator, RuntimeOptions
+    from service.process.config import bundled_models
+    from service.plane.runtime import OnnxGenerator, RuntimeOptions
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = bundled_models()[0][1] if bundled_models() else None
     parser.add_argument("--model", default=str(default) if default else None)

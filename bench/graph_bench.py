@@ -96,7 +96,7 @@ def throughput(s: ort.InferenceSession, batch: int, seconds: float) -> float:
 
 
 def main() -> int:
-    from service.config import bundled_models
+    from service.process.config import bundled_models
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = bundled_models()[0][1] if bundled_models() else None
     parser.add_argument("--model", default=str(default) if default else None)

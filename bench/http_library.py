@@ -1,6 +1,6 @@
 """Which async HTTP server for the front door: aiohttp against Starlette on uvicorn, A/B.
 
-Both serve the same route the way `service/api_http.py` would on the gRPC server's event loop:
+Both serve the same route the way `service/doors/http.py` would on the gRPC server's event loop:
 POST a small JSON body (an infer request for one seed), parse it, answer one 28x28 image's
 worth of bytes (784 B binary plus its JSON header). No model runs: this is the HTTP layer's
 own cost, which is what differs between the libraries. The load is h2load --h1 (C, its own

@@ -27,9 +27,9 @@ def main() -> int:
 
     from service.api.dcgan.v1 import generator_pb2 as pb
     from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-    from service.config import ServeConfig
+    from service.process.config import ServeConfig
     from service.contract import interpolate, seed_to_latent
-    from service.server import create_server
+    from service.process.server import create_server
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=16, help="images per request")
     parser.add_argument("--clients", default="1,4")

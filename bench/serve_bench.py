@@ -64,12 +64,12 @@ def closed_loop(call, concurrency: int, seconds: float, keep_latencies: bool = F
 
 def in_process(model: str, batch: int, concurrency: int, seconds: float, threads: int) -> dict:
     from service.contract import seeds_to_latents
-    from service.runtime import OnnxGenerator, RuntimeOptions
+    from service.plane.runtime import OnnxGenerator, RuntimeOptions
     runner = OnnxGenerator(model, RuntimeOptions(device="cpu", intra_op_threads=threads))
     latents = seeds_to_latents(range(batch), runner.metadata.latent_dim)
     labels = np.zeros(batch, np.int64) if runner.metadata.conditional else None
-    closed_loop(lambda: runner.generate(latents, labels), concurrency, 0.3)  # warm
-    return closed_loop(lambda: runner.generate(latents, labels), concurrency, seconds)
+    closed_loop(lambda: runner.run(latents, labels), concurrency, 0.3)  # warm
+    return closed_loop(lambda: runner.run(latents, labels), concurrency, seconds)
 
 
 def _client_process(port: int, batch: int, concurrency: int, seconds: float, queue) -> None:
@@ -138,7 +138,7 @@ def publish(text: str, out: Path | None) -> None:
 
 
 def main() -> int:
-    from service.config import bundled_models
+    from service.process.config import bundled_models
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = bundled_models()[0][1] if bundled_models() else None
     parser.add_argument("--model", default=str(default) if default else None)

@@ -1,5 +1,5 @@
 import sys
 
-from service.server import main
+from service.process.server import main
 
 sys.exit(main())

@@ -5,6 +5,7 @@
         images = client.generate([0, 1, 2], labels=[7])     # uint8 [3, 28, 28]
         for chunk in client.generate_stream(start=0, count=100_000):
             ...                                             # uint8 [k, 28, 28] per chunk
+        frames = client.interpolate(3, 13, frames=16)       # uint8 [16, 28, 28]
 
     dcgan-client generate --seed 0-15 --label 7 --grid --out digits/
     dcgan-client info
@@ -23,8 +24,9 @@ import numpy as np
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-from service.contract import parse_seeds, seed_ranges
+from service.contract import SeedRanges, as_psi, parse_seeds, seed_ranges
 from service.imaging import decode_png
+from service.settings import argument_type
 
 FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "png": pb.IMAGE_FORMAT_PNG,
            "grid": pb.IMAGE_FORMAT_PNG_GRID}
@@ -100,7 +102,7 @@ class GeneratorClient:
         self.channel.close()
 
     def generate_response(self, seeds: Sequence[int], labels: Sequence[int] = (),
-                          model: str = "", format: str = "raw", psi: float = 1.0,
+                          model: str = "", format: str = "raw", psi: float | None = None,
                           latents: np.ndarray | None = None) -> pb.GenerateResponse:
         request = pb.GenerateRequest(seeds=list(seeds), labels=list(labels), model=model,
                                      format=FORMATS[format], psi=psi)
@@ -109,15 +111,15 @@ class GeneratorClient:
         return self.stub.Generate(request, timeout=self.timeout)
 
     def generate(self, seeds: Sequence[int] = (), labels: Sequence[int] = (), model: str = "",
-                 psi: float = 1.0, latents: np.ndarray | None = None) -> np.ndarray:
+                 psi: float | None = None, latents: np.ndarray | None = None) -> np.ndarray:
         """uint8 images [N, H, W] for the seeds, or for your own float32 `latents` [N, D]
-        (RAW transfer, the fastest); `psi` < 1 truncates."""
+        (RAW transfer, the fastest); `psi` in (0, 1) truncates, None (unset) is 1."""
         return images_from_response(self.generate_response(seeds, labels, model, psi=psi,
                                                            latents=latents))
 
     def interpolate_response(self, seed_a: int, seed_b: int, frames: int,
                              method: str = "slerp", labels: Sequence[int] = (),
-                             model: str = "", format: str = "raw", psi: float = 1.0
+                             model: str = "", format: str = "raw", psi: float | None = None
                              ) -> pb.GenerateResponse:
         return self.stub.Interpolate(pb.InterpolateRequest(
             seed_a=seed_a, seed_b=seed_b, frames=frames, method=METHODS[method],
@@ -125,7 +127,7 @@ class GeneratorClient:
             timeout=self.timeout)
 
     def interpolate(self, seed_a: int, seed_b: int, frames: int, method: str = "slerp",
-                    labels: Sequence[int] = (), model: str = "", psi: float = 1.0
+                    labels: Sequence[int] = (), model: str = "", psi: float | None = None
                     ) -> np.ndarray:
         """uint8 frames [frames, H, W] from seed_a's image to seed_b's."""
         return images_from_response(self.interpolate_response(
@@ -133,11 +135,23 @@ class GeneratorClient:
 
     def generate_stream(self, start: int | None = None, count: int | None = None,
                         seeds: Sequence[int] | None = None, labels: Sequence[int] = (),
-                        model: str = "", chunk_size: int = 0, format: str = "raw"
-                        ) -> Iterator[pb.GenerateResponse]:
-        """Stream responses for a seed range (start, count) or a seed list."""
+                        model: str = "", chunk_size: int = 0, psi: float | None = None
+                        ) -> Iterator[np.ndarray]:
+        """uint8 images [k, H, W] chunk by chunk, for a seed range (start, count) or a seed
+        list, in order (RAW transfer)."""
+        for response in self.generate_stream_responses(start, count, seeds, labels, model,
+                                                       chunk_size, "raw", psi):
+            yield images_from_response(response)
+
+    def generate_stream_responses(self, start: int | None = None, count: int | None = None,
+                                  seeds: Sequence[int] | None = None,
+                                  labels: Sequence[int] = (), model: str = "",
+                                  chunk_size: int = 0, format: str = "raw",
+                                  psi: float | None = None) -> Iterator[pb.GenerateResponse]:
+        """The stream's messages themselves (seeds, labels, RAW or PNG images, model version)."""
         request = pb.GenerateStreamRequest(labels=list(labels), model=model,
-                                           format=FORMATS[format], chunk_size=chunk_size)
+                                           format=FORMATS[format], chunk_size=chunk_size,
+                                           psi=psi)
         if seeds is not None:
             request.list.seeds.extend(seeds)
         else:
@@ -175,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid", action="store_true", help="write one grid.png instead of one per seed")
     g.add_argument("--stream", action="store_true",
                    help="use GenerateStream (for more seeds than one request allows)")
-    g.add_argument("--psi", type=float, default=1.0,
-                   help="truncation in (0, 1]; 1 (default) is none")
+    g.add_argument("--psi", type=argument_type(as_psi, "psi"),
+                   help="truncation in (0, 1]; unset (default) is 1, none")
     i = sub.add_parser("interpolate", help="write the frames from one seed's image to "
                                            "another's: frame_*.png, strip.png, "
                                            "interpolation.gif")
@@ -186,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--method", choices=sorted(METHODS), default="slerp")
     i.add_argument("--label", type=int, action="append", default=[], metavar="N",
                    help="one class for every frame (conditional models)")
-    i.add_argument("--psi", type=float, default=1.0, help="truncation in (0, 1]")
+    i.add_argument("--psi", type=argument_type(as_psi, "psi"),
+                   help="truncation in (0, 1]; unset (default) is 1, none")
     i.add_argument("--model", default="", help="model name (default: the server's default)")
     i.add_argument("--out", default="interpolation", help="output folder")
     sub.add_parser("info", help="list the server's models")
@@ -245,19 +260,22 @@ def _generate(client: GeneratorClient, args) -> int:
     # Check the count against the server's limit before listing a single seed: a typo such as
     # 0-9999999 must not build and send ten million of them.
     ranges = seed_ranges(args.seed)
-    count = sum(last - first + 1 for first, last in ranges)
+    count = len(SeedRanges(ranges))
+    # Zero-padded to the widest seed, so the files sort in seed order (seed_02 before seed_10).
+    width = len(str(max((last for _, last in ranges), default=0)))
     if args.stream and len(ranges) == 1:
         (first, last), = ranges
-        responses = client.generate_stream(start=first, count=count, labels=args.label,
-                                           model=args.model, format="png")
-        return _write(responses, Path(args.out))
+        responses = client.generate_stream_responses(start=first, count=count, labels=args.label,
+                                                     model=args.model, format="png", psi=args.psi)
+        return _write(responses, Path(args.out), width)
     if args.stream:
         if count > MAX_LISTED_SEEDS:
             raise ValueError(f"{count} seeds in a list: stream at most {MAX_LISTED_SEEDS} that "
                              "way, or give one range A-B")
-        responses = client.generate_stream(seeds=parse_seeds(args.seed), labels=args.label,
-                                           model=args.model, format="png")
-        return _write(responses, Path(args.out))
+        responses = client.generate_stream_responses(
+            seeds=parse_seeds(args.seed), labels=args.label, model=args.model, format="png",
+            psi=args.psi)
+        return _write(responses, Path(args.out), width)
     limit = client.stub.GetModelInfo(pb.GetModelInfoRequest(model=args.model),
                                      timeout=client.timeout).max_batch
     if count > limit:
@@ -272,7 +290,7 @@ def _generate(client: GeneratorClient, args) -> int:
         print(f"wrote {out / 'grid.png'} ({len(seeds)} images, model {response.model})")
         return 0
     return _write([client.generate_response(seeds, args.label, args.model, "png", args.psi)],
-                  Path(args.out))
+                  Path(args.out), width)
 
 
 def _interpolate(client: GeneratorClient, args) -> int:
@@ -284,13 +302,13 @@ def _interpolate(client: GeneratorClient, args) -> int:
     return 0
 
 
-def _write(responses, out: Path) -> int:
+def _write(responses, out: Path, width: int) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = 0
     for response in responses:
         for i, (seed, png) in enumerate(zip(response.seeds, response.png)):
             suffix = f"_label{response.labels[i]}" if response.labels else ""
-            (out / f"seed_{seed}{suffix}.png").write_bytes(png)
+            (out / f"seed_{seed:0{width}d}{suffix}.png").write_bytes(png)
             written += 1
     print(f"wrote {written} PNGs to {out}")
     return 0

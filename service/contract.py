@@ -7,6 +7,9 @@ pixels whichever one you ask. It owns:
 * the **latent-walk rule** (versioned): interpolation between two latents and truncation;
 * the **label rule** for class-conditional models (none, one for all seeds, or one per seed;
   a seed without a label gets seed mod classes);
+* the **canonical type of every request value** (`as_seeds`, `as_latents`, `as_psi`,
+  `as_frames`, `as_method`, `labels_for`): each door, the CLI and `evaluate` parse through
+  these, so a value means the same number whichever way it was sent;
 * the **ONNX metadata keys** the exporter writes and the service reads;
 * the **output encoding** of exported graphs.
 
@@ -55,28 +58,111 @@ def default_labels(seeds: Iterable[int], num_classes: int) -> np.ndarray:
     return np.fromiter((int(s) % num_classes for s in seeds), dtype=np.int64)
 
 
-class ContractError(ValueError):
-    """A request breaks a rule of this contract; the message says what to send instead."""
-
-
 # --- walking the latent space -----------------------------------------------------------------
 
-#: Version 1 of the latent-walk rule, recorded in responses that use it:
+#: Version 2 of the latent-walk rule, recorded in responses that use it:
 #:  * interpolation from latent a to latent b in N frames at t_i = i / (N - 1), spherical
 #:    (slerp: a·sin((1-t)Ω)/sin Ω + b·sin(tΩ)/sin Ω, Ω the angle between a and b; linear when
 #:    sin Ω < 1e-6) or linear ((1-t)·a + t·b), computed in float64, rounded to float32 once;
 #:    frame 0 is a and frame N-1 is b, bit for bit;
-#:  * truncation by psi in (0, 1]: z' = mean + psi·(z - mean) with mean 0, the latents' own
-#:    mean (standard normal), rounded to float32 once; psi = 1 returns z untouched.
-LATENT_RULE = "slerp-lerp-truncation/v1"
+#:  * truncation by psi in (0, 1]: psi is first rounded to float32 (the type every door
+#:    carries it in, see `as_psi`), then z' = mean + psi·(z - mean) with mean 0, the latents'
+#:    own mean (standard normal), computed in float64 and rounded to float32 once; psi = 1
+#:    returns z untouched.
+#: v1 left psi's precision open, so a float64 0.8 and the float32 0.8 gave different pixels
+#: for some seeds; v2 gives every door the float32's.
+LATENT_RULE = "slerp-lerp-truncation/v2"
 INTERPOLATIONS = ("slerp", "lerp")
+
+
+class ContractError(ValueError):
+    """A request breaks a rule of this contract; the message says what to send instead."""
+
+
+def as_psi(value) -> float:
+    """psi's one canonical value: the float32 nearest `value`, as a Python float, in (0, 1].
+
+    float32 because that is what the dcgan proto and the V2 tensor carry; HTTP queries, JSON
+    and command lines are rounded to it here, so every door truncates by the same number.
+    """
+    if value == 1:  # the default, on every call: no truncation
+        return 1.0
+    try:  # text and JSON numbers are read as a double first, as every JSON parser does
+        with np.errstate(over="ignore"):  # 1e300 becomes inf, refused below
+            psi = float(np.float32(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        raise ContractError(f"psi {value!r} is not a number: send one in (0, 1]") from None
+    if not 0.0 < psi <= 1.0:  # also refuses NaN
+        raise ContractError(f"psi {value!r} is outside (0, 1]: 1 is no truncation, smaller "
+                            "values trade variety for quality")
+    return psi
+
+
+def psi_text(psi: float) -> str:
+    """The shortest decimal that reads back as this float32 psi ("0.8", not 0.800000011...)."""
+    return str(np.float32(psi))
+
+
+def as_method(value) -> str:
+    """The walk's method: "slerp" or "lerp"."""
+    if value not in INTERPOLATIONS:
+        raise ContractError(f"unknown interpolation {value!r}: use slerp or lerp")
+    return value
+
+
+def as_frames(value, limit: int) -> int:
+    """An interpolation's frame count: a whole number 2..limit, both ends included."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 2 <= value <= limit:
+        raise ContractError(f"{value!r} frames: ask for 2 to {limit}")
+    return int(value)
+
+
+def as_seeds(seeds: Sequence[int], limit: int) -> list[int]:
+    """Seeds as a list of ints 0..2**64-1, 1 to `limit` of them, counted before any is read
+    (a hostile request may carry millions, and `SeedRanges` may stand for billions)."""
+    if not len(seeds):
+        raise ContractError("seeds is empty: send at least one seed")
+    if len(seeds) > limit:
+        raise ContractError(f"{len(seeds)} seeds in one request; this server allows at most "
+                            f"{limit}: split the request, or stream them (GenerateStream, "
+                            "dcgan-client --stream)")
+    seeds = seeds.tolist() if isinstance(seeds, np.ndarray) else [int(s) for s in seeds]
+    for s in seeds:
+        if not 0 <= s <= MAX_SEED:
+            raise ContractError(f"seed {s} is outside 0..2**64-1")
+    return seeds
+
+
+def as_latents(latents, latent_dim: int, limit: int) -> np.ndarray:
+    """Explicit latents as float32 [N, latent_dim], C-contiguous, finite, 1..limit rows: from
+    raw little-endian float32 bytes (the dcgan proto) or an array (V2 tensors)."""
+    if isinstance(latents, (bytes, bytearray, memoryview)):
+        if len(latents) % (4 * latent_dim):
+            raise ContractError(f"latents: {len(latents)} bytes is not a whole number of "
+                                f"float32 vectors of {latent_dim} (send N x {latent_dim} x 4 "
+                                "bytes)")
+        array = np.frombuffer(latents, "<f4").reshape(-1, latent_dim)
+    else:
+        array = np.asarray(latents)
+        if array.ndim != 2 or array.shape[1] != latent_dim:
+            raise ContractError(f"latents have shape {list(array.shape)}: send "
+                                f"[N, {latent_dim}]")
+    if len(array) > limit:  # counted before anything is converted
+        raise ContractError(f"{len(array)} latents in one request; this server allows at most "
+                            f"{limit}")
+    if not len(array):
+        raise ContractError("latents is empty: send at least one vector")
+    array = np.ascontiguousarray(array, np.float32)
+    if not np.isfinite(array).all():
+        raise ContractError("latents hold NaN or infinite values: send finite numbers")
+    return array
 
 
 def interpolate(a: np.ndarray, b: np.ndarray, frames: int, method: str = "slerp"
                 ) -> np.ndarray:
-    """float32 [frames, D] from latent `a` to latent `b` (each float32 [D]), rule v1."""
-    if method not in INTERPOLATIONS:
-        raise ContractError(f"unknown interpolation {method!r}: use slerp or lerp")
+    """float32 [frames, D] from latent `a` to latent `b` (each float32 [D]), the walk rule."""
+    method = as_method(method)
     if frames < 2:
         raise ContractError(f"{frames} frames: an interpolation needs at least 2")
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -111,10 +197,9 @@ def walk_labels(a: int, b: int, frames: int, labels: Sequence[int], num_classes:
 
 
 def truncate(latents: np.ndarray, psi: float) -> np.ndarray:
-    """Latents moved toward the mean (0) by `psi` in (0, 1], rule v1; psi = 1 is a no-op."""
-    if not 0.0 < psi <= 1.0:  # also refuses NaN
-        raise ContractError(f"psi {psi!r} is outside (0, 1]: 1 is no truncation, smaller "
-                            "values trade variety for quality")
+    """Latents moved toward the mean (0) by psi in (0, 1], the walk rule: psi is rounded to
+    float32 first (`as_psi`), so a float64 0.8 and the float32 0.8 give the same latents."""
+    psi = as_psi(psi)
     if psi == 1.0:
         return latents
     return (np.asarray(latents, np.float64) * psi).astype(np.float32)
@@ -269,9 +354,10 @@ def seed_ranges(specs: Iterable[str]) -> list[tuple[int, int]]:
             try:
                 first, last = int(lo), int(hi) if sep else int(lo)
             except ValueError:
-                raise ValueError(f"bad seed {part!r}: use N, N-M or comma-separated lists") from None
+                raise ContractError(f"bad seed {part!r}: use N, N-M or comma-separated lists"
+                                    ) from None
             if first < 0 or last > MAX_SEED or last < first:
-                raise ValueError(f"bad seed range {part!r}: seeds are 0..2**64-1, low to high")
+                raise ContractError(f"bad seed range {part!r}: seeds are 0..2**64-1, low to high")
             ranges.append((first, last))
     return ranges
 
@@ -279,3 +365,18 @@ def seed_ranges(specs: Iterable[str]) -> list[tuple[int, int]]:
 def parse_seeds(specs: Iterable[str]) -> list[int]:
     """Seeds from command-line specs: "7", "0-15" (inclusive), "3,9,20-22"; order is kept."""
     return [seed for first, last in seed_ranges(specs) for seed in range(first, last + 1)]
+
+
+class SeedRanges:
+    """Seeds as inclusive (first, last) ranges: `len()` counts them without listing any, so a
+    limit is checked before "0-9999999999" becomes a list (see `as_seeds`)."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]):
+        self.ranges = list(ranges)
+
+    def __len__(self) -> int:
+        return sum(last - first + 1 for first, last in self.ranges)
+
+    def __iter__(self):
+        for first, last in self.ranges:
+            yield from range(first, last + 1)

@@ -1,6 +1,6 @@
 """The service's exceptions, raised where a problem is detected.
 
-None of these know about gRPC: `edge.py` maps them to status codes in one place
+None of these know about gRPC: `doors/edge.py` maps them to status codes in one place
 (`STATUS_FOR`), and anything not listed there becomes INTERNAL.
 """
 
@@ -27,10 +27,6 @@ class DeviceUnavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     """The caller's deadline passed before the work could start."""
-
-
-class Cancelled(ServiceError):
-    """The caller went away; remaining work was dropped."""
 
 
 class ShuttingDown(ServiceError):

@@ -9,7 +9,7 @@ environment variable, the `--help` line and the row of the documentation table.
     config = from_args(Config, parser.parse_args())       # flag > DCGAN_PORT > default
     print(markdown_table(Config, env_prefix="DCGAN_"))   # what docs/configuration.md holds
 
-Both `ServeConfig` (service/config.py) and `TrainConfig` (training/config.py) use it.
+Both `ServeConfig` (service/process/config.py) and `TrainConfig` (training/config.py) use it.
 """
 
 from __future__ import annotations
@@ -119,8 +119,13 @@ def add_flags(parser: argparse.ArgumentParser, cls, env_prefix: str | None = Non
     for spec in specs(cls):
         default = spec.from_env(env_prefix)
         env = spec.env(env_prefix)
-        help_text = (f"{spec.meta['help']} (default: {spec.shown_default()}"
-                     + (f"; ${env}" if env else "") + ")").replace("%", "%%")
+        if spec.flag.startswith("--no-"):  # the flag turns the setting off: say so first
+            help_text = (f"turn off what is on by default: {spec.meta['help']}"
+                         + (f" (${env})" if env else ""))
+        else:
+            help_text = (f"{spec.meta['help']} (default: {spec.shown_default()}"
+                         + (f"; ${env}" if env else "") + ")")
+        help_text = help_text.replace("%", "%%")
         kwargs: dict[str, Any] = dict(dest=spec.name, help=help_text)
         if spec.type is bool:
             kwargs.update(action="store_false" if spec.flag.startswith("--no-") else "store_true",
@@ -135,14 +140,20 @@ def add_flags(parser: argparse.ArgumentParser, cls, env_prefix: str | None = Non
         parser.add_argument(spec.flag, **kwargs)
 
 
-def _checked(spec: _Spec) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
+def argument_type(parse: Callable[[str], Any], name: str = "value") -> Callable[[str], Any]:
+    """`parse` as an argparse `type`: its ValueError's message becomes argparse's error."""
+    def checked(text: str) -> Any:
         try:
-            return spec.parse(text)
+            return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-    parse.__name__ = _base_type(spec.type).__name__ if not spec.meta["parse"] else "value"
-    return parse
+    checked.__name__ = name
+    return checked
+
+
+def _checked(spec: _Spec) -> Callable[[str], Any]:
+    return argument_type(spec.parse, _base_type(spec.type).__name__ if not spec.meta["parse"]
+                         else "value")
 
 
 def from_args(cls, args: argparse.Namespace, env_prefix: str | None = None) -> Any:

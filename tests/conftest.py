@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import sys
 from pathlib import Path
@@ -78,8 +79,8 @@ def tiny_cond_onnx(tiny_cond_run) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_onnx, tiny_cond_onnx):
     """A real server on 127.0.0.1 serving `cond` (default) and `plain`, metrics on a free port."""
-    from service.config import ServeConfig
-    from service.server import create_server
+    from service.process.config import ServeConfig
+    from service.process.server import create_server
     config = ServeConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                          http_port=0,
                          models=(("cond", str(tiny_cond_onnx)), ("plain", str(tiny_onnx))),
@@ -101,6 +102,16 @@ def channel(server):
 def stub(channel):
     from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
     return pb_grpc.GeneratorServiceStub(channel)
+
+
+@pytest.fixture
+def no_crash_logged(caplog):
+    """Fails the test if the service logged an ERROR (a crash) while it ran."""
+    caplog.set_level(logging.ERROR)
+    yield
+    crashes = [r for r in caplog.records if r.levelno >= logging.ERROR
+               and r.name.startswith(("service", "dcgan-serve", "aiohttp", "grpc"))]
+    assert not crashes, [r.getMessage() for r in crashes]
 
 
 def python_env() -> dict:

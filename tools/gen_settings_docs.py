@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def tables() -> dict[str, str]:
-    from service.config import ENV_PREFIX, ServeConfig
+    from service.process.config import ENV_PREFIX, ServeConfig
     from service.settings import markdown_table
     from training.config import TrainConfig
     return {"serve": markdown_table(ServeConfig, ENV_PREFIX), "train": markdown_table(TrainConfig)}

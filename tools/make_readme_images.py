@@ -3,7 +3,7 @@
     python tools/make_readme_images.py
 
 Conditional models: a 10x10 grid, row k = seeds 0..9 with label k. Unconditional: seeds 0..99.
-The images come from `service.runtime.OnnxGenerator`, the server's own runner, so they are the
+The images come from `service.plane.runtime.OnnxGenerator`, the server's own runner, so they are the
 pixels `Generate` returns for those seeds and labels.
 """
 
@@ -16,10 +16,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.config import bundled_models  # noqa: E402
+from service.process.config import bundled_models  # noqa: E402
 from service.contract import seeds_to_latents  # noqa: E402
 from service.imaging import make_grid  # noqa: E402
-from service.runtime import OnnxGenerator  # noqa: E402
+from service.plane.runtime import OnnxGenerator  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
             out = out_dir / f"{name}-classes.png"
         else:
             seeds, labels, out = np.arange(100), None, out_dir / f"{name}-seeds.png"
-        images = runner.generate(seeds_to_latents(seeds.tolist(), meta.latent_dim), labels)
+        images = runner.run(seeds_to_latents(seeds.tolist(), meta.latent_dim), labels)
         grid = Image.fromarray(make_grid(images, ncols=10), mode="L")
         grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(out)
         print(f"wrote {out}")

@@ -19,7 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from service.settings import add_flags, from_args
+from service.contract import as_psi
+from service.settings import add_flags, argument_type, from_args
 from training.config import TrainConfig
 from training.models import ARCHS
 
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=16, help="frames of --interpolate (default 16)")
     s.add_argument("--method", choices=["slerp", "lerp"], default="slerp",
                    help="spherical (default) or linear interpolation")
-    s.add_argument("--psi", type=float, default=1.0,
+    s.add_argument("--psi", type=argument_type(as_psi, "psi"), default=1.0,
                    help="truncation in (0, 1]: latents scaled toward the mean; 1 (default) is "
                         "none, smaller trades variety for quality")
     s.add_argument("--label", action="append", metavar="CLASS",
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(v)
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     v.add_argument("--out", help="also write the JSON to this file")
-    v.add_argument("--psi", type=float, default=1.0,
+    v.add_argument("--psi", type=argument_type(as_psi, "psi"), default=1.0,
                    help="truncation in (0, 1] of the latents scored (default 1: none)")
 
     c = sub.add_parser("train-classifier", parents=[common], help="(re)build the evaluation classifier",
@@ -119,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("sample needs --seed SEEDS or --interpolate A B (one of the two)")
         if args.interpolate and args.label and len(args.label) > 1:
             parser.error("--interpolate takes one --label for the whole walk")
-        if not 0 < args.psi <= 1:
-            parser.error(f"--psi {args.psi} is outside (0, 1]: 1 is no truncation")
         if args.interpolate and args.frames < 2:
             parser.error("--frames must be at least 2")
     if args.command == "train":  # a bad combination of flags is a bad command line: exit 2

@@ -141,7 +141,7 @@ def verify_export(path: Path, g: torch.nn.Module, output_range, num_classes: int
                   samples: int = PARITY_SAMPLES) -> dict:
     """onnx.checker, the service's loader, and onnxruntime-vs-PyTorch parity; raises on failure."""
     import onnx
-    from service.runtime import OnnxGenerator, RuntimeOptions
+    from service.plane.runtime import OnnxGenerator, RuntimeOptions
 
     onnx.checker.check_model(str(path), full_check=True)
     runner = OnnxGenerator(path, RuntimeOptions(device="cpu"))  # metadata + signature checks
@@ -152,7 +152,7 @@ def verify_export(path: Path, g: torch.nn.Module, output_range, num_classes: int
     with torch.no_grad():
         lo, hi = output_range
         reference = ((g(z, y) - lo) * (255.0 / (hi - lo))).clamp(0, 255).numpy()
-    ours = runner.generate(z.numpy(), None if y is None else y.numpy())
+    ours = runner.run(z.numpy(), None if y is None else y.numpy())
     if ours.dtype != np.uint8 or ours.shape != (samples, *IMAGE_SHAPE):
         raise ExportError(f"onnxruntime returned {ours.dtype} {ours.shape}, expected uint8 "
                           f"{(samples, *IMAGE_SHAPE)}")

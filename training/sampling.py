@@ -1,6 +1,6 @@
 """Generating images for seeds from a checkpoint or an exported ONNX file (`dcgan-train sample`).
 
-An ONNX file runs through the service's own runner (`service.runtime.OnnxGenerator`), so the
+An ONNX file runs through the service's own runner (`service.plane.runtime.OnnxGenerator`), so the
 PNGs written here are byte-for-byte what `Generate` returns for the same seeds and labels.
 A checkpoint runs in torch with the same seed rule and the same post-processing.
 """
@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from service.contract import (interpolate, labels_for, seed_to_latent, seeds_to_latents,
-                              truncate, walk_labels)
+from service.contract import (interpolate, labels_for, psi_text, seed_to_latent,
+                              seeds_to_latents, truncate, walk_labels)
 from service.imaging import encode_png, make_grid, save_walk
 from training import checkpoints
 from training.data import DATASETS
@@ -23,14 +23,14 @@ from training.models import ARCHS, build_generator, to_uint8
 
 class OnnxSource:
     def __init__(self, path: Path, device: str = "cpu"):
-        from service.runtime import OnnxGenerator, RuntimeOptions
+        from service.plane.runtime import OnnxGenerator, RuntimeOptions
         self.model = OnnxGenerator(path, RuntimeOptions(device=device))
         meta = self.model.metadata
         self.dataset, self.arch = meta.dataset, meta.arch
         self.num_classes, self.latent_dim = meta.num_classes, meta.latent_dim
 
     def images_for(self, latents: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        return self.model.generate(latents, labels)
+        return self.model.run(latents, labels)
 
     def generate(self, seeds: Sequence[int], labels: np.ndarray | None = None, batch: int = 500,
                  psi: float = 1.0):
@@ -125,7 +125,7 @@ def sample(model: str | Path, seeds: list[int], out_dir: Path, labels: list[str]
     written = []
     for i, seed in enumerate(seeds):
         suffix = f"_label{used_labels[i]}" if used_labels is not None else ""
-        suffix += f"_psi{psi:g}" if psi != 1.0 else ""
+        suffix += f"_psi{psi_text(psi)}" if psi != 1.0 else ""
         path = out_dir / f"seed_{seed}{suffix}.png"
         path.write_bytes(encode_png(images[i, 0]))
         written.append(path)

@@ -11,9 +11,9 @@ import pytest
 
 from bench.call_cost import ROOT, zero_cost_model
 from bench.image import free_port
-from service.config import bundled_models
+from service.process.config import bundled_models
 from service.contract import default_labels, seeds_to_latents
-from service.runtime import OnnxGenerator
+from service.plane.runtime import OnnxGenerator
 
 
 def test_the_zero_cost_model_loads_like_the_real_one_and_makes_blank_images(tmp_path):
@@ -22,8 +22,8 @@ def test_the_zero_cost_model_loads_like_the_real_one_and_makes_blank_images(tmp_
     zero = OnnxGenerator(tmp_path / "zero.onnx")  # the server's own checks pass
     assert zero.metadata == real.metadata
     seeds = list(range(5))
-    images = zero.generate(seeds_to_latents(seeds, real.metadata.latent_dim),
-                           default_labels(seeds, real.metadata.num_classes))
+    images = zero.run(seeds_to_latents(seeds, real.metadata.latent_dim),
+                      default_labels(seeds, real.metadata.num_classes))
     assert images.shape == (5, *real.image_shape) and images.dtype == np.uint8
     assert not images.any()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.config import DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, DEFAULT_PORT
+from service.process.config import DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, DEFAULT_PORT
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "compose.yaml"

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import config_from_args
+from service.process.config import config_from_args
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -69,7 +69,7 @@ def test_kustomizations_list_every_manifest_beside_them():
 
 def _serve_settings() -> set[str]:
     """Every DCGAN_* variable dcgan-serve reads: one per setting, and the token itself."""
-    from service.config import ENV_PREFIX, ServeConfig
+    from service.process.config import ENV_PREFIX, ServeConfig
     from service.settings import specs
     return {spec.env(ENV_PREFIX) for spec in specs(ServeConfig)} | {"DCGAN_AUTH_TOKEN"}
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from service.api.dcgan.v1 import generator_pb2 as pb
-from service.batching import MIN_PIECE, Batcher, BatchLimits
+from service.plane.batching import MIN_PIECE, Batcher, BatchLimits
 from service.client import images_from_response
 from service.contract import default_labels, seeds_to_latents
 from service.errors import DeadlineExceeded, Overloaded
-from service.runtime import OnnxGenerator
+from service.plane.runtime import OnnxGenerator
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def _request(seeds):
 
 
 def _want(runner, seeds):
-    return runner.generate(*_request(seeds)).tobytes()
+    return runner.run(*_request(seeds)).tobytes()
 
 
 class Recorder:
@@ -44,12 +44,12 @@ class Recorder:
             self.release.set()
         self.runs: list[tuple[str, int]] = []
 
-    def generate(self, z, y):
+    def run(self, z, y):
         on_loop = threading.current_thread() is threading.main_thread()
         self.runs.append(("loop" if on_loop else "thread", len(z)))
         if not on_loop:
             self.release.wait(10)
-        return self.runner.generate(z, y)
+        return self.runner.run(z, y)
 
     @property
     def sizes(self) -> list[int]:
@@ -61,7 +61,7 @@ class Recorder:
 
 def _batcher(runner, workers=2, hold=False, **limits):
     recorder = Recorder(runner, hold)
-    limits.setdefault("max_batch", 64)
+    limits.setdefault("max_run_images", 64)
     return Batcher(recorder, recorder, workers, BatchLimits(**limits)), recorder
 
 
@@ -78,7 +78,7 @@ def test_concurrent_callers_get_exactly_their_unbatched_images(runner):
     requests = [list(range(i * 7, i * 7 + 1 + i % 5)) for i in range(24)]
 
     async def main():
-        return await asyncio.gather(*(batcher.generate(*_request(s)) for s in requests))
+        return await asyncio.gather(*(batcher.submit(*_request(s)) for s in requests))
 
     results = asyncio.run(main())
     batcher.close()
@@ -92,10 +92,10 @@ def test_a_lone_small_request_runs_on_the_event_loop_and_a_crowd_on_the_workers(
     batcher, rec = _batcher(runner, hold=True)
 
     async def main():
-        alone = await batcher.generate(*_request([1, 2, 3]))
-        big = asyncio.ensure_future(batcher.generate(*_request(list(range(16)))))
+        alone = await batcher.submit(*_request([1, 2, 3]))
+        big = asyncio.ensure_future(batcher.submit(*_request(list(range(16)))))
         await _until(lambda: len(rec.runs) == 3)  # both workers hold a piece of it
-        crowd = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in range(4, 8)]
+        crowd = [asyncio.ensure_future(batcher.submit(*_request([s]))) for s in range(4, 8)]
         await asyncio.sleep(0.05)
         rec.release.set()
         return alone, await big, await asyncio.gather(*crowd)
@@ -117,7 +117,7 @@ def test_a_big_lone_request_is_cut_into_a_piece_per_worker(runner):
     seeds = list(range(64))
 
     async def main():
-        big = asyncio.ensure_future(batcher.generate(*_request(seeds)))
+        big = asyncio.ensure_future(batcher.submit(*_request(seeds)))
         await _until(lambda: len(rec.runs) == 2)  # both pieces run at once
         rec.release.set()
         return await big
@@ -129,9 +129,9 @@ def test_a_big_lone_request_is_cut_into_a_piece_per_worker(runner):
 
 
 def test_a_request_larger_than_the_batch_runs_in_pieces_in_order(runner):
-    batcher, rec = _batcher(runner, workers=1, max_batch=16)
+    batcher, rec = _batcher(runner, workers=1, max_run_images=16)
     seeds = list(range(50))
-    got = asyncio.run(batcher.generate(*_request(seeds)))
+    got = asyncio.run(batcher.submit(*_request(seeds)))
     batcher.close()
     assert got.tobytes() == _want(runner, seeds)
     assert sum(rec.sizes) == 50 and max(rec.sizes) <= 16 and len(rec.sizes) >= 4
@@ -143,13 +143,13 @@ def test_small_requests_wait_for_the_busy_worker_until_there_is_work_to_share(ru
     batcher, rec = _batcher(runner, workers=2, hold=True, max_delay_s=0.05)
 
     async def main():
-        first = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in (1, 2)]
+        first = [asyncio.ensure_future(batcher.submit(*_request([s]))) for s in (1, 2)]
         await _until(lambda: rec.runs)  # the two arrived together: one worker runs them, held
-        few = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in range(3, 6)]
+        few = [asyncio.ensure_future(batcher.submit(*_request([s]))) for s in range(3, 6)]
         await asyncio.sleep(0.1)
         # Three one-image requests behind a busy worker: the idle one leaves them to it.
         assert rec.sizes == [2]
-        more = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in range(6, 11)]
+        more = [asyncio.ensure_future(batcher.submit(*_request([s]))) for s in range(6, 11)]
         await _until(lambda: len(rec.runs) == 2)
         # MIN_PIECE images queued: now the idle worker takes its share, half of them; the
         # rest waits for whichever worker is back first.
@@ -160,9 +160,9 @@ def test_small_requests_wait_for_the_busy_worker_until_there_is_work_to_share(ru
         await asyncio.sleep(0.1)  # the workers are back from their runs
         rec.runs.clear()
         rec.release.clear()
-        held = [asyncio.ensure_future(batcher.generate(*_request([s]))) for s in (0, 1)]
+        held = [asyncio.ensure_future(batcher.submit(*_request([s]))) for s in (0, 1)]
         await _until(lambda: rec.runs)
-        big = asyncio.ensure_future(batcher.generate(*_request(list(range(20)))))
+        big = asyncio.ensure_future(batcher.submit(*_request(list(range(20)))))
         await _until(lambda: len(rec.runs) == 2)
         assert rec.sizes == [2, 20]
         rec.release.set()
@@ -180,11 +180,11 @@ def test_expired_and_cancelled_requests_are_dropped_unrun(runner):
     batcher, rec = _batcher(runner, workers=2, hold=True)
 
     async def main():
-        first = asyncio.ensure_future(batcher.generate(*_request(list(range(16)))))
+        first = asyncio.ensure_future(batcher.submit(*_request(list(range(16)))))
         await _until(lambda: len(rec.runs) == 2)  # both workers hold a piece of it
-        cancelled = asyncio.ensure_future(batcher.generate(*_request([2, 3])))
-        expired = asyncio.ensure_future(batcher.generate(*_request([4, 5]), timeout=0.05))
-        kept = asyncio.ensure_future(batcher.generate(*_request([6])))
+        cancelled = asyncio.ensure_future(batcher.submit(*_request([2, 3])))
+        expired = asyncio.ensure_future(batcher.submit(*_request([4, 5]), timeout=0.05))
+        kept = asyncio.ensure_future(batcher.submit(*_request([6])))
         await asyncio.sleep(0.1)  # all three queued; the deadline passes
         cancelled.cancel()
         await asyncio.sleep(0.01)
@@ -206,10 +206,10 @@ def test_a_failed_run_reaches_its_caller_and_the_batcher_carries_on(runner):
 
     async def main():
         with pytest.raises(Exception):
-            await batcher.generate(np.zeros((2, 7), np.float32), np.zeros(2, np.int64))
+            await batcher.submit(np.zeros((2, 7), np.float32), np.zeros(2, np.int64))
         with pytest.raises(Exception):  # the same on a worker thread
-            await batcher.generate(np.zeros((20, 7), np.float32), np.zeros(20, np.int64))
-        return await batcher.generate(*_request([1, 2]))
+            await batcher.submit(np.zeros((20, 7), np.float32), np.zeros(20, np.int64))
+        return await batcher.submit(*_request([1, 2]))
 
     good = asyncio.run(main())
     batcher.close()
@@ -220,12 +220,12 @@ def test_backpressure_refuses_at_once_past_the_queue_limit(runner):
     batcher, rec = _batcher(runner, workers=1, hold=True, max_queued_images=40)
 
     async def main():
-        held = asyncio.ensure_future(batcher.generate(*_request(list(range(16)))))
+        held = asyncio.ensure_future(batcher.submit(*_request(list(range(16)))))
         await _until(lambda: rec.runs)
-        queued = asyncio.ensure_future(batcher.generate(*_request(list(range(30)))))
+        queued = asyncio.ensure_future(batcher.submit(*_request(list(range(30)))))
         await asyncio.sleep(0.01)
         with pytest.raises(Overloaded, match="limit 40"):
-            await batcher.generate(*_request(list(range(20))))
+            await batcher.submit(*_request(list(range(20))))
         rec.release.set()
         return await held, await queued
 
@@ -239,8 +239,8 @@ def test_with_one_worker_small_batches_run_on_the_loop_and_big_ones_on_the_threa
     batcher, rec = _batcher(runner, workers=1, max_delay_s=0.01)
 
     async def main():
-        small = await asyncio.gather(*(batcher.generate(*_request([s])) for s in range(5)))
-        big = await batcher.generate(*_request(list(range(16))))
+        small = await asyncio.gather(*(batcher.submit(*_request([s])) for s in range(5)))
+        big = await batcher.submit(*_request(list(range(16))))
         return small, big
 
     small, big = asyncio.run(main())
@@ -255,14 +255,14 @@ def waiting_server(request, tiny_onnx):
     """A server whose batcher waits up to 5 ms for company: concurrent calls then share runs
     for certain (with no wait, how many coalesce depends on how the threads are scheduled).
     Two inference workers batch on worker threads; one batches on the event loop itself."""
-    from service.config import ServeConfig
-    from service.server import create_server
+    from service.process.config import ServeConfig
+    from service.process.server import create_server
     running = create_server(ServeConfig(
         host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
         http_port=-1, models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5,
         inference_workers=request.param))
     engine = running.registry.get("plain").engine
-    assert (engine.max_batch, engine.limits.max_queued_images) == (64, 4096)  # CPU defaults
+    assert (engine.max_run_images, engine.limits.max_queued_images) == (64, 4096)  # CPU defaults
     yield running
     running.stop(grace=1)
 

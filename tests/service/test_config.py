@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from service.config import ServeConfig, config_from_args
+from service.process.config import ServeConfig, config_from_args
 
 
 def test_defaults_without_flags_or_environment(monkeypatch):
@@ -61,7 +61,7 @@ def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
 
 
 def test_usable_cpus_follows_a_cgroup_cpu_limit(tmp_path):
-    from service.config import usable_cpus
+    from service.process.config import usable_cpus
     cpu_max = tmp_path / "cpu.max"
     cores = len(os.sched_getaffinity(0))
     cpu_max.write_text("150000 100000\n")  # a 1.5-CPU limit: two workers
@@ -74,7 +74,7 @@ def test_usable_cpus_follows_a_cgroup_cpu_limit(tmp_path):
 
 
 def test_processes_zero_means_one_per_usable_core(monkeypatch):
-    from service.config import usable_cpus
+    from service.process.config import usable_cpus
     assert config_from_args(["--processes", "0"]).resolved_processes == usable_cpus()
     monkeypatch.setenv("DCGAN_PROCESSES", "0")
     assert config_from_args([]).resolved_processes == usable_cpus()

@@ -12,7 +12,7 @@ import grpc
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.client import images_from_response
-from service.config import bundled_models
+from service.process.config import bundled_models
 from tests.conftest import PYTHON, ROOT
 from tests.service.test_lifecycle import ServerProcess
 

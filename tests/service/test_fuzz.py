@@ -106,10 +106,13 @@ from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E
 
 DATATYPES = st.one_of(st.sampled_from(["UINT64", "INT64", "INT32", "FP32", "BYTES", "UINT8"]),
                       st.text(max_size=12))
-NAMES = st.one_of(st.sampled_from(["seeds", "labels", "images"]), st.text(max_size=12))
+NAMES = st.one_of(st.sampled_from(["seeds", "labels", "images", "latents", "psi", "frames"]),
+                  st.text(max_size=12))
 PARAMETER = st.one_of(st.builds(v2.InferParameter, bool_param=st.booleans()),
                       st.builds(v2.InferParameter, int64_param=st.integers(-2**63, 2**63 - 1)),
-                      st.builds(v2.InferParameter, string_param=st.text(max_size=20)))
+                      st.builds(v2.InferParameter, string_param=st.one_of(
+                          st.sampled_from(["slerp", "lerp"]), st.text(max_size=20))))
+PARAMETER_KEYS = st.one_of(st.just("interpolation"), st.text(max_size=8))
 
 
 @st.composite
@@ -132,18 +135,21 @@ def infer_requests(draw):
                 st.integers(-2**63, 2**63 - 1), max_size=20)))
             tensor.contents.int_contents.extend(draw(st.lists(
                 st.integers(-2**31, 2**31 - 1), max_size=20)))
+            tensor.contents.fp32_contents.extend(draw(st.lists(  # latents and psi
+                st.floats(width=32), max_size=draw(st.sampled_from([1, 20, 300])))))
     if draw(st.booleans()) and request.raw_input_contents:  # a count that does not match
         request.raw_input_contents.append(b"\0" * 8)
     for name in draw(st.lists(NAMES, max_size=3)):
         request.outputs.add(name=name)
-    for key in draw(st.lists(st.text(max_size=8), max_size=2)):
+    for key in draw(st.lists(PARAMETER_KEYS, max_size=2)):
         request.parameters[key].CopyFrom(draw(PARAMETER))
     return request
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(request=infer_requests())
-def test_any_model_infer_request_gets_a_status(channel, request):
+def test_any_model_infer_request_gets_a_status(channel, no_crash_logged, request):
     v2_stub = v2_grpc.GRPCInferenceServiceStub(channel)
     code = _status(lambda: v2_stub.ModelInfer(request, timeout=20))
     assert code in EXPECTED, (code, request)

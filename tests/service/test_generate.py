@@ -93,7 +93,7 @@ def test_stream_a_list_with_per_seed_labels_as_png(stub):
 
 
 def test_stream_chunks_respect_the_message_size_limit():
-    from service.generation import stream_chunks
+    from service.plane.dataplane import stream_chunks
     # 64 KiB messages hold at most 80% / (784 + 512) = 40 images, whatever was asked.
     assert stream_chunks(10_000, 0, 1024, 784, 64 << 10) == 40
     assert stream_chunks(10_000, 16, 1024, 784, 64 << 20) == 16
@@ -117,7 +117,11 @@ def test_the_client_library(server):
         images = client.generate([1, 2, 3], labels=[8])
         assert images.shape == (3, 28, 28)
         chunks = list(client.generate_stream(start=0, count=50, chunk_size=20))
-        assert sum(c.count for c in chunks) == 50
+        # The README's loop: arrays, as `generate` returns, in seed order.
+        assert [len(c) for c in chunks] == [20, 20, 10]
+        assert np.array_equal(np.concatenate(chunks), client.generate(list(range(50))))
+        responses = list(client.generate_stream_responses(start=0, count=50, chunk_size=20))
+        assert sum(r.count for r in responses) == 50
         assert [m.name for m in client.list_models()] == ["cond", "plain"]
 
 
@@ -129,7 +133,7 @@ def test_batch_limits_are_inclusive(stub, n):
 @pytest.mark.parametrize("size", [0, 2])
 def test_the_latent_cache_gives_the_contracts_latents_and_stays_bounded(size):
     from service.contract import seeds_to_latents
-    from service.generation import LatentCache
+    from service.plane.dataplane import LatentCache
     cache = LatentCache(size)
     for seeds in ([7], [1, 2, 3], [3, 2**64 - 1], [7], [7, 7]):  # hits, misses, evictions
         got = cache(seeds, 100)

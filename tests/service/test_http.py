@@ -23,10 +23,10 @@ import pytest
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.client import images_from_response
-from service.config import ServeConfig
+from service.process.config import ServeConfig
 from service.errors import ServiceError
 from service.imaging import decode_png, make_grid
-from service.server import create_server
+from service.process.server import create_server
 
 
 def _base(server) -> str:
@@ -300,7 +300,7 @@ def test_openapi_document_lists_exactly_the_served_routes_and_their_schemas_hold
     document = json.loads(data)
     documented = {(method.upper(), path) for path, item in document["paths"].items()
                   for method in item}
-    served = {(r.method, r.resource.canonical) for r in server._http.app.router.routes()}
+    served = {(r.method, r.resource.canonical) for r in server.http_app.router.routes()}
     assert documented == served
 
     registry = Registry().with_resource("urn:api", Resource.from_contents(
@@ -460,3 +460,100 @@ def test_http_can_be_turned_off_and_a_taken_port_fails_before_loading(tiny_onnx)
         with pytest.raises(ServiceError, match=f"127.0.0.1:{port}.*--http-port"):
             _own_server(tiny_onnx, http_port=port,
                         models=(("plain", "/no/such/model.onnx"),))  # never reached
+
+
+# --- what the audit of the doors found, and what a new user hit ---------------------------------
+
+def test_a_caller_that_disconnects_has_its_queued_work_dropped(tiny_onnx):
+    """As a cancelled gRPC call: the HTTP request reaches the server, waits behind a long
+    queue, its caller hangs up, and the server never runs it (seen in its run count)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+    running = _own_server(tiny_onnx, inference_workers=2, batch_max_images=1)
+    runs = running.metrics.batch_size.labels(model="plain")
+    route = "POST /v2/models/{name}/infer"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
+                ThreadPoolExecutor(3) as pool:
+            stub = pb_grpc.GeneratorServiceStub(channel)
+            big = pb.GenerateRequest(seeds=list(range(1024)))  # 1,024 runs of one image each
+            queued = [pool.submit(stub.Generate, big, timeout=120) for _ in range(3)]
+            deadline = time.monotonic() + 30
+            while runs._sum.get() < 8:  # the queue is being worked through
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            sock, rest = _held_infer(running.http_port)
+            sock.sendall(rest)  # the whole request: it queues behind the big ones
+            _wait_in_flight(running, route)
+            sock.close()  # the caller hangs up
+            assert runs._sum.get() < 3 * 1024, "the queue was gone before the caller left"
+            for future in queued:
+                assert future.result().count == 1024
+        assert runs._sum.get() == 3 * 1024  # the three HTTP seeds never ran
+        codes = {s.labels["code"]: s.value for m in running.metrics.registry.collect()
+                 for s in m.samples if s.name == "dcgan_request_duration_seconds_count"
+                 and s.labels.get("rpc") == route}
+        assert codes == {"CANCELLED": 1}
+    finally:
+        running.stop(grace=1)
+
+
+def test_bodies_past_any_valid_request_are_413_and_unknown_fields_400(server):
+    """The largest valid body to a model is its most latents in JSON; a body past it is
+    refused with the limit in the message, before it is all read, compressed or not."""
+    import gzip
+    latents = json.dumps({"inputs": [{"name": "latents", "datatype": "FP32",
+                                      "shape": [256, 100], "data": [-1.2345678e-05] * 25600}]})
+    assert _call(_base(server) + "/v2/models/plain/infer", "POST", latents.encode(),
+                 JSON)[0] == 200  # the biggest kind of valid request still gets in
+    huge = _infer_json([1], padding="x" * (50 << 20))  # 50 MB with an unknown field
+    status, _, data = _call(_base(server) + "/v2/models/plain/infer", "POST", huge, JSON)
+    assert status == 413 and re.search(r"larger than \d+ bytes", json.loads(data)["error"])
+    status, _, data = _call(_base(server) + "/v2/models/plain/infer", "POST",
+                            gzip.compress(huge), {**JSON, "Content-Encoding": "gzip"})
+    assert status == 413, data  # counted after decompression
+    for body, field in ((_infer_json([1], padding="x"), "'padding'"),
+                        (json.dumps({"inputs": [{"name": "seeds", "datatype": "UINT64",
+                                                 "shape": [1], "data": [1], "dat": 2}]}),
+                         "'dat'"),
+                        (_infer_json([1], outputs=[{"name": "images", "binary": True}]),
+                         "'binary'"),
+                        (_infer_json([1], model_name="cond"), "model_name 'cond'")):
+        status, _, data = _call(_base(server) + "/v2/models/plain/infer", "POST",
+                                body if isinstance(body, bytes) else body.encode(), JSON)
+        assert status == 400 and field in json.loads(data)["error"], data
+    assert _call(_base(server) + "/v2/models/plain/infer", "POST",
+                 _infer_json([1], model_name="plain", id="a"), JSON)[0] == 200
+
+
+def test_images_behind_a_token_are_private_to_caches(tiny_onnx, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    for auth, scope in (("", "public"), (str(token), "private")):
+        running = _own_server(tiny_onnx, auth_token_file=auth)
+        try:
+            for path in ("/v1/models/plain/images/7.png", "/v1/models/plain/grid.png?seeds=0-3",
+                         "/v1/models/plain/interpolation.gif?a=1&b=2&frames=3"):
+                status, headers, _ = _call(_base(running) + path,
+                                           headers={"Authorization": "Bearer s3cret"})
+                assert status == 200
+                assert headers["Cache-Control"].split(", ")[0] == scope, path
+        finally:
+            running.stop(grace=1)
+
+
+def test_the_seed_limit_reads_the_same_from_every_door(server, stub):
+    """One check, in the contract, so one message: gRPC, V2 and the PNG URL say the same."""
+    import grpc
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(pb.GenerateRequest(model="plain", seeds=list(range(300))), timeout=10)
+    messages = {err.value.details()}
+    for method, path, body in (("POST", "/v2/models/plain/infer", _infer_json(range(300))),
+                               ("GET", "/v1/models/plain/grid.png?seeds=0-299", None)):
+        status, _, data = _call(_base(server) + path, method, body, JSON if body else None)
+        assert status == 400
+        messages.add(json.loads(data)["error"])
+    assert len(messages) == 1 and "300 seeds in one request" in messages.pop()

@@ -247,7 +247,7 @@ def test_any_latents_and_psi_get_images_or_a_clear_refusal(stub, data, psi):
     request = pb.GenerateRequest(model="plain", latents=data, psi=psi)
     array = np.frombuffer(data[:len(data) // 400 * 400], "<f4")
     valid = (data and len(data) % 400 == 0 and np.isfinite(array).all()
-             and (psi == 0 or 0 < psi <= 1))
+             and 0 < psi <= 1)  # psi is `optional`: a 0 sent is refused, not read as unset
     try:
         response = stub.Generate(request, timeout=20)
     except grpc.RpcError as err:
@@ -255,3 +255,31 @@ def test_any_latents_and_psi_get_images_or_a_clear_refusal(stub, data, psi):
         assert not valid, err.details()
         return
     assert valid and response.count == len(data) // 400
+
+
+def test_psi_zero_is_refused_at_every_door_and_unset_is_one(server, stub, channel):
+    """proto3 could not tell 0 from unset, so gRPC took psi 0 as 1; `optional` tells them
+    apart: 0 is refused as HTTP and V2 refuse it, and an unset psi is no truncation."""
+    import urllib.error
+    for request in (pb.GenerateRequest(seeds=[1], psi=0),
+                    pb.InterpolateRequest(seed_a=1, seed_b=11, frames=3, psi=0)):
+        call = stub.Generate if isinstance(request, pb.GenerateRequest) else stub.Interpolate
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "psi 0.0 is outside (0, 1]" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.GenerateStream(pb.GenerateStreamRequest(range=pb.SeedRange(count=3), psi=0),
+                                 timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with GeneratorClient(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(grpc.RpcError):
+            client.generate([1], psi=0)
+        assert np.array_equal(client.generate([1, 2]), client.generate([1, 2], psi=1.0))
+    unset = stub.Generate(pb.GenerateRequest(seeds=[1, 2]), timeout=10)
+    assert unset.psi == 1.0 and unset.latent_rule == ""
+    url = f"http://127.0.0.1:{server.http_port}/v1/models/cond/grid.png?seeds=0-3&psi=0"
+    with pytest.raises(urllib.error.HTTPError) as http_err:
+        urllib.request.urlopen(url, timeout=10)
+    assert http_err.value.code == 400
+    assert "psi '0' is outside (0, 1]" in json.loads(http_err.value.read())["error"]

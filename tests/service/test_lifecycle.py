@@ -116,7 +116,7 @@ def test_a_wrong_shaped_model_is_refused(tmp_path, tiny_onnx):
     path = tmp_path / "wrong.onnx"
     onnx.save(model, str(path))
     from service.errors import ModelLoadError
-    from service.runtime import OnnxGenerator
+    from service.plane.runtime import OnnxGenerator
     with pytest.raises(ModelLoadError, match=r"expected float \[N, 64\]"):
         OnnxGenerator(path)
 
@@ -201,6 +201,21 @@ def test_client_cli_writes_pngs_and_lists_models(server, tmp_path):
     assert run("health", "--service", "model/nope").returncode == 1  # NOT_FOUND
 
 
+def test_client_cli_names_sort_in_seed_order_and_refuses_a_bad_psi(server, tmp_path, capsys):
+    from service.client import main as client_main
+    address = ["--address", f"127.0.0.1:{server.port}"]
+    assert client_main([*address, "generate", "--seed", "8-11", "--model", "plain",
+                        "--out", str(tmp_path / "a")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["seed_08.png", "seed_09.png", "seed_10.png", "seed_11.png"]
+    for psi in ("0", "1.5", "nan", "x"):  # what --help says is out of range: refused at once
+        with pytest.raises(SystemExit) as exit_:
+            client_main([*address, "generate", "--seed", "1", "--psi", psi,
+                         "--out", str(tmp_path / "b")])
+        assert exit_.value.code == 2 and "psi" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_generated_stubs_match_the_proto():
     proc = subprocess.run([PYTHON, "tools/gen_protos.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
@@ -210,7 +225,7 @@ def test_generated_stubs_match_the_proto():
 def test_the_serving_path_imports_no_torch():
     # Block torch outright: importing the server, client and runtime must not need it.
     code = ("import sys; sys.modules['torch'] = None; "
-            "import service.server, service.client, service.runtime, service.generation; "
+            "import service.process.server, service.client, service.plane.runtime, service.plane.dataplane; "
             "print('ok')")
     proc = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True,
                           timeout=60)
@@ -234,11 +249,11 @@ def test_debug_level_logs_each_rpc_and_onnxruntime_telemetry_is_off(tiny_onnx):
     assert re.search(r"DEBUG dcgan-serve.access: Generate model=m code=OK images=2 [\d.]+ms",
                      log), log[-2000:]
     # The server opts out of onnxruntime's usage telemetry unless the operator set it.
-    probe = subprocess.run([PYTHON, "-c", "import os, service.runtime; "
+    probe = subprocess.run([PYTHON, "-c", "import os, service.plane.runtime; "
                             "print(os.environ['ORT_DISABLE_TELEMETRY'])"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "1", probe.stderr
-    probe = subprocess.run([PYTHON, "-c", "import os, service.runtime; "
+    probe = subprocess.run([PYTHON, "-c", "import os, service.plane.runtime; "
                             "print(os.environ['ORT_DISABLE_TELEMETRY'])"],
                            env={**env, "ORT_DISABLE_TELEMETRY": "0"}, capture_output=True,
                            text=True, timeout=60)

@@ -16,7 +16,7 @@ import numpy as np
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.client import images_from_response
-from service.config import usable_cpus
+from service.process.config import usable_cpus
 from tests.conftest import PYTHON, python_env
 from tests.service.test_lifecycle import ServerProcess
 

@@ -182,8 +182,8 @@ def test_a_deadline_that_passes_in_the_queue_on_the_server_drops_the_run(tiny_on
     """Not a client-side timeout: the request reaches the server, waits behind a long queue,
     its deadline passes there, and the server never runs it. Seen in the server's own
     metrics: the images it ran (dcgan_batch_size sum) are exactly the others' images."""
-    from service.config import ServeConfig
-    from service.server import create_server
+    from service.process.config import ServeConfig
+    from service.process.server import create_server
     running = create_server(ServeConfig(
         host="127.0.0.1", port=0, http_port=-1, metrics_port=-1, device="cpu",
         models=(("plain", str(tiny_onnx)),), inference_workers=2, batch_max_images=1))

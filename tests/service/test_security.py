@@ -7,8 +7,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import GeneratorClient
-from service.config import ServeConfig
-from service.server import create_server
+from service.process.config import ServeConfig
+from service.process.server import create_server
 
 
 def _serve(tiny_onnx, **kw):
@@ -84,6 +84,43 @@ def test_mutual_tls_server_answers_plaintext_probes_on_its_health_port(pki, tiny
         running.stop(grace=0)
 
 
+def test_the_plaintext_health_port_names_nothing_and_bounds_its_streams(pki, tiny_onnx):
+    """That port asks for no token or certificate: an unknown name is a bare NOT_FOUND (the
+    authenticated port lists the served names), and Watch streams beyond its limit are
+    refused rather than held."""
+    from service.process.server import MAX_HEALTH_CALLS
+    running = _serve(tiny_onnx, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                     health_port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                health.Check(health_pb2.HealthCheckRequest(service="model/nope"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "model/m" not in err.value.details()
+            assert "GeneratorService" not in err.value.details()
+            watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                       for _ in range(MAX_HEALTH_CALLS)]
+            for watch in watches:  # each held open, its first status read
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                next(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for watch in watches:
+                watch.cancel()
+        # The authenticated (TLS) port still says which names exist.
+        creds = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{running.port}", creds,
+                                 options=[("grpc.ssl_target_name_override", "localhost")]) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="model/nope"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "'model/m'" in err.value.details()
+    finally:
+        running.stop(grace=0)
+
+
 def test_bearer_token_guards_every_rpc_but_health(tiny_onnx, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
@@ -92,7 +129,7 @@ def test_bearer_token_guards_every_rpc_but_health(tiny_onnx, tmp_path):
     try:
         with GeneratorClient(address, token="s3cret-token", timeout=5) as good:
             assert _status(good) == "OK"
-            assert sum(r.count for r in good.generate_stream(start=0, count=20)) == 20
+            assert sum(len(c) for c in good.generate_stream(start=0, count=20)) == 20
         for token in ("", "wrong"):
             with GeneratorClient(address, token=token, timeout=5) as bad:
                 with pytest.raises(grpc.RpcError) as err:

@@ -10,9 +10,9 @@ import json
 import onnx
 import pytest
 
-from service.config import bundled_models
+from service.process.config import bundled_models
 from service.contract import MetadataKey, ModelMetadata
-from service.runtime import OnnxGenerator
+from service.plane.runtime import OnnxGenerator
 from tests.conftest import ROOT, SUBSET_DIR
 from training.evaluation import evaluate
 

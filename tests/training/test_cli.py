@@ -44,6 +44,16 @@ def test_help_explains_every_flag(command, flags):
     assert "tf-dcgan" in run("train", "--help").stdout
 
 
+def test_off_switches_say_what_they_turn_off(capsys):
+    from training.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, what in (("--no-download", "download missing data"),
+                       ("--no-progress", "a progress bar")):
+        assert f"{flag} turn off what is on by default: {what}" in text
+
+
 def test_bad_command_lines_exit_2_with_a_message():
     proc = run("train", "--steps", "5", "--epochs", "1", check=False)
     assert proc.returncode == 2 and "--steps or --epochs, not both" in proc.stderr

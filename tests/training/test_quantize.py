@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto
 
 from service.contract import default_labels, seeds_to_latents
-from service.runtime import OnnxGenerator
+from service.plane.runtime import OnnxGenerator
 from tools.quantize_model import quantize
 
 
@@ -15,8 +15,8 @@ def _same_seeds(original: OnnxGenerator, copy: OnnxGenerator) -> tuple[np.ndarra
     seeds = list(range(64))
     latents = seeds_to_latents(seeds, original.metadata.latent_dim)
     labels = default_labels(seeds, original.metadata.num_classes)
-    a = original.generate(latents, labels).astype(int)
-    b = copy.generate(latents, labels).astype(int)
+    a = original.run(latents, labels).astype(int)
+    b = copy.run(latents, labels).astype(int)
     assert a.shape == b.shape
     return a, b
 

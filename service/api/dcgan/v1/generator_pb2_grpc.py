@@ -97,7 +97,7 @@ class GeneratorServiceServicer(object):
 
     def Interpolate(self, request, context):
         """Images along the path from one seed's latent to another's (the latent-walk rule
-        "slerp-lerp-truncation/v1"): the first and last images are exactly Generate's for those
+        "slerp-lerp-truncation/v2"): the first and last images are exactly Generate's for those
         seeds (same label, same psi).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

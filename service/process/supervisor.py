@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Metric, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import ServeConfig, usable_cpus
+from service.process.config import ServeConfig, usable_cpus
 from service.errors import ServiceError
 
 log = logging.getLogger("dcgan-serve")

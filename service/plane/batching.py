@@ -1,7 +1,7 @@
 """Dynamic batching: concurrent requests for one model share onnxruntime runs.
 
 Each model has one `Batcher`, built by `make_engine`. Requests queue in it from the server's
-event loop; where each batch runs is decided in two places, `generate` and `_dispatch`:
+event loop; where each batch runs is decided in two places, `submit` and `_dispatch`:
 
 * **A lone caller runs at once, on the event loop's thread**, on a session that uses every
   core of the process: no hand-off to a thread and back, which at batch 1 costs about as much
@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from service.errors import DeadlineExceeded, Overloaded
-from service.runtime import OnnxGenerator, RuntimeOptions
+from service.plane.runtime import OnnxGenerator, RuntimeOptions
 
 #: Fewer queued images than this are not worth a second worker, and a request is not cut into
 #: pieces smaller than this.
@@ -66,7 +66,7 @@ BatchObserver = Callable[[int, float, float], None]
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch: int = 0             # most images in one run; 0: 64 on a CPU, 256 on CUDA
+    max_run_images: int = 0        # most images in one run; 0: 64 on a CPU, 256 on CUDA
     max_delay_s: float = 0.0       # how long a lone request waits for company
     max_queued_images: int = 4096  # past this, new requests are refused (backpressure)
 
@@ -85,10 +85,10 @@ def make_engine(path: Path, device: str, workers: int, limits: BatchLimits | Non
     if workers > 1 and not on_cuda:
         lone = OnnxGenerator(path, RuntimeOptions(device=device, intra_op_threads=workers))
     limits = limits or BatchLimits()
-    if not limits.max_batch:
+    if not limits.max_run_images:
         # A CPU makes images as fast per image from 8 to 128 a run and slows at 256, whose
         # activations leave the cache; a GPU wants the biggest runs it can get.
-        limits = dataclasses.replace(limits, max_batch=256 if on_cuda else 64)
+        limits = dataclasses.replace(limits, max_run_images=256 if on_cuda else 64)
     return Batcher(runner, lone, workers, limits, observe)
 
 
@@ -154,15 +154,15 @@ class Batcher:
             thread.start()
 
     @property
-    def max_batch(self) -> int:
-        return self.limits.max_batch
+    def max_run_images(self) -> int:
+        return self.limits.max_run_images
 
     def describe(self) -> str:
-        return (f"batching up to {self.max_batch} images a run on {self.workers} worker "
+        return (f"batching up to {self.max_run_images} images a run on {self.workers} worker "
                 f"thread(s), a lone caller's on the event loop")
 
-    async def generate(self, latents: np.ndarray, labels: np.ndarray | None,
-                       timeout: float | None = None) -> np.ndarray:
+    async def submit(self, latents: np.ndarray, labels: np.ndarray | None,
+                     timeout: float | None = None) -> np.ndarray:
         """uint8 images [N, C, H, W] for float32 latents [N, latent_dim] (and labels [N]).
 
         Raises Overloaded when the queue is full, DeadlineExceeded when `timeout` seconds
@@ -194,7 +194,7 @@ class Batcher:
         if lone:
             self._drop(dropped)  # its deadline had passed already
             if batch:
-                self._deliver(batch, *self._run(self.lone_runner, batch))
+                self._deliver(batch, *self._execute(self.lone_runner, batch))
         elif for_loop and not self._scheduled:
             self._scheduled, self._yields, self._seen = True, 0, 0
             self._loop.call_soon(self._dispatch)
@@ -217,7 +217,7 @@ class Batcher:
         served several requests) for up to LOAD_WINDOW_S, and for up to --batch-max-delay-ms
         when one is set."""
         queued = len(self._queue)
-        if queued and self._queued_images < self.max_batch and self._yields < MAX_YIELDS:
+        if queued and self._queued_images < self.max_run_images and self._yields < MAX_YIELDS:
             oldest = time.perf_counter() - self._queue[0].queued_at
             if self.limits.max_delay_s > oldest:
                 self._loop.call_later(self.limits.max_delay_s - oldest, self._dispatch)
@@ -234,7 +234,7 @@ class Batcher:
                 self._wake_workers()
         self._drop(dropped)
         if batch:
-            self._deliver(batch, *self._run(self.runner, batch))
+            self._deliver(batch, *self._execute(self.runner, batch))
 
     def _found_idle(self) -> bool:
         """(Lock held.) Whether the one queued request is a lone caller's: the last run served
@@ -261,21 +261,21 @@ class Batcher:
                     # One request and every worker idle: a piece per worker, so it uses
                     # every core (whole, if too small to be worth cutting).
                     queued = self._queued_images
-                    pieces = max(math.ceil(queued / self.max_batch),
+                    pieces = max(math.ceil(queued / self.max_run_images),
                                  min(self.workers, queued // MIN_PIECE), 1)
                     batch, dropped = self._take(math.ceil(queued / pieces))
                 else:  # whole requests: all of a trickle, else this worker's share
                     sharing = self.workers if self._queued_images >= MIN_PIECE else 1
                     share = math.ceil(self._queued_images / sharing)
-                    batch, dropped = self._take(min(self.max_batch, share),
-                                                first_cut=self.max_batch)
+                    batch, dropped = self._take(min(self.max_run_images, share),
+                                                first_cut=self.max_run_images)
                 self._on_threads += bool(batch)
                 if self._may_take():
                     self._help.notify()  # another worker may help with the rest
             if dropped:
                 self._hand_back(self._drop, dropped)
             if batch:
-                self._hand_back(self._deliver, batch, *self._run(self.runner, batch))
+                self._hand_back(self._deliver, batch, *self._execute(self.runner, batch))
                 with self._cv:
                     self._on_threads -= 1
 
@@ -297,7 +297,7 @@ class Batcher:
                 continue
             remaining = (self._queue[0].queued_at + self.limits.max_delay_s
                          - time.perf_counter())
-            if remaining <= 0 or self._queued_images >= self.max_batch or self._closed:
+            if remaining <= 0 or self._queued_images >= self.max_run_images or self._closed:
                 return True
             waiting.wait(remaining)
 
@@ -346,7 +346,7 @@ class Batcher:
             self._queue.popleft()
         return batch, dropped
 
-    def _run(self, runner: OnnxGenerator, batch: list[_Slice]
+    def _execute(self, runner: OnnxGenerator, batch: list[_Slice]
              ) -> tuple[np.ndarray | None, BaseException | None]:
         """One onnxruntime run for the whole batch: (images, None) or (None, the error)."""
         first = batch[0].request
@@ -360,7 +360,7 @@ class Batcher:
                 labels = None if first.labels is None else np.concatenate(
                     [s.request.labels[s.start:s.stop] for s in batch])
             started = time.perf_counter()
-            images = runner.generate(latents, labels)
+            images = runner.run(latents, labels)
             self._last_end = time.perf_counter()
             self._last_run_s = self._last_end - started
             self._last_callers = len({id(s.request) for s in batch})

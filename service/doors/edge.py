@@ -4,7 +4,7 @@
         def __init__(self, edge: Edge): self.edge = edge
 
         @rpc("Generate", admit=True)
-        async def Generate(self, request, context, call): ...   # call.model / call.images
+        async def Generate(self, request, context, call): ...   # the plane fills in `call`
 
 `Edge.handling(name, admit)` is the part common to both transports: metrics
 (`dcgan_request_duration_seconds` and the in-flight gauge, labelled by the RPC's name or the
@@ -12,9 +12,9 @@ HTTP route), admission (`admit=True` for calls that generate: refused while drai
 by the drain), cancellation (recorded as CANCELLED), and the status of whatever escapes
 (`STATUS_FOR`; anything else is a bug: INTERNAL, with the detail logged, not sent). `@rpc`
 (unary) and `@rpc_stream` (server-streaming) put it around a gRPC handler and end the call
-with that status; `api_http.route` puts it around an HTTP handler and answers with the same
-status in HTTP's words (`HTTP_STATUS`). The dcgan API, the Open Inference Protocol over gRPC
-and the HTTP front door all use it.
+with that status; `doors.http.route` puts it around an HTTP handler and answers with the same
+status in HTTP's words (`HTTP_STATUS`). Every door uses it: the dcgan API, the Open Inference
+Protocol over gRPC and REST, the image URLs.
 
 `add_servicer` registers a servicer so that a request whose bytes are not a valid message is
 answered INVALID_ARGUMENT (grpc.aio alone would answer UNKNOWN and log a traceback per bad
@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.admission import CallGate
 from service.contract import ContractError
-from service.errors import (Cancelled, DeadlineExceeded, DeviceUnavailable, InvalidRequest,
+from service.doors.admission import CallGate
+from service.errors import (DeadlineExceeded, DeviceUnavailable, InvalidRequest,
                             ModelNotFound, Overloaded, ShuttingDown)
-from service.metrics import Metrics
+from service.plane.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     ContractError: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Cancelled: grpc.StatusCode.CANCELLED,
     DeviceUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
@@ -132,15 +131,6 @@ def rpc_stream(name: str, admit: bool = False):
                 await _abort(context, exc)
         return wrapped
     return wrap
-
-
-def check_still_wanted(context: grpc.aio.ServicerContext) -> None:
-    """Do not start work nobody will read: the deadline passed or the caller cancelled."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        raise DeadlineExceeded("the deadline passed before generation started")
-    if context.cancelled():
-        raise Cancelled("the call was cancelled")
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:

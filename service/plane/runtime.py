@@ -94,7 +94,7 @@ class OnnxGenerator:
     def image_shape(self) -> tuple[int, int, int]:
         return self.metadata.image_shape
 
-    def generate(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def run(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """uint8 images [N, C, H, W] for float32 latents [N, latent_dim] (and int64 labels [N])."""
         feeds = {INPUT_LATENT: latents}
         if self.metadata.conditional:
@@ -108,7 +108,7 @@ class OnnxGenerator:
         for n in (1, 8):
             latents = np.zeros((n, self.metadata.latent_dim), dtype=np.float32)
             labels = np.zeros(n, dtype=np.int64) if self.metadata.conditional else None
-            self.generate(latents, labels)
+            self.run(latents, labels)
 
 
 def _open_session(path: Path, options: RuntimeOptions, providers: list[str]):

@@ -6,10 +6,12 @@
                                              --processes N, supervisor.supervise); exit codes
 
 A request's path: gRPC (grpc.aio) or HTTP (aiohttp), both on one event loop in the `rpc-loop`
-thread -> the edge (`edge.py`: admission, metrics, errors) -> an API module (`api_dcgan.py`,
-`api_v2.py`, `api_http.py`) -> the core (`generation.py`) -> the model's batcher
+thread -> a door (`service/doors/`: the edge's admission, metrics and errors around a
+converter) -> the data plane (`service/plane/dataplane.py`) -> the model's batcher
 (`batching.py`) -> onnxruntime (`runtime.py`).
 The caller of create_server (the main thread in `serve`) keeps signals, reload and stop.
+Everything create_server starts goes on one teardown list as it starts; `stop` (or a failed
+start) unwinds that list, newest first.
 
 Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
 NOT_SERVING (HTTP's /v2/health/ready 503), new calls are refused, and in-flight calls of
@@ -19,6 +21,7 @@ either protocol get `grace_seconds` to finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import faulthandler
 import gc
@@ -40,18 +43,22 @@ from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from service.admission import CallGate
-from service.api_dcgan import GeneratorServicer
-from service.api_http import build_app
-from service.api_v2 import InferenceServicer
-from service.batching import BatchLimits, make_engine
-from service.config import ServeConfig, config_from_args
-from service.edge import Edge, add_servicer
+from service.doors.admission import CallGate
+from service.doors.edge import Edge, add_servicer
+from service.doors.grpc_dcgan import GeneratorServicer
+from service.doors.grpc_v2 import InferenceServicer
+from service.doors.http import door
+from service.doors.http_images import ImageRoutes
+from service.doors.http_v2 import InferenceRoutes
+from service.doors.openapi import openapi_document
 from service.errors import ServiceError
-from service.generation import Generator, ModelRegistry
-from service.metrics import Metrics
-from service.security import BearerTokenInterceptor, http_ssl_context, server_credentials
-from service.supervisor import supervise
+from service.plane.batching import BatchLimits, make_engine
+from service.plane.dataplane import DataPlane
+from service.plane.metrics import Metrics
+from service.plane.models import ModelRegistry
+from service.process.config import ServeConfig, config_from_args
+from service.process.security import BearerTokenInterceptor, http_ssl_context, server_credentials
+from service.process.supervisor import supervise
 
 log = logging.getLogger("dcgan-serve")
 
@@ -79,29 +86,60 @@ class HealthServicer(health.aio.HealthServicer):
         return await super().Check(request, context)
 
 
+class PlaintextHealth(health_pb2_grpc.HealthServicer):
+    """The health-only port's face of the shared `HealthServicer`: the same statuses, but an
+    unknown name is a bare NOT_FOUND, since that port asks for no token or certificate and so
+    names none of the served services and models."""
+
+    def __init__(self, shared: HealthServicer):
+        self.shared = shared
+
+    async def Check(self, request, context):
+        if request.service not in self.shared.names:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service name")
+        return await self.shared.Check(request, context)
+
+    async def Watch(self, request, context):
+        return await self.shared.Watch(request, context)
+
+
+#: Calls the health-only port handles at once: probes are few and short, and each Watch
+#: stream holds a task, so an unauthenticated port must not take them without bound.
+MAX_HEALTH_CALLS = 16
+
+
 def model_health_name(model: str) -> str:
     """The health-check service name of one model (grpc.health.v1 `service` field)."""
     return f"model/{model}"
 
 
+class _Teardown(contextlib.ExitStack):
+    """What create_server started, stopped newest first. `grace` is how long the gRPC server's
+    own stop lets the calls it still holds finish (set by `RunningServer.stop`; 0 after a
+    failed start)."""
+
+    grace: float = 0.0
+
+
 @dataclass
 class RunningServer:
-    server: grpc.aio.Server
     port: int
     metrics_port: int | None
-    health: health.aio.HealthServicer
-    gate: CallGate  # admits generation calls of both APIs; drained on stop
-    registry: ModelRegistry
+    http_port: int | None
+    health_port: int | None
+    health: HealthServicer
+    gate: CallGate  # admits generation calls of every door; drained on stop
+    plane: DataPlane
     metrics: Metrics
     config: ServeConfig
-    loop: asyncio.AbstractEventLoop  # runs gRPC, in its own thread
-    encoder: ThreadPoolExecutor
-    http_port: int | None = None
-    health_port: int | None = None
-    _http: web.AppRunner | None = None
-    _health_server: grpc.aio.Server | None = None
-    _metrics_http: object = None
+    loop: asyncio.AbstractEventLoop  # runs gRPC and HTTP, in its own thread
+    http_app: web.Application | None
+    _teardown: _Teardown
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.plane.registry
 
     def reload(self) -> bool:
         """Load every configured model file again beside the served ones, warm them up, then
@@ -136,20 +174,10 @@ class RunningServer:
         grace = self.config.grace_seconds if grace is None else grace
         started = time.monotonic()
         _on_loop(self.loop, self.health.enter_graceful_shutdown())
-        drained = self.gate.drain(grace)
-        if not drained:
+        if not self.gate.drain(grace):
             log.warning("grace period of %.1fs over with calls still running", grace)
-        left = max(0.5, grace - (time.monotonic() - started))
-        if self._http is not None:
-            _on_loop(self.loop, self._http.cleanup())
-        _on_loop(self.loop, self.server.stop(left))
-        if self._health_server is not None:
-            _on_loop(self.loop, self._health_server.stop(0))
-        self.registry.close()
-        self.encoder.shutdown()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-        _stop_loop(self.loop)
+        self._teardown.grace = max(0.5, grace - (time.monotonic() - started))
+        self._teardown.close()
 
 
 def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
@@ -160,11 +188,12 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
     registry = ModelRegistry()
     try:
         for name, path in paths:
-            limits = BatchLimits(max_batch=config.batch_max_images,
+            limits = BatchLimits(max_run_images=config.batch_max_images,
                                  max_delay_s=config.batch_max_delay_ms / 1000,
                                  max_queued_images=config.max_queued_images)
-            registry.add(name, make_engine(path, config.device, config.resolved_inference_workers,
-                                           limits, metrics.batch_observer(name)))
+            registry.add(name, make_engine(path, config.device,
+                                           config.resolved_inference_workers, limits,
+                                           metrics.batch_observer(name)))
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
         raise
@@ -183,63 +212,57 @@ def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
 
 def create_server(config: ServeConfig) -> RunningServer:
     """Bind the ports (a taken one fails at once), load the models, then start serving."""
-    metrics = Metrics()
-    gate = CallGate()
-    token = config.auth_token()
-    metrics_http, metrics_port, registry, encoder, http = None, None, None, None, None
-    health_server, health_port = None, None
-    loop = _start_loop()
-    try:
+    metrics, gate, token = Metrics(), CallGate(), config.auth_token()
+    teardown = _Teardown()
+    with teardown:  # a failed start stops what did start, newest first, and re-raises
+        loop = _start_loop()
+        teardown.callback(_stop_loop, loop)
         for flag, value in (("--http-port", config.http_port),
                             ("--health-port", config.health_port)):
             if value > 0 and not config.reuse_port:
                 _check_port_free(config.host, value, flag)
         server, port = _on_loop(loop, _bind_grpc(config, token))
+        teardown.callback(lambda: _on_loop(loop, server.stop(teardown.grace)))
+        metrics_port = None
         if config.metrics_port >= 0:
             try:
                 metrics_http, _ = metrics.serve_http(config.metrics_host, config.metrics_port)
             except OSError as exc:
                 raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
                                    f"{config.metrics_port}: {exc}") from None
+            teardown.callback(metrics_http.shutdown)
             metrics_port = metrics_http.server_port
-        registry = load_models(config, metrics)
+        registry = teardown.enter_context(contextlib.closing(load_models(config, metrics)))
         describe_models(registry, metrics)
         encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                      thread_name_prefix="encode")
-        generator = Generator(registry, config.max_batch, encoder, config.latent_cache)
+        teardown.callback(encoder.shutdown)
+        plane = DataPlane(registry, metrics, encoder, config.max_batch, config.latent_cache)
         edge = Edge(metrics, gate)
-        health_servicer = _on_loop(loop, _start_grpc(server, config, generator, edge))
+        health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge))
+        health_port = None
         if config.health_port >= 0:
             health_server, health_port = _on_loop(loop, _start_health_port(config,
                                                                            health_servicer))
+            teardown.callback(lambda: _on_loop(loop, health_server.stop(0)))
+        http_app, http_port = None, None
         if config.http_port >= 0:
-            http, http_port = _on_loop(loop, _start_http(config, generator, edge, token))
-    except BaseException:
-        if http is not None:
-            _on_loop(loop, http.cleanup())
-        if health_server is not None:
-            _on_loop(loop, health_server.stop(0))
-        _stop_loop(loop)
-        if metrics_http is not None:
-            metrics_http.shutdown()
-        if registry is not None:
-            registry.close()
-        if encoder is not None:
-            encoder.shutdown()
-        raise
+            http, http_port = _on_loop(loop, _start_http(config, plane, edge, token))
+            teardown.callback(lambda: _on_loop(loop, http.cleanup()))
+            http_app = http.app
+        running = RunningServer(port, metrics_port, http_port, health_port, health_servicer,
+                                gate, plane, metrics, config, loop, http_app, teardown.pop_all())
     # Everything loaded so far lives as long as the process: frozen, Python's full garbage
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
     gc.freeze()
     log.info("listening grpc=%s:%d http=%s metrics=%s tls=%s auth=%s health=%s", config.host,
-             port, f"{config.host}:{http_port}" if http else "off",
+             port, f"{config.host}:{http_port}" if http_app else "off",
              f"{config.metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
              "bearer" if token else "off",
-             f"{config.host}:{health_port} (plaintext)" if health_server else "on the gRPC port")
-    return RunningServer(server, port, metrics_port, health_servicer, gate, registry,
-                         metrics, config, loop, encoder, http_port if http else None,
-                         health_port, http, health_server, metrics_http)
+             f"{config.host}:{health_port} (plaintext)" if health_port else "on the gRPC port")
+    return running
 
 
 def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
@@ -279,13 +302,13 @@ async def _bind_grpc(config: ServeConfig, token: str) -> tuple[grpc.aio.Server, 
     return server, port
 
 
-async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, generator: Generator,
-                      edge: Edge) -> health.aio.HealthServicer:
+async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, plane: DataPlane,
+                      edge: Edge) -> HealthServicer:
     """Add the services and start serving; health turns SERVING last."""
     add_servicer(pb_grpc.add_GeneratorServiceServicer_to_server,
-                 GeneratorServicer(generator, edge, config.max_message_bytes), server)
+                 GeneratorServicer(plane, edge, config.max_message_bytes), server)
     add_servicer(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                 InferenceServicer(generator, edge), server)
+                 InferenceServicer(plane, edge), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -293,18 +316,19 @@ async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, generator: G
     await server.start()
 
     serving = health_pb2.HealthCheckResponse.SERVING
-    for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in generator.registry)):
+    for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in plane.registry)):
         await health_servicer.set(name, serving)
     return health_servicer
 
 
 async def _start_health_port(config: ServeConfig, health_servicer: HealthServicer
                              ) -> tuple[grpc.aio.Server, int]:
-    """A second, plaintext gRPC server with nothing but the health service (the same servicer,
-    so the same statuses): Kubernetes' gRPC probes and the image's HEALTHCHECK cannot speak
-    TLS or present a client certificate. It reveals only SERVING / NOT_SERVING."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    """A second, plaintext gRPC server with nothing but the health service (the same statuses):
+    Kubernetes' gRPC probes and the image's HEALTHCHECK cannot speak TLS or present a client
+    certificate. It reveals only SERVING / NOT_SERVING, and takes MAX_HEALTH_CALLS at once."""
+    server = grpc.aio.server(maximum_concurrent_rpcs=MAX_HEALTH_CALLS,
+                             options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(PlaintextHealth(health_servicer), server)
     try:
         port = server.add_insecure_port(f"{config.host}:{config.health_port}")
     except RuntimeError as exc:
@@ -314,12 +338,20 @@ async def _start_health_port(config: ServeConfig, health_servicer: HealthService
     return server, port
 
 
-async def _start_http(config: ServeConfig, generator: Generator, edge: Edge, token: str
+async def _start_http(config: ServeConfig, plane: DataPlane, edge: Edge, token: str
                       ) -> tuple[web.AppRunner, int]:
     """Serve the HTTP front door on the same loop as gRPC; returns the runner and its port."""
-    app = build_app(generator, edge, token, config.max_in_flight, config.max_message_bytes)
-    # aiohttp's own access log is off: the edge logs each call at DEBUG, as for gRPC.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+    v2 = InferenceRoutes(plane, edge, config.max_message_bytes)
+    images = ImageRoutes(plane, edge, private=bool(token))
+    routes = v2.routes() + images.routes()
+    images.api_document = openapi_document(routes, v2.version, plane.max_images)
+    app = web.Application(client_max_size=config.max_message_bytes,
+                          middlewares=[door(token, config.max_in_flight)])
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    # aiohttp's own access log is off: the edge logs each call at DEBUG, as for gRPC. A caller
+    # that disconnects cancels its handler, so its queued images are dropped unrun.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
                            shutdown_timeout=config.grace_seconds)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.http_port, ssl_context=http_ssl_context(config),

@@ -81,7 +81,7 @@ class ServeConfig:
                                  "instead of queueing")
     max_queued_images: int = setting(4096, "images per model waiting for onnxruntime; past it "
                                      "new requests are refused with RESOURCE_EXHAUSTED")
-    # --- batching: concurrent requests for a model share onnxruntime runs (service/batching.py)
+    # --- batching: concurrent requests for a model share onnxruntime runs (service/plane/batching.py)
     batch_max_images: int = setting(0, "most images in one onnxruntime run; a bigger request "
                                     "runs in pieces; 0 = 64 on a CPU, 256 on CUDA")
     batch_max_delay_ms: float = setting(0.0, "how long a request waits for others to share "
@@ -180,10 +180,10 @@ def bundled_models() -> list[tuple[str, Path]]:
     In a wheel they are the package `service.bundled_models`; in a source checkout or an
     editable install, the repository's `models/` folder.
     """
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # service/
     # A wheel installs them as service/bundled_models (a data-only folder, looked up directly:
     # importlib.resources does not resolve that namespace package on Python 3.11).
-    for folder in (here / "bundled_models", here.parent / "models"):
+    for folder in (package / "bundled_models", package.parent / "models"):
         order_file = folder / "default_models.json"
         if order_file.is_file():
             import json

@@ -5,9 +5,12 @@
     dcgan_batch_size{model}                            histogram, images per executed run
     dcgan_batch_queue_wait_seconds{model}              histogram, queue wait before a run
     dcgan_images_generated_total{model, kind}          counter; kind: seed, interpolation, latent
-    dcgan_images_per_request{model}                    histogram
+    dcgan_images_per_request{model}                    histogram (a stream's chunk is one)
     dcgan_requests_in_flight{rpc}                      gauge
     dcgan_model_info{model, version, arch, dataset, provider}  info (value 1)
+
+The edge times each call (`track`); the data plane fills in the call's facts as it learns them
+(model, version, kind, images) and observes the request's size, so no door writes metrics.
 
 Label values are bounded: `model` is a served model's name or "_unknown", `code` a gRPC status
 name, `rpc` one of this service's methods.
@@ -47,7 +50,7 @@ class Metrics:
             "came from (seed, interpolation, latent)", ["model", "kind"],
             registry=self.registry)
         self.images_per_request = Histogram(
-            "dcgan_images_per_request", "Images asked for per Generate request, by model",
+            "dcgan_images_per_request", "Images per request to the data plane, by model",
             ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_size = Histogram(
             "dcgan_batch_size", "Images per executed onnxruntime run (after dynamic batching)",
@@ -83,7 +86,8 @@ class Metrics:
 
     @contextmanager
     def track(self, rpc: str):
-        """Time one RPC; the body sets `call.model`, `call.code` and `call.images` as it learns them."""
+        """Time one call; the data plane sets `call.model`, `.version`, `.kind` and `.images`,
+        the edge `call.code`, as each learns them."""
         call = _Call()
         gauge = self._child(self.in_flight, rpc)
         gauge.inc()
@@ -118,10 +122,11 @@ class Metrics:
 
 
 class _Call:
-    __slots__ = ("model", "code", "images", "kind")
+    __slots__ = ("model", "version", "code", "images", "kind")
 
     def __init__(self) -> None:
         self.model = UNKNOWN_MODEL
+        self.version = ""
         self.code = "OK"
         self.images = 0
         self.kind = "seed"

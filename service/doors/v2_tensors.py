@@ -1,8 +1,10 @@
 """The Open Inference Protocol's (KServe V2) tensors for this service, whatever the transport.
 
-The gRPC edge (`api_v2.py`) and the REST edge (`api_http.py`) turn their messages into
-`InputTensor`s and back, and share everything else here, so both take the same inputs, give the
-same outputs and refuse bad ones with the same messages:
+The gRPC door (`grpc_v2.py`) and the REST door (`http_v2.py`) turn their messages into
+`InputTensor`s and back, and share the rest here: tensors -> the data plane's `Request`, and
+its `Result` -> output tensors. Both take the same inputs, give the same outputs and refuse bad
+ones with the same messages; what the values may be (counts, ranges, psi) is the contract's,
+checked by the data plane as for every door:
 
     input  "seeds"   UINT64 or INT64, shape [N] or [N, 1]
     input  "labels"  INT64 or INT32, shape [N] or [1]    conditional models only, optional
@@ -23,9 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from service.errors import InvalidRequest, ModelNotFound
-from service.generation import (GenerationRequest, GenerationResult, Generator, ServedModel,
-                                Walk)
+from service.errors import InvalidRequest
+from service.plane.dataplane import Request, Result, Walk
+from service.plane.models import ServedModel
 
 SERVER_NAME = "dcgan-digits"
 PLATFORM = "onnxruntime_onnx"
@@ -56,46 +58,39 @@ class InputTensor:
     values: Sequence | None = None
 
 
-@dataclass
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: list[int]
-    optional: bool = False
+def _tensors(model: ServedModel) -> tuple[list, list]:
+    """(inputs, outputs) of `model`, each (name, datatype, shape)."""
+    meta = model.metadata
+    labels = [("labels", "INT64", [-1])] if meta.conditional else []
+    return ([("seeds", "UINT64", [-1]), *labels, ("latents", "FP32", [-1, meta.latent_dim]),
+             ("psi", "FP32", [1]), ("frames", "INT64", [1])],
+            [("images", "UINT8", [-1, *meta.image_shape]), *labels])
 
 
-def resolve_model(generator: Generator, name: str, version: str) -> ServedModel:
-    """The protocol names the model in every request; an empty name means the default model."""
-    model = generator.registry.get(name)
-    if version and version != model.metadata.version:
-        raise ModelNotFound(f"model {model.name!r} has version "
-                            f"{model.metadata.version!r}, not {version!r}: send that "
-                            "or leave the version out")
-    return model
+def model_metadata(model: ServedModel) -> dict:
+    """The protocol's model metadata, in its JSON form (the gRPC door parses it into the
+    message): the same tensors over both transports."""
+    inputs, outputs = _tensors(model)
+    return {"name": model.name, "versions": [model.version], "platform": PLATFORM,
+            **{key: [{"name": n, "datatype": d, "shape": s} for n, d, s in tensors]
+               for key, tensors in (("inputs", inputs), ("outputs", outputs))}}
 
 
-def input_specs(model: ServedModel) -> list[TensorSpec]:
-    specs = [TensorSpec("seeds", "UINT64", [-1], optional=True)]
-    if model.metadata.conditional:
-        specs.append(TensorSpec("labels", "INT64", [-1], optional=True))
-    specs += [TensorSpec("latents", "FP32", [-1, model.metadata.latent_dim], optional=True),
-              TensorSpec("psi", "FP32", [1], optional=True),
-              TensorSpec("frames", "INT64", [1], optional=True)]
-    return specs
+def model_config(model: ServedModel) -> dict:
+    """Triton's model configuration of the same tensors, as `tritonclient` reads it."""
+    inputs, outputs = _tensors(model)
+    return {"name": model.name, "platform": PLATFORM, "backend": "onnxruntime",
+            "max_batch_size": 0,
+            "input": [{"name": n, "data_type": f"TYPE_{d}", "dims": s, "optional": True}
+                      for n, d, s in inputs],
+            "output": [{"name": n, "data_type": f"TYPE_{d}", "dims": s} for n, d, s in outputs]}
 
 
-def output_specs(model: ServedModel) -> list[TensorSpec]:
-    specs = [TensorSpec("images", "UINT8", [-1, *model.metadata.image_shape])]
-    if model.metadata.conditional:
-        specs.append(TensorSpec("labels", "INT64", [-1]))
-    return specs
-
-
-def generation_request(inputs: Sequence[InputTensor], parameters: dict,
-                       timeout: float | None) -> GenerationRequest:
-    """The core's request for these tensors: seeds (or latents, or an interpolation between
-    two seeds), labels and psi, checked for name, type and shape here; the core then checks
-    counts and ranges as it does for every API."""
+def to_request(model: str, version: str, inputs: Sequence[InputTensor], parameters: dict,
+               timeout: float | None) -> Request:
+    """The plane's request for these tensors: seeds (or latents, or an interpolation between
+    two seeds), labels and psi, checked for name, type and shape here; the plane then checks
+    counts and ranges as it does for every door."""
     tensors = {}
     for tensor in inputs:
         if tensor.name not in INPUT_NAMES:
@@ -106,14 +101,14 @@ def generation_request(inputs: Sequence[InputTensor], parameters: dict,
     if ("seeds" in tensors) == ("latents" in tensors):
         raise InvalidRequest("send the input 'seeds' (UINT64 [N]) or 'latents' (FP32 [N, "
                              "latent_dim]), one of the two")
-    request = GenerationRequest(timeout=timeout)
+    request = Request(model, version, timeout=timeout)
     if "seeds" in tensors:
         seeds = _values(tensors["seeds"], SEED_TYPES)
         if seeds.ndim == 2 and seeds.shape[1] == 1:  # [N, 1], as batching clients often send
             seeds = seeds[:, 0]
         if seeds.ndim != 1:
             raise InvalidRequest(f"'seeds' has shape {list(seeds.shape)}: send [N] or [N, 1]")
-        if seeds.dtype.kind == "i" and (seeds < 0).any():
+        if seeds.dtype.kind == "i" and (seeds < 0).any():  # the contract's range is uint64
             raise InvalidRequest("seeds must be 0..2**64-1; INT64 seeds must not be negative")
         request.seeds = seeds
     else:
@@ -132,7 +127,7 @@ def generation_request(inputs: Sequence[InputTensor], parameters: dict,
             raise InvalidRequest("an interpolation takes 'frames' (one value) and exactly two "
                                  "'seeds', the first and the last frame's")
         request.walk = Walk(int(request.seeds[0]), int(request.seeds[1]), int(frames[0]),
-                            str(method))
+                            method)
         request.seeds = ()
     elif "interpolation" in parameters:
         raise InvalidRequest("parameter 'interpolation' needs the input 'frames' and two seeds")
@@ -172,7 +167,7 @@ def _values(tensor: InputTensor, types: dict[str, str]) -> np.ndarray:
 
 def wanted_outputs(names: Sequence[str], model: ServedModel) -> list[str]:
     """The outputs asked for by name, or all of them when none is named."""
-    available = [spec.name for spec in output_specs(model)]
+    available = [name for name, _, _ in _tensors(model)[1]]
     wanted = list(names) or available
     unknown = [name for name in wanted if name not in available]
     if unknown:
@@ -181,7 +176,7 @@ def wanted_outputs(names: Sequence[str], model: ServedModel) -> list[str]:
     return wanted
 
 
-def output_tensors(result: GenerationResult, wanted: Sequence[str]
+def output_tensors(result: Result, wanted: Sequence[str]
                    ) -> list[tuple[str, str, np.ndarray]]:
     """(name, datatype, values) of each wanted output, in the order asked."""
     tensors = []

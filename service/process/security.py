@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from service.config import ServeConfig
+from service.process.config import ServeConfig
 from service.errors import ServiceError
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)

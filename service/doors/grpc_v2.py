@@ -1,38 +1,34 @@
-"""The KServe Open Inference Protocol (V2) over gRPC: tensors in -> `generation.Generator` -> tensors out.
+"""The KServe Open Inference Protocol (V2) over gRPC: a converter, tensors -> data plane -> tensors.
 
 Beside the project's own API, so that tools built for the standard protocol (`tritonclient`,
 KServe's custom-predictor deployments) work against this server unmodified. The same seeds
-give the same pixels as `Generate`: both go through the same `Generator`. The tensors, and
-the checks on them, are `inference_protocol`'s, shared with the REST edge (`api_http.py`).
-
-Thin, like `api_dcgan`: errors are raised as the service's own exceptions and become status
-codes in the edge (`service.edge`), which wraps every handler here as it wraps the dcgan API.
+give the same pixels as `Generate`: both go through the same data plane. The tensors, and
+the checks on their names, types and shapes, are `v2_tensors`'s, shared with the REST door
+(`http_v2.py`); the edge (`doors/edge.py`) wraps every handler here as it wraps the dcgan API.
 """
 
 from __future__ import annotations
 
-import grpc
+from google.protobuf import json_format
 
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from service.edge import Edge, rpc
+from service.contract import psi_text
+from service.doors.edge import Edge, rpc
+from service.doors.v2_tensors import (SERVER_NAME, InputTensor, model_config,
+                                      model_metadata, output_tensors, server_version,
+                                      to_request, wanted_outputs)
 from service.errors import InvalidRequest, ModelNotFound
-from service.generation import Generator, ServedModel
-from service.inference_protocol import (PLATFORM, SERVER_NAME, InputTensor,
-                                        generation_request, input_specs, output_specs,
-                                        output_tensors, resolve_model, server_version,
-                                        wanted_outputs)
+from service.plane.dataplane import DataPlane
 
 # Where protobuf keeps the typed (non-raw) values of each datatype.
 _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
                    "INT32": "int_contents", "FP32": "fp32_contents"}
-_CONFIG_TYPE = {"UINT64": v2.TYPE_UINT64, "INT64": v2.TYPE_INT64, "UINT8": v2.TYPE_UINT8,
-                "FP32": v2.TYPE_FP32}
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, generator: Generator, edge: Edge):
-        self.generator = generator
+    def __init__(self, plane: DataPlane, edge: Edge):
+        self.plane = plane
         self.edge = edge
         self.version = server_version()
 
@@ -49,7 +45,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelReady")
     async def ModelReady(self, request, context, call):
         try:
-            resolve_model(self.generator, request.name, request.version)
+            self.plane.model(request.name, request.version, call)
         except ModelNotFound:
             return v2.ModelReadyResponse(ready=False)
         return v2.ModelReadyResponse(ready=not self.edge.gate.draining)
@@ -60,38 +56,32 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     @rpc("ModelMetadata")
     async def ModelMetadata(self, request, context, call):
-        model = resolve_model(self.generator, request.name, request.version)
-        call.model = model.name
-        return _metadata(model)
+        return json_format.ParseDict(model_metadata(
+            self.plane.model(request.name, request.version, call)), v2.ModelMetadataResponse())
 
     @rpc("ModelConfig")
     async def ModelConfig(self, request, context, call):
-        model = resolve_model(self.generator, request.name, request.version)
-        call.model = model.name
-        return v2.ModelConfigResponse(config=_config(model))
+        return json_format.ParseDict({"config": model_config(
+            self.plane.model(request.name, request.version, call))}, v2.ModelConfigResponse())
 
     # --- inference ------------------------------------------------------------------------------
 
     @rpc("ModelInfer", admit=True)
-    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext,
-                         call) -> v2.ModelInferResponse:
-        model = resolve_model(self.generator, request.model_name, request.model_version)
-        call.model = model.name
+    async def ModelInfer(self, request: v2.ModelInferRequest, context, call
+                         ) -> v2.ModelInferResponse:
         parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))
                       for key, value in request.parameters.items()
                       if value.WhichOneof("parameter_choice")}
-        generation = generation_request(_input_tensors(request), parameters,
-                                        context.time_remaining())
-        wanted = wanted_outputs([o.name for o in request.outputs], model)
-        call.kind = generation.kind.value
-        result = await self.generator.generate(model, generation)
-        call.images = len(result.images)
-        self.edge.metrics.observe_request_size(model.name, call.images)
+        plan = self.plane.prepare(to_request(
+            request.model_name, request.model_version, _input_tensors(request), parameters,
+            context.time_remaining()), call)
+        wanted = wanted_outputs([o.name for o in request.outputs], plan.model)
+        result = await self.plane.run(plan, call)
         response = v2.ModelInferResponse(model_name=result.model, model_version=result.version,
                                          id=request.id)
         if result.latent_rule:  # the rule these images used, as Generate reports it
             response.parameters["latent_rule"].string_param = result.latent_rule
-            response.parameters["psi"].string_param = f"{result.psi:g}"
+            response.parameters["psi"].string_param = psi_text(result.psi)
         for name, datatype, values in output_tensors(result, wanted):
             response.outputs.append(v2.ModelInferResponse.InferOutputTensor(
                 name=name, datatype=datatype, shape=list(values.shape)))
@@ -111,23 +101,3 @@ def _input_tensors(request: v2.ModelInferRequest) -> list[InputTensor]:
             raw=request.raw_input_contents[i] if request.raw_input_contents else None,
             values=getattr(tensor.contents, field) if field else ()))
     return tensors
-
-
-def _metadata(model: ServedModel) -> v2.ModelMetadataResponse:
-    tensor = v2.ModelMetadataResponse.TensorMetadata
-    return v2.ModelMetadataResponse(
-        name=model.name, versions=[model.metadata.version], platform=PLATFORM,
-        inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                for s in input_specs(model)],
-        outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                 for s in output_specs(model)])
-
-
-def _config(model: ServedModel) -> v2.ModelConfig:
-    """Triton's view of the same tensors as `_metadata`."""
-    return v2.ModelConfig(
-        name=model.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=0,
-        input=[v2.ModelInput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape,
-                             optional=s.optional) for s in input_specs(model)],
-        output=[v2.ModelOutput(name=s.name, data_type=_CONFIG_TYPE[s.datatype], dims=s.shape)
-                for s in output_specs(model)])

@@ -1,0 +1,126 @@
+"""The dcgan.v1 gRPC API: a converter, protobuf message -> `Request` -> data plane -> message.
+
+The edge (`doors/edge.py`) wraps every handler with admission, metrics, cancellation and the
+one translation of errors into status codes; the data plane resolves, checks, runs and
+records. What is left here is the protobuf's own shape: enums, `optional` psi, the stream's
+seed range.
+"""
+
+from __future__ import annotations
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.contract import MAX_SEED, SEED_RULE, ContractError
+from service.doors.edge import Edge, rpc, rpc_stream
+from service.plane.dataplane import DataPlane, Format, Request, Result, Walk
+from service.plane.models import ServedModel
+
+_FORMATS = {
+    pb.IMAGE_FORMAT_UNSPECIFIED: Format.RAW,
+    pb.IMAGE_FORMAT_RAW: Format.RAW,
+    pb.IMAGE_FORMAT_PNG: Format.PNG,
+    pb.IMAGE_FORMAT_PNG_GRID: Format.PNG_GRID,
+}
+_PROTO_FORMAT = {Format.RAW: pb.IMAGE_FORMAT_RAW, Format.PNG: pb.IMAGE_FORMAT_PNG,
+                 Format.PNG_GRID: pb.IMAGE_FORMAT_PNG_GRID}
+_METHODS = {pb.INTERPOLATION_UNSPECIFIED: "slerp", pb.INTERPOLATION_SLERP: "slerp",
+            pb.INTERPOLATION_LERP: "lerp"}
+
+
+class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
+    def __init__(self, plane: DataPlane, edge: Edge, max_message_bytes: int):
+        self.plane = plane
+        self.edge = edge
+        self.max_message_bytes = max_message_bytes
+
+    @rpc("Generate", admit=True)
+    async def Generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
+        return _response(await self.plane.infer(Request(
+            request.model, seeds=request.seeds, labels=request.labels, psi=_psi(request),
+            latents=request.latents, format=_format(request.format),
+            timeout=context.time_remaining()), call))
+
+    @rpc("Interpolate", admit=True)
+    async def Interpolate(self, request: pb.InterpolateRequest, context, call
+                          ) -> pb.GenerateResponse:
+        if request.method not in _METHODS:
+            raise ContractError(f"unknown interpolation {request.method}: use "
+                                "INTERPOLATION_SLERP (1) or INTERPOLATION_LERP (2)")
+        walk = Walk(request.seed_a, request.seed_b, request.frames, _METHODS[request.method])
+        return _response(await self.plane.infer(Request(
+            request.model, walk=walk, labels=request.labels, psi=_psi(request),
+            format=_format(request.format), timeout=context.time_remaining()), call))
+
+    @rpc_stream("GenerateStream", admit=True)
+    async def GenerateStream(self, request: pb.GenerateStreamRequest, context, call):
+        stream = self.plane.stream(
+            Request(request.model, seeds=_stream_seeds(request), labels=request.labels,
+                    psi=_psi(request), format=_format(request.format),
+                    timeout=context.time_remaining()),
+            self.max_message_bytes, request.chunk_size, call)
+        async for result in stream:
+            yield _response(result)
+
+    @rpc("ListModels")
+    async def ListModels(self, request, context, call):
+        return pb.ListModelsResponse(models=[self._info(m) for m in self.plane.registry])
+
+    @rpc("GetModelInfo")
+    async def GetModelInfo(self, request, context, call):
+        return self._info(self.plane.model(request.model, call=call))
+
+    def _info(self, model: ServedModel) -> pb.ModelInfo:
+        meta = model.metadata
+        return pb.ModelInfo(
+            name=model.name, version=meta.version, arch=meta.arch, dataset=meta.dataset,
+            latent_dim=meta.latent_dim, num_classes=meta.num_classes,
+            class_names=list(meta.class_names), height=meta.image_shape[1],
+            width=meta.image_shape[2], execution_providers=model.runner.providers,
+            seed_rule=SEED_RULE, is_default=model.is_default, max_batch=self.plane.max_images)
+
+
+# --- conversions ------------------------------------------------------------------------------
+
+def _format(value: int) -> Format:
+    try:
+        return _FORMATS[value]
+    except KeyError:
+        raise ContractError(f"unknown image format {value}: use RAW (1), PNG (2) or "
+                            "PNG_GRID (3)") from None
+
+
+def _psi(request) -> float:
+    """psi as sent: `optional`, so an unset psi (no truncation) differs from a refused 0."""
+    return request.psi if request.HasField("psi") else 1.0
+
+
+def _stream_seeds(request: pb.GenerateStreamRequest):
+    which = request.WhichOneof("selection")
+    if which == "range":
+        start, count = request.range.start, request.range.count
+        if count < 1:
+            raise ContractError("range.count must be at least 1")
+        if start + count - 1 > MAX_SEED:
+            raise ContractError("range runs past the largest seed 2**64-1")
+        return range(start, start + count)
+    if which == "list":
+        return request.list.seeds
+    raise ContractError("set either range or list to choose the seeds")
+
+
+def _response(result: Result) -> pb.GenerateResponse:
+    _, _, h, w = result.images.shape
+    response = pb.GenerateResponse(
+        model=result.model, model_version=result.version, seeds=result.seeds,
+        labels=[] if result.labels is None else result.labels.tolist(),
+        format=_PROTO_FORMAT[result.format], height=h, width=w,
+        latent_rule=result.latent_rule, psi=result.psi)
+    if result.format is Format.RAW:
+        response.raw = result.images.tobytes()  # already contiguous N x 1 x H x W
+        response.count = len(result.images)
+    elif result.format is Format.PNG:
+        response.png.extend(result.pngs)
+    else:
+        response.grid_png = result.picture
+        response.grid_columns = result.grid_columns
+    return response

@@ -1,0 +1,146 @@
+"""Pictures by URL, for browsers, `curl` and `<img>` tags: a converter, query -> data plane -> PNG or GIF.
+
+Beside them the playground page (static/playground.html) and /openapi.json. Each picture is named by the data plane before anything runs (`Plan.digest`, the strong
+ETag), so a matching If-None-Match is answered 304 without generating. Cache-Control is long
+(a year, immutable, when `?version=` pins the model) and `private` when the server asks for a
+bearer token, so a shared cache never hands one caller's picture to another.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from service.contract import SEED_RULE, ContractError, SeedRanges, seed_ranges
+from service.doors.edge import Edge
+from service.doors.http import TIMEOUT, route
+from service.plane.dataplane import DataPlane, Format, Request, Walk
+
+# How long a browser or CDN may keep an image: a year when the URL names the model version
+# (those pixels never change), a day otherwise (a reload may bring a new version).
+CACHE_PINNED = "max-age=31536000, immutable"
+CACHE_UNPINNED = "max-age=86400"
+PICTURE_QUERY = ("label", "psi", "version")
+WALK_QUERY = ("a", "b", "frames", "method", *PICTURE_QUERY)
+
+
+class ImageRoutes:
+    def __init__(self, plane: DataPlane, edge: Edge, private: bool):
+        self.plane = plane
+        self.edge = edge
+        self.scope = "private" if private else "public"
+        # Fixed for the server's life: read once, not per request.
+        self.page = resources.files("service.doors").joinpath("static/playground.html"
+                                                              ).read_bytes()
+        self.api_document: dict = {}  # set by the server once every route is known
+
+    def routes(self) -> list[tuple[str, str, object]]:
+        """(method, path, handler) of each route."""
+        return [("GET", "/", self.playground), ("GET", "/openapi.json", self.openapi),
+                ("GET", "/v1/models", self.list_models),
+                ("GET", "/v1/models/{name}/images/{seed}.png", self.image),
+                ("GET", "/v1/models/{name}/grid.png", self.grid),
+                ("GET", "/v1/models/{name}/interpolation.png", self.interpolation_strip),
+                ("GET", "/v1/models/{name}/interpolation.gif", self.interpolation_gif)]
+
+    @route("GET /", open=True)
+    async def playground(self, request, call):
+        return web.Response(body=self.page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    @route("GET /openapi.json", open=True)
+    async def openapi(self, request, call):
+        return web.json_response(self.api_document)
+
+    @route("GET /v1/models")
+    async def list_models(self, request, call):
+        return web.json_response({"models": [
+            {"name": m.name, "version": m.version, "default": m.is_default,
+             "arch": m.metadata.arch, "dataset": m.metadata.dataset,
+             "num_classes": m.metadata.num_classes, "class_names": list(m.metadata.class_names),
+             "height": m.metadata.image_shape[1], "width": m.metadata.image_shape[2],
+             "max_batch": self.plane.max_images, "seed_rule": SEED_RULE}
+            for m in self.plane.registry]})
+
+    @route("GET /v1/models/{name}/images/{seed}.png", admit=True, query=PICTURE_QUERY,
+           cacheable=True)
+    async def image(self, request, call):
+        text = request.match_info["seed"]
+        try:
+            [(seed, last)] = seed_ranges([text])
+            if seed != last:
+                raise ValueError
+        except ValueError:
+            raise ContractError(f"{text!r} is not a seed: use a number 0..2**64-1, e.g. "
+                                "/images/7.png") from None
+        return await self._picture(request, call, Format.PNG, seeds=[seed])
+
+    @route("GET /v1/models/{name}/grid.png", admit=True, query=("seeds", *PICTURE_QUERY),
+           cacheable=True)
+    async def grid(self, request, call):
+        text = request.query.get("seeds", "")
+        if not text:
+            raise ContractError("?seeds= is missing: e.g. grid.png?seeds=0-15 or seeds=3,9,20-22")
+        return await self._picture(request, call, Format.PNG_GRID,
+                                   seeds=SeedRanges(seed_ranges([text])))
+
+    @route("GET /v1/models/{name}/interpolation.png", admit=True, query=WALK_QUERY,
+           cacheable=True)
+    async def interpolation_strip(self, request, call):
+        return await self._picture(request, call, Format.PNG_GRID, walk=_walk(request))
+
+    @route("GET /v1/models/{name}/interpolation.gif", admit=True, query=WALK_QUERY,
+           cacheable=True)
+    async def interpolation_gif(self, request, call):
+        return await self._picture(request, call, Format.GIF, walk=_walk(request))
+
+    async def _picture(self, request: web.Request, call, fmt: Format, **what):
+        """A cacheable picture of seeds or of a walk: named first, generated only if needed."""
+        version = request.query.get("version", "")
+        plan = self.plane.prepare(Request(
+            request.match_info["name"], version, labels=_label(request),
+            psi=request.query.get("psi", 1.0), format=fmt, timeout=request[TIMEOUT], **what),
+            call)
+        headers = {"ETag": f'"{plan.digest}"', "Cache-Control": f"{self.scope}, "
+                   f"{CACHE_PINNED if version else CACHE_UNPINNED}"}
+        if plan.latent_rule:
+            headers["Latent-Rule"] = plan.latent_rule
+        if f'"{plan.digest}"' in _etags(request.headers.get("If-None-Match", "")):
+            return web.Response(status=304, headers=headers)
+        result = await self.plane.run(plan, call)
+        body = result.pngs[0] if fmt is Format.PNG else result.picture
+        return web.Response(body=body, content_type="image/gif" if fmt is Format.GIF
+                            else "image/png", headers=headers)
+
+
+def _walk(request: web.Request) -> Walk:
+    """Frames from seed ?a= to seed ?b= (?frames=, default 16; ?method=slerp|lerp)."""
+    return Walk(_int_query(request, "a"), _int_query(request, "b"),
+                _int_query(request, "frames", 16), request.query.get("method", "slerp"))
+
+
+def _label(request: web.Request) -> list[int]:
+    text = request.query.get("label", "")
+    try:
+        return [int(text)] if text else []
+    except ValueError:
+        raise ContractError(f"label {text!r} is not a class number") from None
+
+
+def _int_query(request: web.Request, name: str, default: int | None = None) -> int:
+    text = request.query.get(name)
+    if text is None and default is not None:
+        return default
+    try:
+        value = int(text)
+        if value < 0:
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ContractError(f"?{name}= {'is missing' if text is None else repr(text)}: "
+                            "send a whole number, e.g. ?a=3&b=13&frames=16") from None
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip() for tag in header.split(",")} if header else set()

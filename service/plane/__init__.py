@@ -1,0 +1,1 @@
+"""The data plane: every door's requests resolved, checked, run and recorded once."""

@@ -1,0 +1,298 @@
+"""The data plane: one entry point behind every door, each request's work done once.
+
+    plane = DataPlane(registry, metrics, encoder, max_images=1024)
+    result = await plane.infer(Request(seeds=[7, 8], labels=[3]), call)
+
+A door (the dcgan gRPC API, the Open Inference Protocol over gRPC and REST, the image URLs)
+only converts: its message becomes a `Request`, the `Result` becomes its message. The rest
+happens here, in this order:
+
+    prepare   resolve the model (name, version) -> check every value through the contract
+              (seeds, labels, psi, latents, walk, deadline) -> a `Plan`, which also names its
+              result (`Plan.digest`: the image URLs answer 304 from it, running nothing)
+    run       latents (seed rule and cache, walk, truncation) -> the model's batcher ->
+              encoding (PNG, grid, GIF, off the event loop) -> the call's facts for metrics
+
+`call` is the edge's record of one call (`Metrics.track`): the plane fills in what it learns
+(model, version, kind, images) and observes the request's size, so no door writes metrics.
+Problems are raised where they are detected (`service.errors`, `ContractError`), with
+messages that say what to fix; the edge turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import hashlib
+import json
+import math
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Sequence
+
+import numpy as np
+
+from service.contract import (LATENT_RULE, SEED_RULE, ContractError, as_frames, as_latents,
+                              as_method, as_psi, as_seeds, interpolate, labels_for,
+                              seed_to_latent, truncate, walk_labels)
+from service.errors import DeadlineExceeded
+from service.imaging import encode_gif, encode_png, make_grid
+from service.plane.metrics import Metrics
+from service.plane.models import ModelRegistry, ServedModel
+
+
+class Format(enum.Enum):
+    RAW = "raw"
+    PNG = "png"            # one PNG per image
+    PNG_GRID = "png_grid"  # one PNG of every image; a walk's is one strip
+    GIF = "gif"            # one looping animated GIF, an image a frame
+
+
+class Kind(enum.Enum):
+    """Where a request's latents come from (the `kind` label of the images counter)."""
+    SEED = "seed"
+    INTERPOLATION = "interpolation"
+    LATENT = "latent"
+
+
+@dataclass(frozen=True)
+class Walk:
+    """An interpolation: `frames` latents from seed `a`'s to seed `b`'s (the walk rule)."""
+    a: int
+    b: int
+    frames: int
+    method: str = "slerp"
+
+
+@dataclass
+class Request:
+    """One request in the plane's terms, whichever door it came through: the values as sent,
+    converted from the door's message but not yet checked (`prepare` checks them all)."""
+    model: str = ""
+    version: str = ""
+    seeds: Sequence[int] = ()      # a list, an array, a range or SeedRanges: counted first
+    labels: Sequence[int] = ()
+    psi: float = 1.0
+    latents: bytes | np.ndarray | None = None  # instead of seeds: float32 [N, latent_dim]
+    walk: Walk | None = None                   # instead of seeds: an interpolation
+    format: Format = Format.RAW
+    timeout: float | None = None               # seconds left before the caller's deadline
+
+
+@dataclass
+class Plan:
+    """A checked request: the model it runs on and every value in its canonical form."""
+    model: ServedModel
+    kind: Kind
+    seeds: list[int]
+    labels: np.ndarray | None
+    psi: float
+    format: Format
+    deadline: float | None              # time.perf_counter() after which nobody waits
+    latents: np.ndarray | None = None   # the caller's own (Kind.LATENT)
+    walk: Walk | None = None
+
+    @property
+    def latent_rule(self) -> str:
+        """The latent-walk rule these images use, or "" for plain seeds."""
+        return "" if self.kind is Kind.SEED and self.psi == 1.0 else LATENT_RULE
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A name for the result: the pixels and their encoding depend on these values alone,
+        so equal digests mean equal bytes (the image URLs' strong ETag)."""
+        what = (self.seeds if self.kind is Kind.SEED else
+                vars(self.walk) if self.walk else hashlib.sha256(self.latents).hexdigest())
+        key = json.dumps([self.model.name, self.model.version, SEED_RULE, self.latent_rule,
+                          self.format.value, self.kind.value, what,
+                          None if self.labels is None else self.labels.tolist(), self.psi])
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Result:
+    model: str
+    version: str
+    kind: Kind
+    seeds: list[int]
+    labels: np.ndarray | None       # int64 [N] for conditional models
+    images: np.ndarray              # uint8 [N, 1, H, W], C-contiguous
+    format: Format
+    psi: float
+    latent_rule: str
+    pngs: list[bytes] = field(default_factory=list)  # Format.PNG
+    picture: bytes = b""            # Format.PNG_GRID or GIF
+    grid_columns: int = 0
+
+
+class DataPlane:
+    """Every door's requests, resolved, checked, run and recorded the same way.
+
+    `max_images` is the most images one request may ask for (`--max-batch`); `encoder` runs
+    PNG and GIF encoding (milliseconds for a big grid) off the event loop.
+    """
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, encoder: Executor,
+                 max_images: int, latent_cache: int = 4096):
+        self.registry = registry
+        self.metrics = metrics
+        self.encoder = encoder
+        self.max_images = max_images
+        self.latents = LatentCache(latent_cache)
+
+    def model(self, name: str = "", version: str = "", call=None) -> ServedModel:
+        """The model a request names (empty: the default), recorded on the call."""
+        model = self.registry.get(name, version)
+        if call is not None:
+            call.model, call.version = model.name, model.version
+        return model
+
+    async def infer(self, request: Request, call=None) -> Result:
+        return await self.run(self.prepare(request, call), call)
+
+    def prepare(self, request: Request, call=None) -> Plan:
+        """Resolve and check `request` without running anything."""
+        return self._plan(self.model(request.model, request.version, call), request,
+                          _deadline(request.timeout), call)
+
+    async def run(self, plan: Plan, call=None) -> Result:
+        if plan.deadline is not None and time.perf_counter() >= plan.deadline:
+            raise DeadlineExceeded("the request's timeout passed before generation started")
+        timeout = None if plan.deadline is None else plan.deadline - time.perf_counter()
+        images = await plan.model.engine.submit(self._latents(plan), plan.labels, timeout)
+        if plan.format is Format.RAW:  # nothing to encode: the bytes go out as they are
+            result = _encode(plan, images)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.encoder, _encode, plan, images)
+        if call is not None:
+            call.images += len(images)
+            self.metrics.observe_request_size(plan.model.name, len(images))
+        return result
+
+    async def stream(self, request: Request, max_chunk_bytes: int, chunk_images: int = 0,
+                     call=None) -> AsyncIterator[Result]:
+        """A long run of seeds in chunks (`chunk_images`, or the most that fit
+        `max_chunk_bytes`), each a request of its own on the model resolved once; the labels
+        and the format are checked against the whole run before the first chunk."""
+        model = self.model(request.model, request.version, call)
+        if request.format not in (Format.RAW, Format.PNG):
+            raise ContractError("GenerateStream returns RAW or PNG images; ask Generate for a "
+                                "PNG grid")
+        seeds, labels = request.seeds, request.labels
+        if not len(seeds):
+            raise ContractError("seeds is empty: send at least one seed")
+        if len(labels) > 1:  # one per seed: counted against every seed before anything runs
+            labels_for(seeds, labels, model.metadata.num_classes, f"model {model.name!r}")
+        h, w = model.metadata.image_shape[1:]
+        chunk = stream_chunks(len(seeds), chunk_images, self.max_images, h * w,
+                              max_chunk_bytes)
+        deadline = _deadline(request.timeout)
+        for start in range(0, len(seeds), chunk):
+            part = replace(request, seeds=seeds[start:start + chunk],
+                           labels=labels[start:start + chunk] if len(labels) > 1 else labels)
+            yield await self.run(self._plan(model, part, deadline, call), call)
+
+    # --- the steps, in order
+
+    def _plan(self, model: ServedModel, request: Request, deadline: float | None,
+              call) -> Plan:
+        meta, where = model.metadata, f"model {model.name!r}"
+        psi = as_psi(request.psi)
+        walk, latents, seeds = request.walk, None, []
+        if walk is not None:
+            walk = Walk(*as_seeds([walk.a, walk.b], 2), as_frames(walk.frames, self.max_images),
+                        as_method(walk.method))
+            kind = Kind.INTERPOLATION
+            labels = walk_labels(walk.a, walk.b, walk.frames, request.labels, meta.num_classes,
+                                 where)
+        elif request.latents is not None and len(request.latents):
+            if len(request.seeds):
+                raise ContractError("send seeds or latents, not both")
+            kind = Kind.LATENT
+            latents = as_latents(request.latents, meta.latent_dim, self.max_images)
+            if meta.num_classes and not len(request.labels):
+                raise ContractError(f"{where} is class-conditional: send one label for all "
+                                    "latents or one per latent")
+            labels = labels_for(range(len(latents)), request.labels, meta.num_classes, where)
+        else:
+            kind = Kind.SEED
+            seeds = as_seeds(request.seeds, self.max_images)
+            labels = labels_for(seeds, request.labels, meta.num_classes, where)
+        if call is not None:
+            call.kind = kind.value
+        return Plan(model, kind, seeds, labels, psi, request.format, deadline, latents, walk)
+
+    def _latents(self, plan: Plan) -> np.ndarray:
+        """float32 [N, latent_dim]: the seeds', the walk's or the caller's, truncated by psi."""
+        dim = plan.model.metadata.latent_dim
+        if plan.kind is Kind.INTERPOLATION:
+            walk = plan.walk
+            latents = interpolate(self.latents([walk.a], dim)[0], self.latents([walk.b], dim)[0],
+                                  walk.frames, walk.method)
+        elif plan.kind is Kind.LATENT:
+            latents = plan.latents
+        else:
+            latents = self.latents(plan.seeds, dim)
+        return truncate(latents, plan.psi)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.perf_counter() + timeout
+
+
+def _encode(plan: Plan, images: np.ndarray) -> Result:
+    result = Result(plan.model.name, plan.model.version, plan.kind, plan.seeds, plan.labels,
+                    images, plan.format, plan.psi, plan.latent_rule)
+    if plan.format is Format.PNG:
+        result.pngs = [encode_png(img[0]) for img in images]
+    elif plan.format is Format.PNG_GRID:  # a walk is one strip; seeds a near-square grid
+        result.grid_columns = len(images) if plan.walk else math.ceil(math.sqrt(len(images)))
+        result.picture = encode_png(make_grid(images, result.grid_columns))
+    elif plan.format is Format.GIF:
+        result.picture = encode_gif(images)
+    return result
+
+
+class LatentCache:
+    """The latent rows of the most recently asked seeds (the seed rule), kept for reuse.
+
+    Making a seed's latent builds a fresh PCG64 stream, a large share of the event loop's own
+    work per batch-1 call (docs/decisions.md), and callers ask for the same seeds again and
+    again (a demo's seeds 0..63, a seed a user liked). Rows are read-only, so a cached row can
+    be handed out without a copy. `size` 0 turns the cache off.
+    """
+
+    def __init__(self, size: int):
+        self._row = (functools.lru_cache(maxsize=size)(_read_only_latent) if size
+                     else _read_only_latent)
+
+    def stats(self) -> tuple[int, int]:
+        """(rows kept, hits so far); (0, 0) when the cache is off."""
+        if not hasattr(self._row, "cache_info"):
+            return 0, 0
+        info = self._row.cache_info()
+        return info.currsize, info.hits
+
+    def __call__(self, seeds: list[int], latent_dim: int) -> np.ndarray:
+        """float32 [N, latent_dim], C-contiguous, for `seeds` (already checked)."""
+        if len(seeds) == 1:
+            return self._row(seeds[0], latent_dim)[None]
+        return np.stack([self._row(seed, latent_dim) for seed in seeds])
+
+
+def _read_only_latent(seed: int, latent_dim: int) -> np.ndarray:
+    latent = seed_to_latent(seed, latent_dim)
+    latent.flags.writeable = False
+    return latent
+
+
+def stream_chunks(seeds_total: int, chunk_size: int, max_images: int, bytes_per_image: int,
+                  max_message_bytes: int) -> int:
+    """Images per streamed message: as asked (or max_images), within max_images and the size
+    limit. PNG images are never larger than about raw size plus a few hundred bytes of
+    headers, so the raw size with headroom bounds either format."""
+    fits = max(1, int(max_message_bytes * 0.8) // (bytes_per_image + 512))
+    return max(1, min(chunk_size or max_images, max_images, fits, seeds_total))

@@ -1,0 +1,1 @@
+"""The process: settings, start-up and teardown, TLS and tokens, several processes."""

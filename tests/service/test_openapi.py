@@ -1,0 +1,134 @@
+"""/openapi.json says what each route really reads and answers: its query parameters, its 304,
+its 405 and its security requirement, checked against a served API with a bearer token."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from service.process.config import ServeConfig
+from service.process.server import create_server
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+# A value of each query parameter that the route can read (it may still refuse the value).
+SAMPLE = {"seeds": "0-3", "label": "1", "psi": "0.5", "a": "1", "b": "11", "frames": "3",
+          "method": "lerp", "timeout": "5"}
+
+
+@pytest.fixture(scope="module")
+def api(tiny_cond_onnx, tmp_path_factory):
+    token = tmp_path_factory.mktemp("token") / "token"
+    token.write_text("s3cret")
+    running = create_server(ServeConfig(host="127.0.0.1", port=0, http_port=0, metrics_port=-1,
+                                        device="cpu", auth_token_file=str(token),
+                                        models=(("cond", str(tiny_cond_onnx)),)))
+    base = f"http://127.0.0.1:{running.http_port}"
+    document = json.loads(_call(base + "/openapi.json")[2])
+    yield base, document, running.registry.get("cond").version
+    running.stop(grace=1)
+
+
+def _call(url: str, method: str = "GET", headers=None, body: bytes | None = None):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def _operations(document):
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method.upper(), operation
+
+
+def _url(base: str, path: str, version: str, query: dict) -> str:
+    path = path.replace("{name}", "cond").replace("{version}", version).replace("{seed}", "7")
+    return base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
+def _body(method: str) -> bytes | None:
+    if method != "POST":
+        return None
+    return json.dumps({"inputs": [{"name": "seeds", "datatype": "UINT64", "shape": [1],
+                                   "data": [1]}]}).encode()
+
+
+def test_each_route_reads_exactly_its_documented_query_parameters(api):
+    base, document, version = api
+    for path, method, operation in _operations(document):
+        documented = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+        values = {**SAMPLE, "version": version}
+        everything = {name: values[name] for name in documented}
+        status, _, data = _call(_url(base, path, version, everything), method,
+                                {**TOKEN, "Content-Type": "application/json"}, _body(method))
+        assert b"unknown query parameter" not in data, (path, data)  # each one is read
+        status, _, data = _call(_url(base, path, version, {**everything, "colour": "red"}),
+                                method, {**TOKEN, "Content-Type": "application/json"},
+                                _body(method))
+        assert status == 400 and b"unknown query parameter 'colour'" in data, (path, data)
+        for name in documented - {"timeout"}:  # and a typo of each is refused, not ignored
+            typo = {**everything, name + "x": everything.pop(name)}
+            _, _, data = _call(_url(base, path, version, typo), method,
+                               {**TOKEN, "Content-Type": "application/json"}, _body(method))
+            assert f"unknown query parameter '{name}x'".encode() in data, (path, data)
+            everything[name] = typo.pop(name + "x")
+
+
+def test_a_304_is_documented_exactly_where_an_etag_revalidates(api):
+    base, document, version = api
+    for path, method, operation in _operations(document):
+        query = {p["name"]: SAMPLE[p["name"]] for p in operation["parameters"]
+                 if p["in"] == "query" and p.get("required")}
+        url = _url(base, path, version, query)
+        status, headers, _ = _call(url, method, {**TOKEN, "Content-Type": "application/json"},
+                                   _body(method))
+        assert status == 200, (path, status)
+        etag = headers.get("ETag")
+        if "304" in operation["responses"]:
+            assert etag and any(p["name"] == "If-None-Match" for p in operation["parameters"])
+            again, _, data = _call(url, method, {**TOKEN, "If-None-Match": etag})
+            assert again == 304 and data == b"", path
+        else:
+            assert etag is None, path
+
+
+def test_every_path_answers_405_with_its_documented_methods(api):
+    base, document, version = api
+    for path, item in document["paths"].items():
+        allowed = sorted(m.upper() for m in item)
+        for operation in item.values():
+            assert "405" in operation["responses"], path
+        status, headers, data = _call(_url(base, path, version, {}), "DELETE", TOKEN)
+        assert status == 405 and headers["Allow"] == ",".join(allowed), (path, headers)
+        assert " or ".join(allowed) in json.loads(data)["error"]
+
+
+def test_the_security_requirement_is_what_the_token_check_does(api):
+    base, document, version = api
+    assert document["security"] == [{"bearer": []}]
+    for path, method, operation in _operations(document):
+        open_route = operation.get("security", document["security"]) == []
+        query = {p["name"]: SAMPLE[p["name"]] for p in operation["parameters"]
+                 if p["in"] == "query" and p.get("required")}
+        status, headers, _ = _call(_url(base, path, version, query), method,
+                                   {"Content-Type": "application/json"}, _body(method))
+        if open_route:
+            assert status == 200, path
+        else:
+            assert status == 401 and headers["WWW-Authenticate"] == "Bearer", path
+            assert "401" in operation["responses"], path
+
+
+def test_path_parameters_are_documented_for_every_placeholder(api):
+    _, document, _ = api
+    for path, _, operation in _operations(document):
+        placeholders = set(re.findall(r"{(\w+)}", path))
+        assert {p["name"] for p in operation["parameters"] if p["in"] == "path"} \
+            == placeholders, path
