@@ -1,6 +1,6 @@
 """The data plane: one entry point behind every door, each request's work done once.
 
-    plane = DataPlane(registry, metrics, encoder, max_images=1024)
+    plane = DataPlane(registry, encoder, max_images=1024)
     result = await plane.infer(Request(seeds=[7, 8], labels=[3]), call)
 
 A door (the dcgan gRPC API, the Open Inference Protocol over gRPC and REST, the image URLs)
@@ -14,7 +14,8 @@ happens here, in this order:
               encoding (PNG, grid, GIF, off the event loop) -> the call's facts for metrics
 
 `call` is the edge's record of one call (`Metrics.track`): the plane fills in what it learns
-(model, version, kind, images) and observes the request's size, so no door writes metrics.
+(model, version, kind, images), which the edge's metrics record when the call ends, so no
+door writes metrics.
 Problems are raised where they are detected (`service.errors`, `ContractError`), with
 messages that say what to fix; the edge turns them into status codes.
 """
@@ -39,7 +40,6 @@ from service.contract import (LATENT_RULE, SEED_RULE, ContractError, as_frames, 
                               seed_to_latent, truncate, walk_labels)
 from service.errors import DeadlineExceeded
 from service.imaging import encode_gif, encode_png, make_grid
-from service.plane.metrics import Metrics
 from service.plane.models import ModelRegistry, ServedModel
 
 
@@ -134,10 +134,9 @@ class DataPlane:
     PNG and GIF encoding (milliseconds for a big grid) off the event loop.
     """
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, encoder: Executor,
-                 max_images: int, latent_cache: int = 4096):
+    def __init__(self, registry: ModelRegistry, encoder: Executor, max_images: int,
+                 latent_cache: int = 4096):
         self.registry = registry
-        self.metrics = metrics
         self.encoder = encoder
         self.max_images = max_images
         self.latents = LatentCache(latent_cache)
@@ -169,7 +168,6 @@ class DataPlane:
                 self.encoder, _encode, plan, images)
         if call is not None:
             call.images += len(images)
-            self.metrics.observe_request_size(plan.model.name, len(images))
         return result
 
     async def stream(self, request: Request, max_chunk_bytes: int, chunk_images: int = 0,

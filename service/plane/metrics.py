@@ -5,12 +5,13 @@
     dcgan_batch_size{model}                            histogram, images per executed run
     dcgan_batch_queue_wait_seconds{model}              histogram, queue wait before a run
     dcgan_images_generated_total{model, kind}          counter; kind: seed, interpolation, latent
-    dcgan_images_per_request{model}                    histogram (a stream's chunk is one)
+    dcgan_images_per_request{model}                    histogram, images per generating call
     dcgan_requests_in_flight{rpc}                      gauge
     dcgan_model_info{model, version, arch, dataset, provider}  info (value 1)
 
 The edge times each call (`track`); the data plane fills in the call's facts as it learns them
-(model, version, kind, images) and observes the request's size, so no door writes metrics.
+(model, version, kind, images), and `track` records them when the call ends, so no door
+writes metrics.
 
 Label values are bounded: `model` is a served model's name or "_unknown", `code` a gRPC status
 name, `rpc` one of this service's methods.
@@ -50,7 +51,8 @@ class Metrics:
             "came from (seed, interpolation, latent)", ["model", "kind"],
             registry=self.registry)
         self.images_per_request = Histogram(
-            "dcgan_images_per_request", "Images per request to the data plane, by model",
+            "dcgan_images_per_request", "Images per generating call (a whole stream is one), "
+            "by model",
             ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_size = Histogram(
             "dcgan_batch_size", "Images per executed onnxruntime run (after dynamic batching)",
@@ -102,9 +104,7 @@ class Metrics:
                              call.images, seconds * 1000)
             if call.images:
                 self._child(self.images, call.model, call.kind).inc(call.images)
-
-    def observe_request_size(self, model: str, images: int) -> None:
-        self._child(self.images_per_request, model).observe(images)
+                self._child(self.images_per_request, call.model).observe(call.images)
 
     def _child(self, metric, *labels: str):
         """`metric.labels(*labels)`, remembered: prometheus-client checks and joins the label

@@ -237,7 +237,7 @@ def create_server(config: ServeConfig) -> RunningServer:
         encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                      thread_name_prefix="encode")
         teardown.callback(encoder.shutdown)
-        plane = DataPlane(registry, metrics, encoder, config.max_batch, config.latent_cache)
+        plane = DataPlane(registry, encoder, config.max_batch, config.latent_cache)
         edge = Edge(metrics, gate)
         health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge))
         health_port = None
