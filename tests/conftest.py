@@ -8,11 +8,13 @@ everywhere, so the suite runs the same on a fresh clone; tests that need the ful
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,33 @@ def no_crash_logged(caplog):
     crashes = [r for r in caplog.records if r.levelno >= logging.ERROR
                and r.name.startswith(("service", "dcgan-serve", "aiohttp", "grpc"))]
     assert not crashes, [r.getMessage() for r in crashes]
+
+
+@contextlib.contextmanager
+def long_queue(running, model: str = "plain"):
+    """Three 1,024-seed Generate calls queued on `running` (a server of one image per run,
+    `batch_max_images=1`), their runs under way: what a request sent now waits behind.
+    Yields the model's runs histogram; on leaving, every one of those calls has finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from service.api.dcgan.v1 import generator_pb2 as pb
+    from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+    runs = running.metrics.batch_size.labels(model=model)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
+            ThreadPoolExecutor(3) as pool:
+        stub = pb_grpc.GeneratorServiceStub(channel)
+        big = pb.GenerateRequest(model=model, seeds=list(range(1024)))  # 1,024 runs each
+        queued = [pool.submit(stub.Generate, big, timeout=120) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while runs._sum.get() < 8:  # the queue is being worked through
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        yield runs
+        assert runs._sum.get() < 3 * 1024, "the queue was gone before the test was done"
+        for future in queued:
+            assert future.result().count == 1024
 
 
 def python_env() -> dict:
