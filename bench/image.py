@@ -127,8 +127,10 @@ def free_port() -> int:
 
 
 def start(engine: Engine, name: str, image: str = IMAGE, env: dict | None = None,
-          container_port: int = 50051, volumes: dict | None = None) -> tuple[int, int]:
-    """`run -d` with the gRPC and metrics ports published on 127.0.0.1 only; returns them."""
+          container_port: int = 50051, volumes: dict | None = None,
+          options: tuple[str, ...] = ()) -> tuple[int, int]:
+    """`run -d` with the gRPC and metrics ports published on 127.0.0.1 only; returns them.
+    `options` go to `run` as they are (e.g. `--user`, `--group-add`)."""
     grpc_port, metrics_port = free_port(), free_port()
     args = ["run", "-d", "--name", name,
             "-p", f"127.0.0.1:{grpc_port}:{container_port}",
@@ -139,7 +141,7 @@ def start(engine: Engine, name: str, image: str = IMAGE, env: dict | None = None
         args += ["-e", f"{key}={value}"]
     for host_path, container_path in (volumes or {}).items():
         args += ["-v", f"{host_path}:{container_path}:ro"]
-    engine.run(*args, image, timeout=60)
+    engine.run(*args, *options, image, timeout=60)
     return grpc_port, metrics_port
 
 

@@ -184,6 +184,49 @@ def test_a_mutual_tls_container_turns_healthy_through_its_health_port(engine, pk
         img.remove(engine, name)
 
 
+def test_the_tls_deployment_starts_with_its_secret_laid_out_as_the_kubelet_does(engine, pki,
+                                                                               tmp_path):
+    """deploy/kubernetes/tls as the kubelet runs it: the Secret's files owned by root, their
+    group the pod's fsGroup (root without one), the volume's defaultMode; the process as
+    runAsUser:runAsGroup with fsGroup as a supplementary group; the manifest's TLS variables.
+    Every value is read from the manifest itself. The server must read its key and turn
+    healthy through the image's HEALTHCHECK."""
+    import yaml
+    if os.geteuid() != 0:
+        pytest.skip("laying the files out as the kubelet does (owned by root) needs root")
+    pod = yaml.safe_load((ROOT / "deploy/kubernetes/tls/deployment.yaml").read_text())
+    pod = pod["spec"]["template"]["spec"]
+    security, [container] = pod["securityContext"], pod["containers"]
+    [volume] = [v for v in pod["volumes"] if "secret" in v]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("DCGAN_TLS")}
+    fs_group = security.get("fsGroup")
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o755)
+    for key, source in (("tls.crt", "server.pem"), ("tls.key", "server.key"),
+                        ("ca.crt", "ca.pem")):
+        path = secret / key
+        path.write_bytes((pki / source).read_bytes())
+        os.chown(path, 0, fs_group or 0)
+        path.chmod(volume["secret"]["defaultMode"])
+    options = ("--user", f"{security['runAsUser']}:{security['runAsGroup']}",
+               *(("--group-add", str(fs_group)) if fs_group else ()))
+    name = f"dcgan-test-k8s-tls-{os.getpid()}"
+    try:
+        img.start(engine, name, env=env, volumes={str(secret): mount["mountPath"]},
+                  options=options)
+        deadline = time.monotonic() + 90
+        while not _healthy(engine, name):
+            state = engine.run("inspect", "--format", "{{.State.Status}}", name,
+                               check=False).stdout.strip()
+            logs = engine.run("logs", name, check=False, timeout=30)
+            assert state == "running", f"the server exited: {(logs.stdout + logs.stderr)[-1500:]}"
+            assert time.monotonic() < deadline, (logs.stdout + logs.stderr)[-1500:]
+            time.sleep(1)
+    finally:
+        img.remove(engine, name)
+
+
 def _healthy(engine, name: str) -> bool:
     """The image's HEALTHCHECK, run now (podman runs it on demand; Docker on its timer)."""
     if engine.command == "podman":
