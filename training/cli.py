@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a GAN. Flags left unset take the --arch preset's value. "
                                    f"Presets — {presets}")
     add_flags(t, TrainConfig)
+    t.add_argument("--continue", dest="continue_run", action="store_true",
+                   help="if --out already holds a checkpoint, continue that run from it (with "
+                        "its saved config) instead of starting anew: what a worker restarted "
+                        "by torchrun needs, so an elastic run loses only the steps since the "
+                        "last checkpoint")
 
     r = sub.add_parser("resume", parents=[common], help="continue a run from its last checkpoint",
                        description="Continue RUN_DIR from checkpoints/last.pt with its saved "
@@ -147,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from training.loop import train
-        run_dir = train(args.config)
-        print(run_dir)
+        from training import checkpoints
+        from training.loop import resume, train
+        out = Path(args.config.out)
+        if args.continue_run and (out / "checkpoints" / checkpoints.LAST).is_file():
+            print(resume(out, overrides={"progress": args.config.progress}))
+        else:
+            print(train(args.config))
     elif args.command == "resume":
         from training.loop import resume
         print(resume(args.run_dir, steps=args.steps, overrides={"progress": args.progress}))

@@ -111,6 +111,9 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
 
     def save_checkpoint(step: int, name: str = checkpoints.LAST) -> None:
         if place.is_main:
+            # The CSV first: after a crash it must hold every step the checkpoint holds, since
+            # a resume keeps the rows up to the checkpoint and trains the rest again.
+            reporter.metrics.flush()
             checkpoints.save(run_dir / "checkpoints" / name, models.snapshot(cfg, step))
 
     interrupted = _InterruptFlag()
