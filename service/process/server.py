@@ -392,27 +392,26 @@ def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 def serve(config: ServeConfig) -> None:
     running = create_server(config)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("%s: draining (up to %.1fs)", signal.Signals(signum).name, config.grace_seconds)
-        stop.set()
-
-    def on_hangup(signum, frame):
-        log.info("SIGHUP: reloading the model files")
-        threading.Thread(target=running.reload, name="reload", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
+    # The handlers only note the signal: a handler runs on the main thread between two
+    # bytecodes, perhaps inside a lock it would then wait for (an Event's, say) for ever.
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck
     # server is waiting on without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Wake up now and then rather than block for good: a signal that lands on one of grpc's
-    # or onnxruntime's threads only flags the main thread, whose Python handler then runs the
-    # next time it executes bytecode; a main thread blocked in an untimed wait never would.
-    while not stop.wait(0.25):
-        pass
+    while True:
+        # Wake up now and then rather than block for good: a signal that lands on one of
+        # grpc's or onnxruntime's threads only flags the main thread, whose Python handler
+        # then runs the next time it executes bytecode.
+        while not received:
+            time.sleep(0.25)
+        signum = received.pop(0)
+        if signum != signal.SIGHUP:
+            break
+        log.info("SIGHUP: reloading the model files")
+        threading.Thread(target=running.reload, name="reload", daemon=True).start()
+    log.info("%s: draining (up to %.1fs)", signal.Signals(signum).name, config.grace_seconds)
     # A watchdog for the drain itself: should anything hang past the grace period, print
     # every thread's stack and exit 1 rather than wait for a SIGKILL that explains nothing.
     faulthandler.dump_traceback_later(config.grace_seconds + 15, exit=True)

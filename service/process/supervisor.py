@@ -151,29 +151,27 @@ def _serve_metrics(config: ServeConfig, workers: list[Worker]) -> int | None:
 
 
 def _wait(workers: list[Worker], config: ServeConfig) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("%s: stopping %d workers", signal.Signals(signum).name, len(workers))
-        stop.set()
-
-    def on_hangup(signum, frame):
-        log.info("SIGHUP: each worker reloads its model files")
-        for worker in workers:
-            worker.proc.send_signal(signal.SIGHUP)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
-    while not stop.wait(0.25):
+    # The handlers only note the signal: they must take no lock (see `server.serve`).
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    while True:
+        time.sleep(0.25)
         if dead := [w for w in workers if w.proc.poll() is not None]:
             log.error("worker %d exited (code %s): stopping the others", dead[0].index,
                       dead[0].proc.returncode)
             _stop(workers, config.grace_seconds)
             return 1
-    codes = _stop(workers, config.grace_seconds)
-    log.info("stopped")
-    return 0 if all(code == 0 for code in codes) else 1
+        while received:
+            signum = received.pop(0)
+            if signum != signal.SIGHUP:
+                log.info("%s: stopping %d workers", signal.Signals(signum).name, len(workers))
+                codes = _stop(workers, config.grace_seconds)
+                log.info("stopped")
+                return 0 if all(code == 0 for code in codes) else 1
+            log.info("SIGHUP: each worker reloads its model files")
+            for worker in workers:
+                worker.proc.send_signal(signal.SIGHUP)
 
 
 def _stop(workers: list[Worker], grace: float) -> list[int]:
