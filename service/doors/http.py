@@ -83,16 +83,6 @@ def error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
-class Unsupported(InvalidRequest):
-    """A body this server cannot read at all."""
-
-    http_status = 415
-
-
-class TooLarge(InvalidRequest):
-    http_status = 413
-
-
 def door(token: str, max_in_flight: int):
     """What every request meets first: the bearer token (routes declared `open` need none: the
     page, the API description and health, as gRPC health), the in-flight limit (beyond it,

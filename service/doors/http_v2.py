@@ -14,7 +14,7 @@ from aiohttp import web
 
 from service.contract import psi_text
 from service.doors.edge import Edge
-from service.doors.http import TIMEOUT, TooLarge, Unsupported, route
+from service.doors.http import TIMEOUT, route
 from service.doors.v2_tensors import (SERVER_NAME, InputTensor, model_config,
                                       model_metadata, output_tensors, server_version,
                                       to_request, wanted_outputs)
@@ -109,8 +109,11 @@ class InferenceRoutes:
         timeout = request[TIMEOUT]
         if "timeout" in parameters:  # Triton's, in microseconds
             timeout = min(timeout or math.inf, _microseconds(parameters["timeout"]))
-        result = await self.plane.infer(to_request(model.name, model.version, inputs,
-                                                   parameters, timeout), call)
+        # The URL's name and version, not the model found above: a reload in between must not
+        # turn this request into a version mismatch.
+        result = await self.plane.infer(to_request(
+            request.match_info["name"], request.match_info.get("version", ""), inputs,
+            parameters, timeout), call)
         return _infer_response(header, result, wanted, as_binary)
 
     def _model(self, request: web.Request, call) -> ServedModel:
@@ -119,6 +122,16 @@ class InferenceRoutes:
 
 
 # --- the body ---------------------------------------------------------------------------------
+
+class Unsupported(InvalidRequest):
+    """A body this server cannot read at all."""
+
+    http_status = 415
+
+
+class TooLarge(InvalidRequest):
+    http_status = 413
+
 
 async def _read_body(request: web.Request, limit: int) -> tuple[dict, bytes]:
     """The JSON header of an infer request and the binary tensor data after it (if any);
