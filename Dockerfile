@@ -52,7 +52,7 @@ WORKDIR /
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 DCGAN_HOST=0.0.0.0 DCGAN_PORT=50051 \
     DCGAN_HTTP_PORT=8080 DCGAN_HEALTH_PORT=50052 DCGAN_METRICS_PORT=9090 DCGAN_DEVICE=cuda ORT_DISABLE_TELEMETRY=1
 USER 10001
-EXPOSE 50051 8080 9090
+EXPOSE 50051 50052 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["/bin/sh", "-c", "p=${DCGAN_HEALTH_PORT:--1}; [ \"$p\" -gt 0 ] || p=$DCGAN_PORT; dcgan-client --address 127.0.0.1:$p --timeout 2 health"]
 STOPSIGNAL SIGTERM
@@ -85,9 +85,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     DCGAN_LOG_LEVEL=INFO \
     ORT_DISABLE_TELEMETRY=1
 USER 10001
-EXPOSE 50051 8080 9090
+EXPOSE 50051 50052 8080 9090
 # The gRPC health service on its plaintext health-only port, as Kubernetes probes see it, so
-# a TLS or mutual-TLS server still turns healthy; with DCGAN_HEALTH_PORT=-1, the gRPC port.
+# a TLS or mutual-TLS server still turns healthy; with DCGAN_HEALTH_PORT=-1, the gRPC port
+# (plaintext only: the server refuses TLS without a health port).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["/bin/sh", "-c", "p=${DCGAN_HEALTH_PORT:--1}; [ \"$p\" -gt 0 ] || p=$DCGAN_PORT; dcgan-client --address 127.0.0.1:$p --timeout 2 health"]
 STOPSIGNAL SIGTERM

@@ -57,8 +57,8 @@ class ServeConfig:
                              "turns HTTP off")
     health_port: int = setting(-1, "a plaintext port serving only the gRPC health service, "
                                "for probes and HEALTHCHECKs that cannot speak TLS or show a "
-                               "client certificate; 0 picks a free one, -1 (default) off; "
-                               "the image sets 50052")
+                               "client certificate (TLS needs one); 0 picks a free one, -1 "
+                               "(default) off; the image sets 50052")
     metrics_host: str = setting("0.0.0.0", "Prometheus /metrics bind address")
     metrics_port: int = setting(DEFAULT_METRICS_PORT,
                                 "Prometheus /metrics port; 0 picks a free one, -1 turns it off")
@@ -168,6 +168,11 @@ class ServeConfig:
             problems.append("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             problems.append("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.tls_cert and self.health_port == -1:
+            problems.append("--tls-cert needs --health-port: probes (Kubernetes' gRPC probes, "
+                            "the image's HEALTHCHECK) speak plaintext and cannot reach a TLS "
+                            "port; set --health-port 50052 (as the image does) or 0 for any "
+                            "free port")
         names = [name for name, _ in self.models]
         if len(set(names)) != len(names):
             problems.append(f"model names must be unique, got {names}")

@@ -33,7 +33,7 @@ def test_dockerfile_serves_by_default_as_non_root_with_a_grpc_healthcheck():
     assert stages[-1] == "serve"  # `docker build .` builds the last stage
     serve = text[text.rindex("AS serve\n"):]
     assert "USER 10001" in serve and "torch" not in serve.replace("no torch", "")
-    assert "HEALTHCHECK" in serve and "health" in serve and "EXPOSE 50051 8080 9090" in serve
+    assert "HEALTHCHECK" in serve and "health" in serve and "EXPOSE 50051 50052 8080 9090" in serve
     assert 'ARG BASE_IMAGE=python:3.11-slim' in text
 
 

@@ -149,6 +149,22 @@ def test_environment_variables_configure_it(engine):
         img.remove(engine, name)
 
 
+def test_a_tls_container_without_its_health_port_stops_and_says_why(engine, pki, tmp_path):
+    """Its HEALTHCHECK would probe the TLS port in plaintext and never pass: instead of an
+    unhealthy container that serves, one that exits at once with the fix in its log."""
+    certs = tmp_path / "certs"
+    certs.mkdir(mode=0o755)
+    for file in ("server.pem", "server.key"):
+        (certs / file).write_bytes((pki / file).read_bytes())
+        (certs / file).chmod(0o644)
+    proc = engine.run("run", "--rm", "-e", "DCGAN_HEALTH_PORT=-1",
+                      "-e", "DCGAN_TLS_CERT=/certs/server.pem",
+                      "-e", "DCGAN_TLS_KEY=/certs/server.key",
+                      "-v", f"{certs}:/certs:ro", img.IMAGE, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "--tls-cert needs --health-port" in proc.stdout + proc.stderr
+
+
 def test_a_mutual_tls_container_turns_healthy_through_its_health_port(engine, pki, tmp_path):
     """With TLS and client certificates on, the image's HEALTHCHECK (plaintext, on the
     health-only port the image opens) still sees SERVING, while the gRPC port wants TLS."""

@@ -92,7 +92,7 @@ def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
     # The image's defaults (its EXPOSE, and DCGAN_HEALTH_PORT for the health-only port).
     assert ports == {"grpc": 50051, "http": 8080, "health": 50052, "metrics": 9090}
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "EXPOSE 50051 8080 9090" in dockerfile and "DCGAN_HEALTH_PORT=50052" in dockerfile
+    assert "EXPOSE 50051 50052 8080 9090" in dockerfile and "DCGAN_HEALTH_PORT=50052" in dockerfile
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["health"], probe
     assert container["readinessProbe"]["grpc"]["service"] == "dcgan.v1.GeneratorService"

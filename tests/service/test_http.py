@@ -334,6 +334,7 @@ def test_openapi_document_lists_exactly_the_served_routes_and_their_schemas_hold
 
 def _own_server(tiny_onnx, **kw):
     values = dict(host="127.0.0.1", port=0, http_port=0, metrics_port=-1,
+                  health_port=0 if kw.get("tls_cert") else -1,  # TLS needs a probe port
                   models=(("plain", str(tiny_onnx)),), device="cpu")
     values.update(kw)
     return create_server(ServeConfig(**values))

@@ -12,6 +12,8 @@ from service.process.server import create_server
 
 
 def _serve(tiny_onnx, **kw):
+    if kw.get("tls_cert"):
+        kw.setdefault("health_port", 0)  # TLS needs a port probes can reach
     return create_server(ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, http_port=-1,
                                      models=(("m", str(tiny_onnx)),), **kw))
 
@@ -82,6 +84,23 @@ def test_mutual_tls_server_answers_plaintext_probes_on_its_health_port(pki, tiny
             assert _status(plain) == "UNAVAILABLE"
     finally:
         running.stop(grace=0)
+
+
+def test_tls_without_a_health_port_is_refused_at_start(pki, tiny_onnx):
+    """A TLS server with no plaintext health port could never be seen healthy by a probe or
+    the image's HEALTHCHECK (which would probe the TLS port in plaintext): dcgan-serve says so
+    and exits, configured as the image is, through the environment."""
+    import subprocess
+
+    from tests.conftest import PYTHON, python_env
+    env = python_env() | {"DCGAN_TLS_CERT": str(pki / "server.pem"),
+                          "DCGAN_TLS_KEY": str(pki / "server.key"), "DCGAN_HEALTH_PORT": "-1"}
+    proc = subprocess.run([PYTHON, "-m", "service", "--port", "0", "--http-port", "-1",
+                           "--metrics-port", "-1", "--model", f"m={tiny_onnx}"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "--tls-cert needs --health-port" in proc.stderr and "50052" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_the_plaintext_health_port_names_nothing_and_bounds_its_streams(pki, tiny_onnx):
