@@ -152,16 +152,18 @@ def wait_first_answer(port: int, timeout: float = 60) -> float:
     from service.api.dcgan.v1 import generator_pb2 as pb
     from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
     started = time.monotonic()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.GeneratorServiceStub(channel)
-        while True:
+    while True:
+        # A new channel each try: one channel backs off after a refused connection (1 s, then
+        # 1.6 s, ...), which would time the client's backoff rather than the server's start.
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             try:
-                stub.Generate(pb.GenerateRequest(seeds=[0]), timeout=2, wait_for_ready=False)
+                pb_grpc.GeneratorServiceStub(channel).Generate(
+                    pb.GenerateRequest(seeds=[0]), timeout=2, wait_for_ready=False)
                 return time.monotonic() - started
             except grpc.RpcError:
                 if time.monotonic() - started > timeout:
                     raise TimeoutError(f"no answer on 127.0.0.1:{port} within {timeout}s")
-                time.sleep(0.05)
+        time.sleep(0.05)
 
 
 def remove(engine: Engine, *names: str) -> None:

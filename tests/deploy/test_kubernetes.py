@@ -3,16 +3,24 @@ kubernetes-validate package carries them, offline), and their parts fit together
 image: selectors find the pods, probes and monitors name real ports, every DCGAN_* variable is
 a real setting, and the GPU variant asks for a GPU and insists on CUDA.
 
-ServiceMonitor and InferenceService are custom resources whose schemas live in their operators'
-CRDs, not in Kubernetes': for those the test checks what this project relies on, and the
-InferenceService's container is validated as a core Kubernetes container.
+Custom resources are checked against their projects' own schemas: KEDA's ScaledObject with
+@kubernetes-models/keda (generated from KEDA's CRD: its TypeScript type rejects unknown fields
+and wrong types, its validator required fields, enums and patterns), installed from npm into
+tests/artifacts; KServe's InferenceService strictly against the types of KServe's Python SDK
+(generated from the same Go API as its CRD). For the ServiceMonitor the test checks what this
+project relies on.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import subprocess
+
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -25,7 +33,7 @@ DEPLOY = ROOT / "deploy"
 # The oldest Kubernetes these manifests promise to work on (gRPC probes are GA since 1.27;
 # the preStop `sleep` action needs 1.30) and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
-CUSTOM_KINDS = {"Kustomization", "ServiceMonitor", "InferenceService"}
+CUSTOM_KINDS = {"Kustomization", "ServiceMonitor", "InferenceService", "ScaledObject"}
 
 
 def _documents(pattern: str) -> list[dict]:
@@ -62,7 +70,8 @@ def test_the_validator_catches_a_misspelt_field():
 
 def test_kustomizations_list_every_manifest_beside_them():
     for kustomization in DEPLOY.glob("kubernetes/**/kustomization.yaml"):
-        listed = set(yaml.safe_load(kustomization.read_text())["resources"])
+        listed = {r for r in yaml.safe_load(kustomization.read_text())["resources"]
+                  if not r.startswith("..")}  # an overlay's base is a folder above
         present = {p.name for p in kustomization.parent.glob("*.yaml")} - {kustomization.name}
         assert listed == present, kustomization
 
@@ -177,3 +186,155 @@ def test_the_grafana_dashboard_covers_what_the_issue_asks():
     exported = set(re.findall(r"`(dcgan_\w+)`", readme))
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"dcgan_\w+", exprs)}
     assert used <= exported, used - exported
+
+
+def _kserve_problems(value, type_name: str, path: str = "") -> list[str]:
+    """`value` checked against a type of KServe's SDK (or the Kubernetes client's, which it
+    uses for containers and metadata): unknown fields and wrong scalar types are problems."""
+    import kserve.models
+    import kubernetes.client
+    problems = []
+    if m := re.fullmatch(r"[lL]ist\[(.+)\]", type_name):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list"]
+        for i, item in enumerate(value):
+            problems += _kserve_problems(item, m[1], f"{path}[{i}]")
+    elif m := re.fullmatch(r"(?:Dict\[str, (.+)\]|dict\(str, (.+)\))", type_name):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a map"]
+        for key, item in value.items():
+            problems += _kserve_problems(item, m[1] or m[2], f"{path}.{key}")
+    elif type_name in ("str", "int", "bool", "float", "object", "datetime"):
+        wanted = {"str": str, "int": int, "bool": bool, "float": (int, float),
+                  "object": object, "datetime": str}[type_name]
+        if not isinstance(value, wanted) or (type_name == "int" and isinstance(value, bool)):
+            problems.append(f"{path}: expected {type_name}, got {value!r}")
+    else:
+        cls = getattr(kserve.models, type_name, None) or getattr(kubernetes.client, type_name)
+        if not isinstance(value, dict):
+            return [f"{path}: expected a {type_name} object"]
+        fields = {wire: cls.openapi_types[attr] for attr, wire in cls.attribute_map.items()}
+        for key, item in value.items():
+            if key not in fields:
+                problems.append(f"{path}.{key}: no such field in {type_name}")
+            else:
+                problems += _kserve_problems(item, fields[key], f"{path}.{key}")
+    return problems
+
+
+def test_inference_services_fit_kserves_own_types_strictly():
+    services = _by_kind(_documents("kserve/*.yaml"), "InferenceService")
+    assert len(services) >= 2
+    for service in services:
+        assert _kserve_problems(service, "V1beta1InferenceService") == [], \
+            service["metadata"]["name"]
+    # The check can fail: a misspelt field and a quoted number are both caught.
+    broken = copy.deepcopy(services[-1])
+    predictor = broken["spec"]["predictor"]
+    predictor["minReplica"] = predictor.pop("minReplicas")
+    predictor["maxReplicas"] = str(predictor["maxReplicas"])
+    assert len(_kserve_problems(broken, "V1beta1InferenceService")) == 2
+
+
+def test_the_serverless_inference_service_scales_to_zero_on_the_grpc_port():
+    service = _documents("kserve/serverless.yaml")[0]
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    predictor = service["spec"]["predictor"]
+    assert predictor["minReplicas"] == 0 and predictor["maxReplicas"] > 1
+    assert predictor["scaleMetric"] in {"concurrency", "rps"}  # what Knative can hold and count
+    container = predictor["containers"][0]
+    # Knative routes one port; h2c carries gRPC (the dcgan and V2 APIs) through its activator.
+    assert container["ports"] == [{"name": "h2c", "containerPort": 50051, "protocol": "TCP"}]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+           "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+KEDA_SCHEMA = ROOT / "tests" / "deploy" / "keda_schema"
+
+
+@pytest.fixture(scope="session")
+def keda_schema() -> Path:
+    """@kubernetes-models/keda and TypeScript, installed by npm from the committed lock file
+    into tests/artifacts (once; again when the lock file changes)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        reason = "npm is not installed (Node.js and npm check the KEDA manifests)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    folder = ROOT / "tests" / "artifacts" / "keda-schema"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (KEDA_SCHEMA / "package-lock.json").read_bytes()
+    if not (folder / "node_modules").is_dir() or (folder / "package-lock.json").read_bytes() != lock:
+        for name in ("package.json", "package-lock.json", "validate.mjs"):
+            shutil.copy(KEDA_SCHEMA / name, folder / name)
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copy(KEDA_SCHEMA / "validate.mjs", folder / "validate.mjs")
+    return folder
+
+
+def _keda_problems(folder: Path, docs: list[dict]) -> list[str]:
+    """Problems KEDA's schema finds in these ScaledObjects: TypeScript's excess-property and
+    type checks, then the CRD's validator."""
+    source = ['import type { IScaledObject } from '
+              '"@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject";']
+    source += [f"export const doc{i}: IScaledObject = {json.dumps(d)};" for i, d in enumerate(docs)]
+    (folder / "check.ts").write_text("\n".join(source) + "\n")
+    typed = subprocess.run([str(folder / "node_modules" / ".bin" / "tsc"), "--noEmit", "--strict",
+                            "--module", "nodenext", "--moduleResolution", "nodenext",
+                            "--skipLibCheck", "check.ts"],
+                           cwd=folder, capture_output=True, text=True, timeout=120)
+    valid = subprocess.run(["node", "validate.mjs"], input=json.dumps(docs), cwd=folder,
+                           capture_output=True, text=True, timeout=60)
+    assert "Error" not in valid.stderr, valid.stderr  # the checker itself ran
+    return typed.stdout.splitlines() + valid.stdout.splitlines()
+
+
+def test_the_keda_scaled_object_fits_kedas_crd_and_replaces_the_cpu_hpa(keda_schema):
+    docs = _documents("kubernetes/keda/*.yaml")
+    scaled = _by_kind(docs, "ScaledObject")
+    assert len(scaled) == 1
+    assert _keda_problems(keda_schema, scaled) == []
+    misspelt, untyped = copy.deepcopy(scaled[0]), copy.deepcopy(scaled[0])
+    misspelt["spec"]["minReplicaCont"] = misspelt["spec"].pop("minReplicaCount")
+    untyped["spec"]["triggers"][0].pop("type")  # required
+    problems = _keda_problems(keda_schema, [misspelt])
+    assert any("minReplicaCont" in p for p in problems), problems
+    problems = _keda_problems(keda_schema, [untyped])
+    assert any("required property type" in p for p in problems), problems
+    # It scales the base's Deployment, and the overlay deletes the base's CPU HPA (KEDA makes
+    # its own, and two HPAs on one Deployment fight).
+    spec = scaled[0]["spec"]
+    base = _documents("kubernetes/*.yaml")
+    assert spec["scaleTargetRef"]["name"] == _by_kind(base, "Deployment")[0]["metadata"]["name"]
+    overlay = yaml.safe_load((DEPLOY / "kubernetes" / "keda" / "kustomization.yaml").read_text())
+    assert overlay["resources"][0] == "../"
+    deleted = [yaml.safe_load(p["patch"]) for p in overlay["patches"]]
+    assert [(d["$patch"], d["kind"], d["metadata"]["name"]) for d in deleted] == \
+        [("delete", "HorizontalPodAutoscaler", h["metadata"]["name"])
+         for h in _by_kind(base, "HorizontalPodAutoscaler")]
+    trigger = spec["triggers"][0]
+    assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
+    # The query itself runs on a real Prometheus in tests/deploy/test_prometheus.py.
+
+
+def test_the_custom_metrics_overlay_builds_a_valid_hpa_on_the_adapters_metric():
+    import jsonpatch
+    base = _by_kind(_documents("kubernetes/*.yaml"), "HorizontalPodAutoscaler")[0]
+    overlay = yaml.safe_load(
+        (DEPLOY / "kubernetes" / "custom-metrics" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../"]
+    [patch] = overlay["patches"]
+    assert patch["target"] == {"kind": "HorizontalPodAutoscaler", "name": base["metadata"]["name"]}
+    hpa = jsonpatch.apply_patch(base, yaml.safe_load(patch["patch"]))  # as kustomize does
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(hpa, version, strict=True)
+    [metric] = hpa["spec"]["metrics"]
+    values = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
+    [rule] = values["rules"]["custom"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    assert hpa["spec"]["minReplicas"] == base["spec"]["minReplicas"]

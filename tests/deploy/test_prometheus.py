@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+import yaml
 
 from bench.image import free_port
 from service.api.dcgan.v1 import generator_pb2 as pb
@@ -46,13 +47,17 @@ def _get(url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
+    yield from _prometheus(tmp_path_factory.mktemp("prometheus"),
+                           [{"targets": [f"127.0.0.1:{server.metrics_port}"]}])
+
+
+def _prometheus(folder, static_configs: list[dict]):
+    """A real Prometheus scraping these targets every second; yields its base URL."""
     binary = _prometheus_binary()
-    folder = tmp_path_factory.mktemp("prometheus")
     config = folder / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: dcgan-serve\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{server.metrics_port}']\n")
+    config.write_text(json.dumps({  # JSON is YAML
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "dcgan-serve", "static_configs": static_configs}]}))
     port = free_port()
     proc = subprocess.Popen([binary, f"--config.file={config}",
                              f"--storage.tsdb.path={folder / 'data'}",
@@ -75,8 +80,9 @@ def prometheus(server, tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def _query(base: str, promql: str) -> list[dict]:
-    answer = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+def _query(base: str, promql: str, at: float | None = None) -> list[dict]:
+    params = {"query": promql} | ({"time": f"{at:.3f}"} if at is not None else {})
+    answer = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode(params))
     assert answer["status"] == "success", (promql, answer)
     return answer["data"]["result"]
 
@@ -140,3 +146,73 @@ def test_readme_and_dashboard_queries_return_numbers(prometheus, server, stub, c
     codes = {s["metric"]["code"] for s in _query(
         prometheus, 'sum by (code) (rate(dcgan_request_duration_seconds_count{code!="OK"}[1m]))')}
     assert "NOT_FOUND" in codes
+
+
+def _hammer(stub, threads: int, seconds: float) -> None:
+    """`threads` callers back to back on one server for `seconds`."""
+    def caller():
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            stub.Generate(pb.GenerateRequest(model="plain", seeds=list(range(32))), timeout=10)
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def test_the_autoscaling_queries_give_a_number_per_pod_that_rises_with_load(
+        server, stub, tiny_onnx, tmp_path):
+    """The KEDA trigger's query and the prometheus-adapter rule, as deploy/ writes them, on a
+    real Prometheus scraping two servers labelled as the Prometheus Operator labels pods: the
+    loaded pod's number rises from light to heavy load, the idle pod's stays at zero, and
+    KEDA's total is the pods' sum."""
+    from service.process.config import ServeConfig
+    from service.process.server import create_server
+    idle = create_server(ServeConfig(host="127.0.0.1", port=0, http_port=-1, metrics_port=0,
+                                     metrics_host="127.0.0.1", models=(("plain", str(tiny_onnx)),),
+                                     device="cpu"))
+    pods = {"dcgan-serve-a": server, "dcgan-serve-b": idle}
+    targets = [{"targets": [f"127.0.0.1:{s.metrics_port}"],
+                "labels": {"namespace": "default", "pod": pod}} for pod, s in pods.items()]
+    scaled = yaml.safe_load((ROOT / "deploy/kubernetes/keda/scaledobject.yaml").read_text())
+    keda = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    rule = yaml.safe_load((ROOT / "deploy/prometheus-adapter/values.yaml").read_text())[
+        "rules"]["custom"][0]
+    # Rendered as prometheus-adapter renders it for the HPA's request for these pods' metric.
+    adapter = (rule["metricsQuery"]
+               .replace("<<.Series>>", re.match(r"\w+", rule["seriesQuery"])[0])
+               .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"dcgan-serve-a|dcgan-serve-b"')
+               .replace("<<.GroupBy>>", "pod"))
+    running = _prometheus(tmp_path, targets)
+    base = next(running)
+    try:
+        def figures() -> tuple[dict, float]:
+            time.sleep(2.5)  # the last calls scraped
+            at = time.time()
+            per_pod = {r["metric"]["pod"]: float(r["value"][1])
+                       for r in _query(base, adapter, at)}
+            [total] = _numbers(_query(base, keda, at))
+            return per_pod, total
+
+        deadline = time.monotonic() + 30
+        while len(_numbers(_query(base, 'up{job="dcgan-serve"} == 1'))) < 2:
+            assert time.monotonic() < deadline, _get(f"{base}/api/v1/targets")
+            time.sleep(0.5)
+        from service.client import GeneratorClient
+        with GeneratorClient(f"127.0.0.1:{idle.port}") as client:
+            client.generate([1], model="plain")  # it has served once, long before the window
+        time.sleep(2)
+        _hammer(stub, threads=1, seconds=8)
+        light, light_total = figures()
+        _hammer(stub, threads=8, seconds=8)
+        heavy, heavy_total = figures()
+    finally:
+        running.close()
+        idle.stop(grace=0)
+    assert set(light) == set(heavy) == set(pods), (light, heavy)  # one number per pod
+    assert light["dcgan-serve-b"] == heavy["dcgan-serve-b"] < 0.01 * light["dcgan-serve-a"]
+    assert 0 < light["dcgan-serve-a"] < heavy["dcgan-serve-a"] / 2, (light, heavy)
+    assert light_total == pytest.approx(sum(light.values()))
+    assert heavy_total == pytest.approx(sum(heavy.values())) and heavy_total > 2 * light_total
+    print(f"calls in progress per pod: light {light}, heavy {heavy}")
