@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -230,7 +231,9 @@ def _download(stem: str, spec: DatasetSpec, dest: Path, mirrors: tuple[str, ...]
 
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / f"{stem}.gz"
-    partial = dest / f"{stem}.gz.part"
+    # A name of its own: the ranks of a multi-node run may download into one shared folder at
+    # once, and each verified file lands whole (os.replace) whichever comes last.
+    partial = dest / f"{stem}.gz.{socket.gethostname()}-{os.getpid()}.part"
     errors: dict[str, tuple[int, Exception]] = {}  # url -> (tries, the last error)
     for mirror in mirrors:
         url = f"{mirror}{stem}.gz"

@@ -105,9 +105,10 @@ def _run(cfg: TrainConfig, state: dict | None) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
         reporter = _Reporter(cfg, run_dir, resume_step=start_step if state else None)
-        log.info("run %s: %s on %s, %d steps of %d images (%d per epoch), G %d params",
+        log.info("run %s: %s on %s, %d steps of %d images (%d per epoch), G %d params%s",
                  cfg.run_id, cfg.arch, place.device, cfg.steps, data.global_batch,
-                 data.steps_per_epoch, sum(p.numel() for p in models.g.parameters()))
+                 data.steps_per_epoch, sum(p.numel() for p in models.g.parameters()),
+                 f", continuing from the checkpoint of step {start_step}" if state else "")
 
     def save_checkpoint(step: int, name: str = checkpoints.LAST) -> None:
         if place.is_main:

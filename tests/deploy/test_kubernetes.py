@@ -338,3 +338,45 @@ def test_the_custom_metrics_overlay_builds_a_valid_hpa_on_the_adapters_metric():
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
     assert hpa["spec"]["minReplicas"] == base["spec"]["minReplicas"]
+
+
+def test_the_training_job_runs_torchrun_across_its_pods_on_a_shared_volume():
+    """deploy/kubernetes/training: the Indexed Job's pods find pod 0's rendezvous through the
+    headless Service, torchrun's and dcgan-train's own parsers accept the arguments, and --out
+    is on the ReadWriteMany volume every pod mounts and the image's user can write."""
+    import torch.distributed.run as torchrun
+
+    from training.cli import build_parser
+    from service.settings import from_args
+    from training.config import TrainConfig
+    docs = _documents("kubernetes/training/*.yaml")
+    job = _by_kind(docs, "Job")[0]
+    [service] = _by_kind(docs, "Service")
+    [claim] = _by_kind(docs, "PersistentVolumeClaim")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    [container] = pod["containers"]
+    assert container["command"] == ["torchrun"]
+    args = torchrun.get_args_parser().parse_args(container["args"])
+    host, port = args.rdzv_endpoint.split(":")
+    # Pod 0 of the Job, by the name Kubernetes gives Indexed Job pods, under the Service.
+    assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert int(port) == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    assert args.rdzv_backend == "c10d" and args.max_restarts > 0
+    assert args.nnodes.split(":")[-1] == str(spec["completions"]) and args.nproc_per_node == "1"
+    assert args.module and args.training_script == "training"
+    train = build_parser().parse_args(args.training_script_args)
+    assert train.command == "train" and train.continue_run  # a restarted worker resumes
+    config = from_args(TrainConfig, train)
+    config.validate()  # as `dcgan-train train` checks its flags
+    [mount] = container["volumeMounts"]
+    [volume] = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert config.out.startswith(mount["mountPath"] + "/")
+    assert config.data_dir.startswith(mount["mountPath"] + "/")
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10001
+    assert "AS train" in (ROOT / "Dockerfile").read_text()

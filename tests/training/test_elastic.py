@@ -1,16 +1,18 @@
 """Training across nodes with torchrun's c10d rendezvous, as two single-process nodes on
-127.0.0.1 (two torchrun agents, one worker each): the same weights as one process; and
-`dcgan-train train --continue`, the command a restarted worker runs again, resuming from the
-last checkpoint."""
+127.0.0.1 (two torchrun agents, one worker each): the same weights as one process; a worker
+killed mid-run restarted by torchrun and resuming from the last checkpoint; and
+`dcgan-train train --continue`, the command a restarted worker runs again, on its own."""
 
 from __future__ import annotations
 
 import csv
+import re
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from tests.conftest import PYTHON, ROOT, python_env
@@ -24,16 +26,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _nodes(command: list[str], port: int, log_dir: Path) -> list[subprocess.Popen]:
-    """Two torchrun agents that meet at 127.0.0.1:`port`, each running `command` once."""
+def _nodes(command: list[str], port: int, log_dir: Path,
+           max_restarts: int = 0) -> list[subprocess.Popen]:
+    """Two torchrun agents that meet at 127.0.0.1:`port`, each running `command`, restarting
+    its worker group up to `max_restarts` times."""
     agent = [PYTHON, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc_per_node", "1",
-             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
-             "--rdzv_id", "test"]
+             "--max-restarts", str(max_restarts), "--rdzv_backend", "c10d",
+             "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "test"]
     nodes = []
     for node in range(2):
         log = (log_dir / f"node{node}.log").open("w")
-        nodes.append(subprocess.Popen([*agent, *command], env=python_env(), stdout=log,
-                                      stderr=subprocess.STDOUT, cwd=ROOT))
+        # LOGLEVEL=INFO: torchrun's agents say when they restart a worker group.
+        nodes.append(subprocess.Popen([*agent, *command], env=python_env() | {"LOGLEVEL": "INFO"},
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
     return nodes
 
 
@@ -108,6 +113,46 @@ def test_the_same_command_run_again_after_a_kill_continues_from_the_checkpoint(t
                               env=python_env(), cwd=ROOT, capture_output=True, timeout=300)
     assert straight.returncode == 0
     resumed, uninterrupted = checkpoints.load(run), checkpoints.load(tmp_path / "straight")
+    for net in ("generator", "discriminator"):
+        for key, value in uninterrupted[net].items():
+            assert torch.equal(resumed[net][key], value), (net, key)
+
+
+def test_a_killed_worker_is_restarted_by_torchrun_and_resumes_from_the_checkpoint(tmp_path):
+    """Two nodes training 300 steps with a checkpoint every 50; one node's worker is SIGKILLed
+    after the first checkpoint. torchrun restarts the worker group on both nodes, every worker
+    runs the same command again and continues from the checkpoint (shared --out, as a shared
+    volume across nodes), and the run ends on the planned step with each step logged once and
+    on the weights of two nodes that were never interrupted."""
+    steps, every = 300, 50
+    command = ["-m", "training", "train", "--continue", *TINY_FLAGS, "--steps", str(steps),
+               "--checkpoint-every", str(every), "--device", "cpu"]
+    killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+    killed_dir.mkdir()
+    straight_dir.mkdir()
+    run = killed_dir / "run"
+    nodes = _nodes([*command, "--out", str(run)], _free_port(), killed_dir, max_restarts=2)
+    last = run / "checkpoints" / checkpoints.LAST
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert all(n.poll() is None for n in nodes) and time.monotonic() < deadline, \
+            _logs(killed_dir)
+        time.sleep(0.02)
+    [worker] = psutil.Process(nodes[1].pid).children()
+    worker.kill()  # SIGKILL, mid-run: the other node's worker loses its peer in an allreduce
+    _finish(nodes, killed_dir)
+    logs = "\n".join(p.read_text() for p in sorted(killed_dir.glob("node*.log")))
+    assert "will restart worker group" in logs, logs[-6000:]
+    resumed_from = [int(m) for m in re.findall(r"continuing from the checkpoint of step (\d+)",
+                                               logs)]
+    assert resumed_from and all(0 < step < steps and step % every == 0 for step in resumed_from)
+    assert checkpoints.load(run)["step"] == steps
+    with (run / "metrics.csv").open() as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, steps + 1))
+
+    _finish(_nodes([*command, "--out", str(straight_dir / "run")], _free_port(), straight_dir),
+            straight_dir)
+    resumed, uninterrupted = checkpoints.load(run), checkpoints.load(straight_dir / "run")
     for net in ("generator", "discriminator"):
         for key, value in uninterrupted[net].items():
             assert torch.equal(resumed[net][key], value), (net, key)
