@@ -11,6 +11,9 @@ concurrent clients) in interleaved rounds, so the machine's noise hits all alike
   dcgan-serve     this service, defaults (dynamic batching on), `Generate` with seeds
   dcgan-serve -p2 the same with `--processes 2` (two workers on one port)
   dcgan-serve +http  the same as dcgan-serve with its HTTP port open (the others have it off)
+  dcgan-serve +trace the same with OpenTelemetry tracing on, every call sampled and exported
+                  over OTLP/gRPC to bench/otlp_sink.py (started with it, in its process tree);
+                  "+trace 10%": one call in ten sampled (parentbased_traceidratio 0.1)
   baseline, baseline -p2   with `--baseline DIR`: the same two from another checkout (an
                   earlier commit, e.g. `git worktree add DIR COMMIT`), to compare code changes
   handwritten     grpcio + onnxruntime by hand, V2 ModelInfer with latents (thread-pool
@@ -298,12 +301,27 @@ def targets(model: str, peers: Path | None, workdir: Path,
              "--metrics-port", "-1", "--device", "cpu", "--model", f"{MODEL_NAME}={model}"]
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     http_off, http_on = ["--http-port", "-1"], ["--http-port", "0"]
+    sink = free_port()
     found = [
         Target("in-process", "inproc"),
         Target("dcgan-serve", "generate", serve + http_off, env),
         Target("dcgan-serve -p2", "generate", serve + http_off + ["--processes", "2"], env),
         # The same with the HTTP port open (idle): gRPC must not pay for it.
         Target("dcgan-serve +http", "generate", serve + http_on, env),
+        # The same with every call traced, exported over OTLP/gRPC to a sink on this machine
+        # (bench/otlp_sink.py, started with it: a collector beside the service).
+        Target("dcgan-serve +trace", "generate",
+               ["bash", "-c", f"{sys.executable} {ROOT / 'bench' / 'otlp_sink.py'} {sink} & "
+                f"exec {' '.join(serve + http_off)}"],
+               {**env, "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}"}),
+        Target("dcgan-serve +trace 10%", "generate",
+               ["bash", "-c", f"{sys.executable} {ROOT / 'bench' / 'otlp_sink.py'} {sink + 1} & "
+                f"exec {' '.join(serve + http_off)}"],
+               {**env, "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink + 1}",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
     ]
     if baseline is not None:  # (an earlier checkout may not know --http-port)
         old = {"PYTHONPATH": str(baseline.resolve()), "PYTHONUNBUFFERED": "1"}

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -38,6 +39,7 @@ from service.doors.admission import CallGate
 from service.errors import (DeadlineExceeded, DeviceUnavailable, InvalidRequest,
                             ModelNotFound, Overloaded, ShuttingDown)
 from service.plane.metrics import Metrics
+from service.plane.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +77,33 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 
+# gRPC statuses that mean the server failed (OpenTelemetry's RPC conventions): a span ends in
+# error for these; a bad request or a missing model is the caller's and leaves it unset.
+SERVER_ERRORS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL,
+                 grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
+
+# What a door says about a call for its trace, asked only when tracing is on:
+# (span name, the headers or metadata that may carry a traceparent, attributes).
+Traced = Callable[[], tuple[str, Mapping[str, str], dict]]
+
+
 @dataclass
 class Edge:
     """What every call needs from the server: where figures go, and who gets in."""
 
     metrics: Metrics
     gate: CallGate
+    tracing: Tracing | None = None
 
     @contextlib.contextmanager
-    def handling(self, name: str, admit: bool):
-        """Around one call of any transport: metrics, admission (refused while draining), and
-        the status of whatever escapes, recorded; the transport then answers with it."""
+    def handling(self, name: str, admit: bool, traced: Traced | None = None):
+        """Around one call of any transport: metrics, a trace span (`traced`, when tracing is
+        on), admission (refused while draining), and the status of whatever escapes,
+        recorded; the transport then answers with it."""
         with self.metrics.track(name) as call:
+            if self.tracing is not None and traced is not None:
+                call.trace = self.tracing.start_call(*traced())
             try:
                 with self.gate.admitted() if admit else contextlib.nullcontext():
                     yield call
@@ -98,15 +115,31 @@ class Edge:
             except Exception as exc:
                 call.code = status_for(exc).name
                 raise
+            finally:
+                if call.trace is not None:
+                    self._end_trace(call)
+
+    def _end_trace(self, call) -> None:
+        code = grpc.StatusCode[call.code]
+        if call.http_status:  # an HTTP route's: its response's status
+            status, failed = {"http.response.status_code": call.http_status}, call.http_status >= 500
+        elif call.trace.is_grpc:
+            status, failed = {"rpc.grpc.status_code": code.value[0]}, code in SERVER_ERRORS
+        else:  # an HTTP route's that ended in an error: the status it will answer
+            http = HTTP_STATUS[code]
+            status, failed = {"http.response.status_code": http}, http >= 500
+        self.tracing.end_call(call.trace, call, status, failed)
 
 
 def rpc(name: str, admit: bool = False):
-    """Wrap a unary handler `(self, request, context, call)`; `self.edge` is an `Edge`."""
+    """Wrap a unary handler `(self, request, context, call)`; `self.edge` is an `Edge`, and
+    `self.SERVICE` the gRPC service's full name."""
     def wrap(handler):
         @functools.wraps(handler)
         async def wrapped(self, request, context: grpc.aio.ServicerContext):
             try:
-                with self.edge.handling(name, admit) as call:
+                with self.edge.handling(name, admit, _traced(self.SERVICE, name, context)
+                                        ) as call:
                     _check_decoded(request)
                     return await handler(self, request, context, call)
             except Exception as exc:
@@ -121,7 +154,8 @@ def rpc_stream(name: str, admit: bool = False):
         @functools.wraps(handler)
         async def wrapped(self, request, context: grpc.aio.ServicerContext):
             try:
-                with self.edge.handling(name, admit) as call:
+                with self.edge.handling(name, admit, _traced(self.SERVICE, name, context)
+                                        ) as call:
                     _check_decoded(request)
                     async with contextlib.aclosing(
                             handler(self, request, context, call)) as responses:
@@ -131,6 +165,13 @@ def rpc_stream(name: str, admit: bool = False):
                 await _abort(context, exc)
         return wrapped
     return wrap
+
+
+def _traced(service: str, method: str, context: grpc.aio.ServicerContext) -> Traced:
+    """A gRPC call's span: named and described as OpenTelemetry's RPC conventions say, its
+    parent from the `traceparent` metadata."""
+    return lambda: (f"{service}/{method}", dict(context.invocation_metadata() or ()),
+                    {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:

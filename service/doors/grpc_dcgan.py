@@ -28,6 +28,8 @@ _METHODS = {pb.INTERPOLATION_UNSPECIFIED: "slerp", pb.INTERPOLATION_SLERP: "sler
 
 
 class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
+    SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+
     def __init__(self, plane: DataPlane, edge: Edge, max_message_bytes: int):
         self.plane = plane
         self.edge = edge

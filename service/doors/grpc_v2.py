@@ -27,6 +27,8 @@ _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
     def __init__(self, plane: DataPlane, edge: Edge):
         self.plane = plane
         self.edge = edge

@@ -48,7 +48,7 @@ def route(name: str, admit: bool = False, query: tuple[str, ...] = (), open: boo
         @functools.wraps(handler)
         async def wrapped(self, request: web.Request) -> web.StreamResponse:
             try:
-                with self.edge.handling(name, admit) as call:
+                with self.edge.handling(name, admit, _traced(name, request)) as call:
                     unknown = sorted(set(request.query) - allowed)
                     if unknown:
                         raise InvalidRequest(
@@ -56,18 +56,30 @@ def route(name: str, admit: bool = False, query: tuple[str, ...] = (), open: boo
                             f"{', '.join(sorted(allowed)) or 'none'}")
                     request[TIMEOUT] = timeout = _timeout(request)
                     if timeout is None:
-                        return await handler(self, request, call)
-                    try:
-                        return await asyncio.wait_for(handler(self, request, call), timeout)
-                    except asyncio.TimeoutError:
-                        raise DeadlineExceeded("the request's timeout passed before its "
-                                               "images were ready") from None
+                        response = await handler(self, request, call)
+                    else:
+                        try:
+                            response = await asyncio.wait_for(handler(self, request, call),
+                                                              timeout)
+                        except asyncio.TimeoutError:
+                            raise DeadlineExceeded("the request's timeout passed before its "
+                                                   "images were ready") from None
+                    call.http_status = response.status
+                    return response
             except Exception as exc:
                 return error_response(exc)
         wrapped.route_name, wrapped.query, wrapped.open = name, tuple(sorted(allowed)), open
         wrapped.cacheable = cacheable
         return wrapped
     return wrap
+
+
+def _traced(name: str, request: web.Request):
+    """An HTTP call's span: named "{method} {route}" and described as OpenTelemetry's HTTP
+    conventions say, its parent from the `traceparent` header."""
+    return lambda: (name, request.headers, {
+        "http.request.method": request.method, "http.route": name.split(" ", 1)[1],
+        "url.path": request.path, "url.scheme": request.scheme})
 
 
 def error_response(exc: Exception) -> web.Response:

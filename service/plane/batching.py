@@ -100,6 +100,7 @@ class _Request:
     labels: np.ndarray | None
     deadline: float | None  # time.perf_counter() after which nobody wants the result
     future: asyncio.Future
+    trace: object = None    # the caller's tracing.CallTrace, when tracing is on
     queued_at: float = field(default_factory=time.perf_counter)
     taken: int = 0          # rows already handed to runs
     parts: dict[int, np.ndarray] = field(default_factory=dict)  # first row -> its images
@@ -128,6 +129,9 @@ class Batcher:
         self.workers = workers
         self.limits = limits
         self.observe = observe or (lambda *_: None)
+        # Set when tracing is on (tracing.Tracing.run_hook): called after each run that
+        # served traced requests.
+        self.trace_run: Callable | None = None
         # The queue is filled on the event loop and emptied by the loop's dispatcher (small
         # batches) and by the worker threads; `lock` guards it.
         # The first worker waits on `_cv`; the others wait apart on `_help`, woken only when
@@ -162,18 +166,19 @@ class Batcher:
                 f"thread(s), a lone caller's on the event loop")
 
     async def submit(self, latents: np.ndarray, labels: np.ndarray | None,
-                     timeout: float | None = None) -> np.ndarray:
+                     timeout: float | None = None, trace=None) -> np.ndarray:
         """uint8 images [N, C, H, W] for float32 latents [N, latent_dim] (and labels [N]).
 
         Raises Overloaded when the queue is full, DeadlineExceeded when `timeout` seconds
-        pass before the run starts; a cancelled caller's request is dropped unrun.
+        pass before the run starts; a cancelled caller's request is dropped unrun. `trace`
+        (a tracing.CallTrace) gets the request's queue wait and runs.
         """
         if self._closed:
             raise RuntimeError("the batcher is closed")
         self._loop = self._loop or asyncio.get_running_loop()
         n = len(latents)
         deadline = None if timeout is None else time.perf_counter() + timeout
-        request = _Request(latents, labels, deadline, self._loop.create_future())
+        request = _Request(latents, labels, deadline, self._loop.create_future(), trace)
         with self._cv:
             if self._queued_images and self._queued_images + n > self.limits.max_queued_images:
                 raise Overloaded(f"server overloaded: {self._queued_images} images already "
@@ -366,6 +371,11 @@ class Batcher:
             self._last_callers = len({id(s.request) for s in batch})
             self.observe(len(latents), started - min(s.request.queued_at for s in batch),
                          self._last_run_s)
+            if self.trace_run is not None:
+                served = [(s.request.trace, s.request.queued_at, s.start == 0) for s in batch
+                          if s.request.trace is not None]
+                if served:
+                    self.trace_run(served, started, self._last_end, len(latents))
             return images, None
         except Exception as exc:  # the callers get the error; the worker or loop carries on
             return None, exc

@@ -160,12 +160,20 @@ class DataPlane:
         if plan.deadline is not None and time.perf_counter() >= plan.deadline:
             raise DeadlineExceeded("the request's timeout passed before generation started")
         timeout = None if plan.deadline is None else plan.deadline - time.perf_counter()
-        images = await plan.model.engine.submit(self._latents(plan), plan.labels, timeout)
+        latents = self._latents(plan)
+        trace = None if call is None else call.trace
+        if trace is not None and not trace.handed_over:
+            trace.handed_over = time.perf_counter()  # admission ends: into the queue
+        images = await plan.model.engine.submit(latents, plan.labels, timeout, trace)
         if plan.format is Format.RAW:  # nothing to encode: the bytes go out as they are
             result = _encode(plan, images)
         else:
+            started = time.perf_counter()
             result = await asyncio.get_running_loop().run_in_executor(
                 self.encoder, _encode, plan, images)
+            if trace is not None:
+                trace.add("encode", started, time.perf_counter(), **{
+                    "dcgan.format": plan.format.value})
         if call is not None:
             call.images += len(images)
         return result

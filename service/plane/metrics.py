@@ -122,7 +122,7 @@ class Metrics:
 
 
 class _Call:
-    __slots__ = ("model", "version", "code", "images", "kind")
+    __slots__ = ("model", "version", "code", "images", "kind", "http_status", "trace")
 
     def __init__(self) -> None:
         self.model = UNKNOWN_MODEL
@@ -130,3 +130,5 @@ class _Call:
         self.code = "OK"
         self.images = 0
         self.kind = "seed"
+        self.http_status = 0  # an HTTP route's answer, once it has one
+        self.trace = None     # a tracing.CallTrace when tracing is on

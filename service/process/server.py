@@ -53,6 +53,7 @@ from service.doors.http_v2 import InferenceRoutes
 from service.doors.openapi import openapi_document
 from service.errors import ServiceError
 from service.plane.batching import BatchLimits, make_engine
+from service.plane.tracing import Tracing
 from service.plane.dataplane import DataPlane
 from service.plane.metrics import Metrics
 from service.plane.models import ModelRegistry
@@ -135,6 +136,7 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop  # runs gRPC and HTTP, in its own thread
     http_app: web.Application | None
     _teardown: _Teardown
+    tracing: Tracing | None = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -147,7 +149,7 @@ class RunningServer:
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
         with self._reload_lock:
             try:
-                fresh = load_models(self.config, self.metrics)
+                fresh = load_models(self.config, self.metrics, self.tracing)
             except ServiceError as exc:
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("reload failed, still serving the previous models: %s", exc)
@@ -180,7 +182,8 @@ class RunningServer:
         self._teardown.close()
 
 
-def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
+def load_models(config: ServeConfig, metrics: Metrics,
+                tracing: Tracing | None = None) -> ModelRegistry:
     paths = config.model_paths()
     if not paths:
         raise ServiceError("no models to serve: pass --model NAME=PATH (no bundled models were "
@@ -191,9 +194,11 @@ def load_models(config: ServeConfig, metrics: Metrics) -> ModelRegistry:
             limits = BatchLimits(max_run_images=config.batch_max_images,
                                  max_delay_s=config.batch_max_delay_ms / 1000,
                                  max_queued_images=config.max_queued_images)
-            registry.add(name, make_engine(path, config.device,
-                                           config.resolved_inference_workers, limits,
-                                           metrics.batch_observer(name)))
+            engine = make_engine(path, config.device, config.resolved_inference_workers,
+                                 limits, metrics.batch_observer(name))
+            if tracing is not None:
+                engine.trace_run = tracing.run_hook(name, engine.runner.metadata.version)
+            registry.add(name, engine)
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
         raise
@@ -217,6 +222,9 @@ def create_server(config: ServeConfig) -> RunningServer:
     with teardown:  # a failed start stops what did start, newest first, and re-raises
         loop = _start_loop()
         teardown.callback(_stop_loop, loop)
+        tracing = _tracing_from_env()
+        if tracing is not None:  # stopped after the servers: exports the last calls' spans
+            teardown.callback(tracing.shutdown)
         for flag, value in (("--http-port", config.http_port),
                             ("--health-port", config.health_port)):
             if value > 0 and not config.reuse_port:
@@ -232,13 +240,14 @@ def create_server(config: ServeConfig) -> RunningServer:
                                    f"{config.metrics_port}: {exc}") from None
             teardown.callback(metrics_http.shutdown)
             metrics_port = metrics_http.server_port
-        registry = teardown.enter_context(contextlib.closing(load_models(config, metrics)))
+        registry = teardown.enter_context(contextlib.closing(load_models(config, metrics,
+                                                                         tracing)))
         describe_models(registry, metrics)
         encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                      thread_name_prefix="encode")
         teardown.callback(encoder.shutdown)
         plane = DataPlane(registry, encoder, config.max_batch, config.latent_cache)
-        edge = Edge(metrics, gate)
+        edge = Edge(metrics, gate, tracing)
         health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge))
         health_port = None
         if config.health_port >= 0:
@@ -251,7 +260,8 @@ def create_server(config: ServeConfig) -> RunningServer:
             teardown.callback(lambda: _on_loop(loop, http.cleanup()))
             http_app = http.app
         running = RunningServer(port, metrics_port, http_port, health_port, health_servicer,
-                                gate, plane, metrics, config, loop, http_app, teardown.pop_all())
+                                gate, plane, metrics, config, loop, http_app, teardown.pop_all(),
+                                tracing)
     # Everything loaded so far lives as long as the process: frozen, Python's full garbage
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
@@ -263,6 +273,13 @@ def create_server(config: ServeConfig) -> RunningServer:
              "bearer" if token else "off",
              f"{config.host}:{health_port} (plaintext)" if health_port else "on the gRPC port")
     return running
+
+
+def _tracing_from_env() -> Tracing | None:
+    try:
+        return Tracing.from_env()
+    except ValueError as exc:
+        raise ServiceError(f"cannot trace: {exc}") from None
 
 
 def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
