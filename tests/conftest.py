@@ -204,3 +204,23 @@ def pki(tmp_path_factory):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tritonclient_grpc_python() -> str:
+    """The Python of an environment with `tritonclient[grpc]`, made with the README's own
+    install line in tests/artifacts (kept between runs): tritonclient.grpc wants a newer grpcio
+    than the server pins, so users run it apart, as the tests do."""
+    import re
+    import subprocess
+    readme = (ROOT / "README.md").read_text()
+    [install] = re.findall(r"(python3 -m venv \.venv-triton .*)", readme)
+    home = ROOT / "tests" / "artifacts"
+    home.mkdir(parents=True, exist_ok=True)
+    python = home / ".venv-triton" / "bin" / "python"
+    if not python.exists():
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        made = subprocess.run(install, shell=True, cwd=home, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert made.returncode == 0, made.stderr[-2000:]
+    return str(python)

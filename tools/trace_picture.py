@@ -51,7 +51,8 @@ def main() -> int:
     otlp_grpc.add_TraceServiceServicer_to_server(receiver, collector)
     port = collector.add_insecure_port("127.0.0.1:0")
     collector.start()
-    os.environ.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+    os.environ.update(OTEL_TRACES_EXPORTER="otlp",
+                      OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
                       OTEL_BSP_SCHEDULE_DELAY="50")
     from service.process.config import ServeConfig
     from service.process.server import create_server

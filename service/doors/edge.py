@@ -38,7 +38,9 @@ from service.contract import ContractError
 from service.doors.admission import CallGate
 from service.errors import (DeadlineExceeded, DeviceUnavailable, InvalidRequest,
                             ModelNotFound, Overloaded, ShuttingDown)
+from service.plane.calls import UNKNOWN_MODEL
 from service.plane.metrics import Metrics
+from service.plane.statistics import Statistics
 from service.plane.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -94,13 +96,14 @@ class Edge:
 
     metrics: Metrics
     gate: CallGate
+    statistics: Statistics
     tracing: Tracing | None = None
 
     @contextlib.contextmanager
     def handling(self, name: str, admit: bool, traced: Traced | None = None):
-        """Around one call of any transport: metrics, a trace span (`traced`, when tracing is
-        on), admission (refused while draining), and the status of whatever escapes,
-        recorded; the transport then answers with it."""
+        """Around one call of any transport: metrics, statistics, a trace span (`traced`, when
+        tracing is on), admission (refused while draining), and the status of whatever
+        escapes, recorded; the transport then answers with it."""
         with self.metrics.track(name) as call:
             if self.tracing is not None and traced is not None:
                 call.trace = self.tracing.start_call(*traced())
@@ -116,13 +119,16 @@ class Edge:
                 call.code = status_for(exc).name
                 raise
             finally:
+                if admit and call.model != UNKNOWN_MODEL and (call.ran or call.code != "OK"):
+                    self.statistics.record_call(call)  # a generating call, on its model
                 if call.trace is not None:
                     self._end_trace(call)
 
     def _end_trace(self, call) -> None:
         code = grpc.StatusCode[call.code]
         if call.http_status:  # an HTTP route's: its response's status
-            status, failed = {"http.response.status_code": call.http_status}, call.http_status >= 500
+            status = {"http.response.status_code": call.http_status}
+            failed = call.http_status >= 500
         elif call.trace.is_grpc:
             status, failed = {"rpc.grpc.status_code": code.value[0]}, code in SERVER_ERRORS
         else:  # an HTTP route's that ended in an error: the status it will answer

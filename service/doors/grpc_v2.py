@@ -15,9 +15,9 @@ from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.contract import psi_text
 from service.doors.edge import Edge, rpc
-from service.doors.v2_tensors import (SERVER_NAME, InputTensor, model_config,
+from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, InputTensor, model_config,
                                       model_metadata, output_tensors, server_version,
-                                      to_request, wanted_outputs)
+                                      statistics, to_request, wanted_outputs)
 from service.errors import InvalidRequest, ModelNotFound
 from service.plane.dataplane import DataPlane
 
@@ -54,7 +54,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     @rpc("ServerMetadata")
     async def ServerMetadata(self, request, context, call):
-        return v2.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=[])
+        return v2.ServerMetadataResponse(name=SERVER_NAME, version=self.version,
+                                         extensions=EXTENSIONS)
 
     @rpc("ModelMetadata")
     async def ModelMetadata(self, request, context, call):
@@ -65,6 +66,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context, call):
         return json_format.ParseDict({"config": model_config(
             self.plane.model(request.name, request.version, call))}, v2.ModelConfigResponse())
+
+    @rpc("ModelStatistics")
+    async def ModelStatistics(self, request, context, call):
+        return json_format.ParseDict(statistics(self.plane, self.edge.statistics, request.name,
+                                                request.version, call),
+                                     v2.ModelStatisticsResponse())
 
     # --- inference ------------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ from aiohttp import web
 from service.contract import psi_text
 from service.doors.edge import Edge
 from service.doors.http import TIMEOUT, route
-from service.doors.v2_tensors import (SERVER_NAME, InputTensor, model_config,
+from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, InputTensor, model_config,
                                       model_metadata, output_tensors, server_version,
-                                      to_request, wanted_outputs)
+                                      statistics, to_request, wanted_outputs)
 from service.errors import InvalidRequest
 from service.plane.dataplane import DataPlane, Result
 from service.plane.models import ServedModel
@@ -42,11 +42,13 @@ class InferenceRoutes:
     def routes(self) -> list[tuple[str, str, object]]:
         """(method, path, handler) of each route."""
         table = [("GET", "/v2/health/live", self.live), ("GET", "/v2/health/ready", self.ready),
-                 ("GET", "/v2", self.server_metadata)]
+                 ("GET", "/v2", self.server_metadata),
+                 ("GET", "/v2/models/stats", self.all_statistics)]
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             table += [("GET", prefix, self.model_metadata),
                       ("GET", prefix + "/ready", self.model_ready),
                       ("GET", prefix + "/config", self.model_config),
+                      ("GET", prefix + "/stats", self.model_statistics),
                       ("POST", prefix + "/infer", self.infer)]
         return table
 
@@ -64,7 +66,7 @@ class InferenceRoutes:
     @route("GET /v2")
     async def server_metadata(self, request, call):
         return web.json_response({"name": SERVER_NAME, "version": self.version,
-                                  "extensions": ["binary_tensor_data"]})
+                                  "extensions": ["binary_tensor_data", *EXTENSIONS]})
 
     @route("GET /v2/models/{name}")
     async def model_metadata(self, request, call):
@@ -80,6 +82,16 @@ class InferenceRoutes:
     @route("GET /v2/models/{name}/config")
     async def model_config(self, request, call):
         return web.json_response(model_config(self._model(request, call)))
+
+    @route("GET /v2/models/stats")
+    async def all_statistics(self, request, call):
+        return web.json_response(statistics(self.plane, self.edge.statistics, "", "", call))
+
+    @route("GET /v2/models/{name}/stats")
+    async def model_statistics(self, request, call):
+        return web.json_response(statistics(self.plane, self.edge.statistics,
+                                            request.match_info["name"],
+                                            request.match_info.get("version", ""), call))
 
     # --- inference ------------------------------------------------------------------------------
 

@@ -26,11 +26,14 @@ from typing import Sequence
 import numpy as np
 
 from service.errors import InvalidRequest
-from service.plane.dataplane import Request, Result, Walk
+from service.plane.dataplane import DataPlane, Request, Result, Walk
 from service.plane.models import ServedModel
+from service.plane.statistics import Statistics
 
 SERVER_NAME = "dcgan-digits"
 PLATFORM = "onnxruntime_onnx"
+# Triton's protocol extensions served over both transports (ServerMetadata lists them).
+EXTENSIONS = ["statistics"]
 
 # Datatype name -> numpy little-endian dtype, per input.
 SEED_TYPES = {"UINT64": "<u8", "INT64": "<i8"}
@@ -74,6 +77,17 @@ def model_metadata(model: ServedModel) -> dict:
     return {"name": model.name, "versions": [model.version], "platform": PLATFORM,
             **{key: [{"name": n, "datatype": d, "shape": s} for n, d, s in tensors]
                for key, tensors in (("inputs", inputs), ("outputs", outputs))}}
+
+
+def statistics(plane: DataPlane, stats: Statistics, name: str, version: str, call) -> dict:
+    """Triton's statistics of the model called `name` at `version` (empty: every served model,
+    every served version); an unknown name or version is ModelNotFound."""
+    if name:
+        model = plane.model(name, version, call)
+        served = [(model.name, model.version)]
+    else:
+        served = [(model.name, model.version) for model in plane.registry]
+    return stats.report(served)
 
 
 def model_config(model: ServedModel) -> dict:

@@ -60,8 +60,8 @@ LOAD_WINDOW_S = 0.0003
 MAX_YIELDS = 16
 
 #: Called once per run with (images in the run, seconds its oldest request waited, seconds
-#: onnxruntime took).
-BatchObserver = Callable[[int, float, float], None]
+#: gathering its requests' latents, seconds onnxruntime took).
+BatchObserver = Callable[[int, float, float, float], None]
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,9 @@ class _Request:
     labels: np.ndarray | None
     deadline: float | None  # time.perf_counter() after which nobody wants the result
     future: asyncio.Future
-    trace: object = None    # the caller's tracing.CallTrace, when tracing is on
+    call: object = None     # the caller's calls.CallRecord, if any
     queued_at: float = field(default_factory=time.perf_counter)
+    runs: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each
     taken: int = 0          # rows already handed to runs
     parts: dict[int, np.ndarray] = field(default_factory=dict)  # first row -> its images
 
@@ -166,19 +167,19 @@ class Batcher:
                 f"thread(s), a lone caller's on the event loop")
 
     async def submit(self, latents: np.ndarray, labels: np.ndarray | None,
-                     timeout: float | None = None, trace=None) -> np.ndarray:
+                     timeout: float | None = None, call=None) -> np.ndarray:
         """uint8 images [N, C, H, W] for float32 latents [N, latent_dim] (and labels [N]).
 
         Raises Overloaded when the queue is full, DeadlineExceeded when `timeout` seconds
-        pass before the run starts; a cancelled caller's request is dropped unrun. `trace`
-        (a tracing.CallTrace) gets the request's queue wait and runs.
+        pass before the run starts; a cancelled caller's request is dropped unrun. `call`
+        (a calls.CallRecord) gets the request's queue wait and run time.
         """
         if self._closed:
             raise RuntimeError("the batcher is closed")
         self._loop = self._loop or asyncio.get_running_loop()
         n = len(latents)
         deadline = None if timeout is None else time.perf_counter() + timeout
-        request = _Request(latents, labels, deadline, self._loop.create_future(), trace)
+        request = _Request(latents, labels, deadline, self._loop.create_future(), call)
         with self._cv:
             if self._queued_images and self._queued_images + n > self.limits.max_queued_images:
                 raise Overloaded(f"server overloaded: {self._queued_images} images already "
@@ -203,7 +204,11 @@ class Batcher:
         elif for_loop and not self._scheduled:
             self._scheduled, self._yields, self._seen = True, 0, 0
             self._loop.call_soon(self._dispatch)
-        return await request.future
+        images = await request.future
+        if call is not None:  # (its pieces may have run side by side, finishing in any order)
+            call.queue_s += min(start for start, _ in request.runs) - request.queued_at
+            call.infer_s += sum(end - start for start, end in request.runs)
+        return images
 
     def close(self) -> None:
         """Refuse new requests, let the workers finish what is queued, and stop them."""
@@ -355,6 +360,7 @@ class Batcher:
              ) -> tuple[np.ndarray | None, BaseException | None]:
         """One onnxruntime run for the whole batch: (images, None) or (None, the error)."""
         first = batch[0].request
+        gathering = time.perf_counter()
         try:
             if len(batch) == 1:
                 latents = first.latents[batch[0].start:batch[0].stop]
@@ -369,11 +375,14 @@ class Batcher:
             self._last_end = time.perf_counter()
             self._last_run_s = self._last_end - started
             self._last_callers = len({id(s.request) for s in batch})
+            for s in batch:
+                s.request.runs.append((started, self._last_end))
             self.observe(len(latents), started - min(s.request.queued_at for s in batch),
-                         self._last_run_s)
+                         started - gathering, self._last_run_s)
             if self.trace_run is not None:
-                served = [(s.request.trace, s.request.queued_at, s.start == 0) for s in batch
-                          if s.request.trace is not None]
+                served = [(s.request.call.trace, s.request.queued_at, s.start == 0)
+                          for s in batch if s.request.call is not None
+                          and s.request.call.trace is not None]
                 if served:
                     self.trace_run(served, started, self._last_end, len(latents))
             return images, None

@@ -160,22 +160,28 @@ class DataPlane:
         if plan.deadline is not None and time.perf_counter() >= plan.deadline:
             raise DeadlineExceeded("the request's timeout passed before generation started")
         timeout = None if plan.deadline is None else plan.deadline - time.perf_counter()
+        started = time.perf_counter()
         latents = self._latents(plan)
-        trace = None if call is None else call.trace
-        if trace is not None and not trace.handed_over:
-            trace.handed_over = time.perf_counter()  # admission ends: into the queue
-        images = await plan.model.engine.submit(latents, plan.labels, timeout, trace)
+        queued = time.perf_counter()
+        images = await plan.model.engine.submit(latents, plan.labels, timeout, call)
+        encoding = time.perf_counter()
         if plan.format is Format.RAW:  # nothing to encode: the bytes go out as they are
             result = _encode(plan, images)
         else:
-            started = time.perf_counter()
             result = await asyncio.get_running_loop().run_in_executor(
                 self.encoder, _encode, plan, images)
-            if trace is not None:
-                trace.add("encode", started, time.perf_counter(), **{
-                    "dcgan.format": plan.format.value})
         if call is not None:
+            ended = time.perf_counter()
+            call.ran = True
             call.images += len(images)
+            call.input_s += queued - started
+            call.output_s += ended - encoding
+            if call.trace is not None:
+                if not call.trace.handed_over:
+                    call.trace.handed_over = queued  # admission ends: into the queue
+                if plan.format is not Format.RAW:
+                    call.trace.add("encode", encoding, ended, **{
+                        "dcgan.format": plan.format.value})
         return result
 
     async def stream(self, request: Request, max_chunk_bytes: int, chunk_images: int = 0,

@@ -25,12 +25,13 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from service.plane.calls import CallRecord
+
 # From 100 µs to 10 s: batch-1 runs take well under a millisecond on a CPU, big batches and
 # PNG grids take up to seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025,
                    0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-UNKNOWN_MODEL = "_unknown"
 
 # One line per RPC at DEBUG (`--log-level DEBUG`): the access log, off by default.
 access_log = logging.getLogger("dcgan-serve.access")
@@ -75,12 +76,13 @@ class Metrics:
             {"version": version, "arch": arch, "dataset": dataset, "provider": ",".join(providers)})
 
     def batch_observer(self, model: str):
-        """A callback for one model's engine: (images, queue wait seconds, run seconds)."""
+        """A callback for one model's engine, per run: (images, seconds its oldest request
+        waited, seconds gathering the inputs, seconds of the run)."""
         inference = self.inference_seconds.labels(model=model)
         size = self.batch_size.labels(model=model)
         wait = self.queue_wait.labels(model=model)
 
-        def observe(images: int, waited: float, seconds: float) -> None:
+        def observe(images: int, waited: float, gathered: float, seconds: float) -> None:
             inference.observe(seconds)
             size.observe(images)
             wait.observe(waited)
@@ -90,15 +92,14 @@ class Metrics:
     def track(self, rpc: str):
         """Time one call; the data plane sets `call.model`, `.version`, `.kind` and `.images`,
         the edge `call.code`, as each learns them."""
-        call = _Call()
+        call = CallRecord()
         gauge = self._child(self.in_flight, rpc)
         gauge.inc()
-        started = time.perf_counter()
         try:
             yield call
         finally:
             gauge.dec()
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - call.started
             self._child(self.request_seconds, rpc, call.model, call.code).observe(seconds)
             access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
                              call.images, seconds * 1000)
@@ -119,16 +120,3 @@ class Metrics:
     def serve_http(self, host: str, port: int):
         """Start the /metrics HTTP server; returns (server, thread). Port 0 picks a free port."""
         return start_http_server(port, addr=host, registry=self.registry)
-
-
-class _Call:
-    __slots__ = ("model", "version", "code", "images", "kind", "http_status", "trace")
-
-    def __init__(self) -> None:
-        self.model = UNKNOWN_MODEL
-        self.version = ""
-        self.code = "OK"
-        self.images = 0
-        self.kind = "seed"
-        self.http_status = 0  # an HTTP route's answer, once it has one
-        self.trace = None     # a tracing.CallTrace when tracing is on

@@ -53,6 +53,7 @@ from service.doors.http_v2 import InferenceRoutes
 from service.doors.openapi import openapi_document
 from service.errors import ServiceError
 from service.plane.batching import BatchLimits, make_engine
+from service.plane.statistics import Statistics
 from service.plane.tracing import Tracing
 from service.plane.dataplane import DataPlane
 from service.plane.metrics import Metrics
@@ -136,6 +137,7 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop  # runs gRPC and HTTP, in its own thread
     http_app: web.Application | None
     _teardown: _Teardown
+    statistics: Statistics
     tracing: Tracing | None = None
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -149,7 +151,7 @@ class RunningServer:
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
         with self._reload_lock:
             try:
-                fresh = load_models(self.config, self.metrics, self.tracing)
+                fresh = load_models(self.config, self.metrics, self.statistics, self.tracing)
             except ServiceError as exc:
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("reload failed, still serving the previous models: %s", exc)
@@ -182,7 +184,14 @@ class RunningServer:
         self._teardown.close()
 
 
-def load_models(config: ServeConfig, metrics: Metrics,
+def _both(first, second):
+    def observe(*facts) -> None:
+        first(*facts)
+        second(*facts)
+    return observe
+
+
+def load_models(config: ServeConfig, metrics: Metrics, statistics: Statistics,
                 tracing: Tracing | None = None) -> ModelRegistry:
     paths = config.model_paths()
     if not paths:
@@ -195,9 +204,12 @@ def load_models(config: ServeConfig, metrics: Metrics,
                                  max_delay_s=config.batch_max_delay_ms / 1000,
                                  max_queued_images=config.max_queued_images)
             engine = make_engine(path, config.device, config.resolved_inference_workers,
-                                 limits, metrics.batch_observer(name))
+                                 limits)
+            version = engine.runner.metadata.version
+            engine.observe = _both(metrics.batch_observer(name),
+                                   statistics.run_observer(name, version))
             if tracing is not None:
-                engine.trace_run = tracing.run_hook(name, engine.runner.metadata.version)
+                engine.trace_run = tracing.run_hook(name, version)
             registry.add(name, engine)
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
@@ -217,7 +229,7 @@ def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
 
 def create_server(config: ServeConfig) -> RunningServer:
     """Bind the ports (a taken one fails at once), load the models, then start serving."""
-    metrics, gate, token = Metrics(), CallGate(), config.auth_token()
+    metrics, statistics, gate, token = Metrics(), Statistics(), CallGate(), config.auth_token()
     teardown = _Teardown()
     with teardown:  # a failed start stops what did start, newest first, and re-raises
         loop = _start_loop()
@@ -240,14 +252,14 @@ def create_server(config: ServeConfig) -> RunningServer:
                                    f"{config.metrics_port}: {exc}") from None
             teardown.callback(metrics_http.shutdown)
             metrics_port = metrics_http.server_port
-        registry = teardown.enter_context(contextlib.closing(load_models(config, metrics,
-                                                                         tracing)))
+        registry = teardown.enter_context(contextlib.closing(
+            load_models(config, metrics, statistics, tracing)))
         describe_models(registry, metrics)
         encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                      thread_name_prefix="encode")
         teardown.callback(encoder.shutdown)
         plane = DataPlane(registry, encoder, config.max_batch, config.latent_cache)
-        edge = Edge(metrics, gate, tracing)
+        edge = Edge(metrics, gate, statistics, tracing)
         health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge))
         health_port = None
         if config.health_port >= 0:
@@ -261,7 +273,7 @@ def create_server(config: ServeConfig) -> RunningServer:
             http_app = http.app
         running = RunningServer(port, metrics_port, http_port, health_port, health_servicer,
                                 gate, plane, metrics, config, loop, http_app, teardown.pop_all(),
-                                tracing)
+                                statistics, tracing)
     # Everything loaded so far lives as long as the process: frozen, Python's full garbage
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()

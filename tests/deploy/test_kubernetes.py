@@ -242,7 +242,9 @@ def keda_schema() -> Path:
     folder = ROOT / "tests" / "artifacts" / "keda-schema"
     folder.mkdir(parents=True, exist_ok=True)
     lock = (KEDA_SCHEMA / "package-lock.json").read_bytes()
-    if not (folder / "node_modules").is_dir() or (folder / "package-lock.json").read_bytes() != lock:
+    installed = folder / "package-lock.json"
+    if not (folder / "node_modules").is_dir() or not installed.exists() \
+            or installed.read_bytes() != lock:
         for name in ("package.json", "package-lock.json", "validate.mjs"):
             shutil.copy(KEDA_SCHEMA / name, folder / name)
         proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder,
@@ -331,16 +333,19 @@ def test_the_training_job_runs_torchrun_across_its_pods_on_a_shared_volume():
     [claim] = _by_kind(docs, "PersistentVolumeClaim")
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
-    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert pod["subdomain"] == service["metadata"]["name"]
     assert service["spec"]["publishNotReadyAddresses"] is True
-    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
     [container] = pod["containers"]
     assert container["command"] == ["torchrun"]
     args = torchrun.get_args_parser().parse_args(container["args"])
     host, port = args.rdzv_endpoint.split(":")
     # Pod 0 of the Job, by the name Kubernetes gives Indexed Job pods, under the Service.
     assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
-    assert int(port) == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    assert int(port) == service["spec"]["ports"][0]["port"] \
+        == container["ports"][0]["containerPort"]
     assert args.rdzv_backend == "c10d" and args.max_restarts > 0
     assert args.nnodes.split(":")[-1] == str(spec["completions"]) and args.nproc_per_node == "1"
     assert args.module and args.training_script == "training"

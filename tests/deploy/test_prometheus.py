@@ -182,7 +182,8 @@ def test_the_autoscaling_queries_give_a_number_per_pod_that_rises_with_load(
     # Rendered as prometheus-adapter renders it for the HPA's request for these pods' metric.
     adapter = (rule["metricsQuery"]
                .replace("<<.Series>>", re.match(r"\w+", rule["seriesQuery"])[0])
-               .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"dcgan-serve-a|dcgan-serve-b"')
+               .replace("<<.LabelMatchers>>",
+                        'namespace="default",pod=~"dcgan-serve-a|dcgan-serve-b"')
                .replace("<<.GroupBy>>", "pod"))
     running = _prometheus(tmp_path, targets)
     base = next(running)

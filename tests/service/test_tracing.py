@@ -140,7 +140,8 @@ def test_calls_and_runs_are_traced_through_otlp(receiver, tiny_onnx, monkeypatch
         attributes = _attributes(call)
         assert attributes["dcgan.model"] == "m" and attributes["dcgan.images"] >= 1
         assert attributes["dcgan.model.version"]
-        steps = [s.name for s in sorted(children[call.span_id], key=lambda s: s.start_time_unix_nano)]
+        steps = [s.name for s in sorted(children[call.span_id],
+                                        key=lambda s: s.start_time_unix_nano)]
         expected = ["admission", "queue wait", "onnxruntime run"] + (["encode"] if "png" in what
                                                                    or what == "http" else [])
         assert steps == expected, (what, steps)
@@ -181,7 +182,8 @@ def test_tracing_is_off_unless_an_exporter_is_named():
     with pytest.raises(ValueError, match="not installed: use otlp, none or one of"):
         Tracing.from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(ValueError, match="use grpc or http/protobuf"):
-        Tracing.from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+        Tracing.from_env({"OTEL_TRACES_EXPORTER": "otlp",
+                          "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
 
 
 def test_a_misnamed_exporter_is_a_start_up_error(tiny_onnx, monkeypatch):
