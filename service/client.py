@@ -103,55 +103,59 @@ class GeneratorClient:
 
     def generate_response(self, seeds: Sequence[int], labels: Sequence[int] = (),
                           model: str = "", format: str = "raw", psi: float | None = None,
-                          latents: np.ndarray | None = None) -> pb.GenerateResponse:
+                          latents: np.ndarray | None = None, version: str = ""
+                          ) -> pb.GenerateResponse:
         request = pb.GenerateRequest(seeds=list(seeds), labels=list(labels), model=model,
-                                     format=FORMATS[format], psi=psi)
+                                     model_version=version, format=FORMATS[format], psi=psi)
         if latents is not None:
             request.latents = np.ascontiguousarray(latents, "<f4").tobytes()
         return self.stub.Generate(request, timeout=self.timeout)
 
     def generate(self, seeds: Sequence[int] = (), labels: Sequence[int] = (), model: str = "",
-                 psi: float | None = None, latents: np.ndarray | None = None) -> np.ndarray:
+                 psi: float | None = None, latents: np.ndarray | None = None,
+                 version: str = "") -> np.ndarray:
         """uint8 images [N, H, W] for the seeds, or for your own float32 `latents` [N, D]
-        (RAW transfer, the fastest); `psi` in (0, 1) truncates, None (unset) is 1."""
+        (RAW transfer, the fastest); `psi` in (0, 1) truncates, None (unset) is 1; `version`
+        picks one of the model's served versions (empty: its default)."""
         return images_from_response(self.generate_response(seeds, labels, model, psi=psi,
-                                                           latents=latents))
+                                                           latents=latents, version=version))
 
     def interpolate_response(self, seed_a: int, seed_b: int, frames: int,
                              method: str = "slerp", labels: Sequence[int] = (),
-                             model: str = "", format: str = "raw", psi: float | None = None
-                             ) -> pb.GenerateResponse:
+                             model: str = "", format: str = "raw", psi: float | None = None,
+                             version: str = "") -> pb.GenerateResponse:
         return self.stub.Interpolate(pb.InterpolateRequest(
             seed_a=seed_a, seed_b=seed_b, frames=frames, method=METHODS[method],
-            labels=list(labels), model=model, format=FORMATS[format], psi=psi),
-            timeout=self.timeout)
+            labels=list(labels), model=model, model_version=version, format=FORMATS[format],
+            psi=psi), timeout=self.timeout)
 
     def interpolate(self, seed_a: int, seed_b: int, frames: int, method: str = "slerp",
-                    labels: Sequence[int] = (), model: str = "", psi: float | None = None
-                    ) -> np.ndarray:
+                    labels: Sequence[int] = (), model: str = "", psi: float | None = None,
+                    version: str = "") -> np.ndarray:
         """uint8 frames [frames, H, W] from seed_a's image to seed_b's."""
         return images_from_response(self.interpolate_response(
-            seed_a, seed_b, frames, method, labels, model, psi=psi))
+            seed_a, seed_b, frames, method, labels, model, psi=psi, version=version))
 
     def generate_stream(self, start: int | None = None, count: int | None = None,
                         seeds: Sequence[int] | None = None, labels: Sequence[int] = (),
-                        model: str = "", chunk_size: int = 0, psi: float | None = None
-                        ) -> Iterator[np.ndarray]:
+                        model: str = "", chunk_size: int = 0, psi: float | None = None,
+                        version: str = "") -> Iterator[np.ndarray]:
         """uint8 images [k, H, W] chunk by chunk, for a seed range (start, count) or a seed
         list, in order (RAW transfer)."""
         for response in self.generate_stream_responses(start, count, seeds, labels, model,
-                                                       chunk_size, "raw", psi):
+                                                       chunk_size, "raw", psi, version):
             yield images_from_response(response)
 
     def generate_stream_responses(self, start: int | None = None, count: int | None = None,
                                   seeds: Sequence[int] | None = None,
                                   labels: Sequence[int] = (), model: str = "",
                                   chunk_size: int = 0, format: str = "raw",
-                                  psi: float | None = None) -> Iterator[pb.GenerateResponse]:
+                                  psi: float | None = None, version: str = ""
+                                  ) -> Iterator[pb.GenerateResponse]:
         """The stream's messages themselves (seeds, labels, RAW or PNG images, model version)."""
         request = pb.GenerateStreamRequest(labels=list(labels), model=model,
-                                           format=FORMATS[format], chunk_size=chunk_size,
-                                           psi=psi)
+                                           model_version=version, format=FORMATS[format],
+                                           chunk_size=chunk_size, psi=psi)
         if seeds is not None:
             request.list.seeds.extend(seeds)
         else:
@@ -185,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label", action="append", type=int, default=[], metavar="N",
                    help="class for conditional models: one for all seeds or one per seed")
     g.add_argument("--model", default="", help="model name (default: the server's default)")
+    g.add_argument("--model-version", default="",
+                   help="one of the model's served versions (default: its default)")
     g.add_argument("--out", default="generated", help="output folder (default generated/)")
     g.add_argument("--grid", action="store_true", help="write one grid.png instead of one per seed")
     g.add_argument("--stream", action="store_true",
@@ -203,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--psi", type=argument_type(as_psi, "psi"),
                    help="truncation in (0, 1]; unset (default) is 1, none")
     i.add_argument("--model", default="", help="model name (default: the server's default)")
+    i.add_argument("--model-version", default="",
+                   help="one of the model's served versions (default: its default)")
     i.add_argument("--out", default="interpolation", help="output folder")
     sub.add_parser("info", help="list the server's models")
     h = sub.add_parser("health", help="exit 0 if the server (or one model) is SERVING, else 1 "
@@ -266,7 +274,8 @@ def _generate(client: GeneratorClient, args) -> int:
     if args.stream and len(ranges) == 1:
         (first, last), = ranges
         responses = client.generate_stream_responses(start=first, count=count, labels=args.label,
-                                                     model=args.model, format="png", psi=args.psi)
+                                                     model=args.model, format="png", psi=args.psi,
+                                                     version=args.model_version)
         return _write(responses, Path(args.out), width)
     if args.stream:
         if count > MAX_LISTED_SEEDS:
@@ -274,10 +283,10 @@ def _generate(client: GeneratorClient, args) -> int:
                              "way, or give one range A-B")
         responses = client.generate_stream_responses(
             seeds=parse_seeds(args.seed), labels=args.label, model=args.model, format="png",
-            psi=args.psi)
+            psi=args.psi, version=args.model_version)
         return _write(responses, Path(args.out), width)
-    limit = client.stub.GetModelInfo(pb.GetModelInfoRequest(model=args.model),
-                                     timeout=client.timeout).max_batch
+    limit = client.stub.GetModelInfo(pb.GetModelInfoRequest(
+        model=args.model, model_version=args.model_version), timeout=client.timeout).max_batch
     if count > limit:
         raise ValueError(f"{count} seeds: the server takes at most {limit} in one request; "
                          "add --stream" + ("" if args.grid else " to have them in chunks"))
@@ -285,18 +294,19 @@ def _generate(client: GeneratorClient, args) -> int:
     if args.grid:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        response = client.generate_response(seeds, args.label, args.model, "grid", args.psi)
+        response = client.generate_response(seeds, args.label, args.model, "grid", args.psi,
+                                            version=args.model_version)
         (out / "grid.png").write_bytes(response.grid_png)
         print(f"wrote {out / 'grid.png'} ({len(seeds)} images, model {response.model})")
         return 0
-    return _write([client.generate_response(seeds, args.label, args.model, "png", args.psi)],
-                  Path(args.out), width)
+    return _write([client.generate_response(seeds, args.label, args.model, "png", args.psi,
+                                            version=args.model_version)], Path(args.out), width)
 
 
 def _interpolate(client: GeneratorClient, args) -> int:
     from service.imaging import save_walk
     frames = client.interpolate(args.seed_a, args.seed_b, args.frames, args.method, args.label,
-                                args.model, psi=args.psi)
+                                args.model, psi=args.psi, version=args.model_version)
     save_walk(frames[:, None], Path(args.out))
     print(f"wrote {len(frames)} frames, strip.png and interpolation.gif to {args.out}")
     return 0

@@ -127,7 +127,8 @@ def long_queue(running, model: str = "plain"):
 
     from service.api.dcgan.v1 import generator_pb2 as pb
     from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-    runs = running.metrics.batch_size.labels(model=model)
+    runs = running.metrics.batch_size.labels(model=model,
+                                             version=running.registry.get(model).version)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
             ThreadPoolExecutor(3) as pool:
         stub = pb_grpc.GeneratorServiceStub(channel)

@@ -38,7 +38,7 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
     @rpc("Generate", admit=True)
     async def Generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
         return _response(await self.plane.infer(Request(
-            request.model, seeds=request.seeds, labels=request.labels, psi=_psi(request),
+            request.model, request.model_version, seeds=request.seeds, labels=request.labels, psi=_psi(request),
             latents=request.latents, format=_format(request.format),
             timeout=context.time_remaining()), call))
 
@@ -50,13 +50,13 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
                                 "INTERPOLATION_SLERP (1) or INTERPOLATION_LERP (2)")
         walk = Walk(request.seed_a, request.seed_b, request.frames, _METHODS[request.method])
         return _response(await self.plane.infer(Request(
-            request.model, walk=walk, labels=request.labels, psi=_psi(request),
+            request.model, request.model_version, walk=walk, labels=request.labels, psi=_psi(request),
             format=_format(request.format), timeout=context.time_remaining()), call))
 
     @rpc_stream("GenerateStream", admit=True)
     async def GenerateStream(self, request: pb.GenerateStreamRequest, context, call):
         stream = self.plane.stream(
-            Request(request.model, seeds=_stream_seeds(request), labels=request.labels,
+            Request(request.model, request.model_version, seeds=_stream_seeds(request), labels=request.labels,
                     psi=_psi(request), format=_format(request.format),
                     timeout=context.time_remaining()),
             self.max_message_bytes, request.chunk_size, call)
@@ -69,16 +69,18 @@ class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
 
     @rpc("GetModelInfo")
     async def GetModelInfo(self, request, context, call):
-        return self._info(self.plane.model(request.model, call=call))
+        return self._info(self.plane.model(request.model, request.model_version, call))
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:
         meta = model.metadata
         return pb.ModelInfo(
-            name=model.name, version=meta.version, arch=meta.arch, dataset=meta.dataset,
+            name=model.name, version=model.version, run=meta.version, arch=meta.arch,
+            dataset=meta.dataset,
             latent_dim=meta.latent_dim, num_classes=meta.num_classes,
             class_names=list(meta.class_names), height=meta.image_shape[1],
             width=meta.image_shape[2], execution_providers=model.runner.providers,
-            seed_rule=SEED_RULE, is_default=model.is_default, max_batch=self.plane.max_images)
+            seed_rule=SEED_RULE, is_default=model.is_default,
+            is_default_version=model.is_default_version, max_batch=self.plane.max_images)
 
 
 # --- conversions ------------------------------------------------------------------------------

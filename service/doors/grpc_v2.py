@@ -59,8 +59,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     @rpc("ModelMetadata")
     async def ModelMetadata(self, request, context, call):
-        return json_format.ParseDict(model_metadata(
-            self.plane.model(request.name, request.version, call)), v2.ModelMetadataResponse())
+        model = self.plane.model(request.name, request.version, call)
+        return json_format.ParseDict(model_metadata(model, self.plane.versions(model.name)),
+                                     v2.ModelMetadataResponse())
 
     @rpc("ModelConfig")
     async def ModelConfig(self, request, context, call):

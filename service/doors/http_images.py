@@ -57,6 +57,7 @@ class ImageRoutes:
     async def list_models(self, request, call):
         return web.json_response({"models": [
             {"name": m.name, "version": m.version, "default": m.is_default,
+             "default_version": m.is_default_version, "run": m.metadata.version,
              "arch": m.metadata.arch, "dataset": m.metadata.dataset,
              "num_classes": m.metadata.num_classes, "class_names": list(m.metadata.class_names),
              "height": m.metadata.image_shape[1], "width": m.metadata.image_shape[2],

@@ -70,7 +70,8 @@ class InferenceRoutes:
 
     @route("GET /v2/models/{name}")
     async def model_metadata(self, request, call):
-        return web.json_response(model_metadata(self._model(request, call)))
+        model = self._model(request, call)
+        return web.json_response(model_metadata(model, self.plane.versions(model.name)))
 
     @route("GET /v2/models/{name}/ready")
     async def model_ready(self, request, call):

@@ -70,11 +70,11 @@ def _tensors(model: ServedModel) -> tuple[list, list]:
             [("images", "UINT8", [-1, *meta.image_shape]), *labels])
 
 
-def model_metadata(model: ServedModel) -> dict:
+def model_metadata(model: ServedModel, versions: list[str]) -> dict:
     """The protocol's model metadata, in its JSON form (the gRPC door parses it into the
     message): the same tensors over both transports."""
     inputs, outputs = _tensors(model)
-    return {"name": model.name, "versions": [model.version], "platform": PLATFORM,
+    return {"name": model.name, "versions": versions, "platform": PLATFORM,
             **{key: [{"name": n, "datatype": d, "shape": s} for n, d, s in tensors]
                for key, tensors in (("inputs", inputs), ("outputs", outputs))}}
 

@@ -148,6 +148,10 @@ class DataPlane:
             call.model, call.version = model.name, model.version
         return model
 
+    def versions(self, name: str) -> list[str]:
+        """The served versions of the model called `name`, its default first."""
+        return [model.version for model in self.registry.versions(name)]
+
     async def infer(self, request: Request, call=None) -> Result:
         return await self.run(self.prepare(request, call), call)
 

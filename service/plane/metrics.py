@@ -1,13 +1,14 @@
 """Prometheus metrics of the service, in their own registry (so tests can run several servers).
 
-    dcgan_request_duration_seconds{rpc, model, code}   histogram, whole RPC as the server sees it
-    dcgan_inference_duration_seconds{model}            histogram, one onnxruntime session.run
-    dcgan_batch_size{model}                            histogram, images per executed run
-    dcgan_batch_queue_wait_seconds{model}              histogram, queue wait before a run
-    dcgan_images_generated_total{model, kind}          counter; kind: seed, interpolation, latent
-    dcgan_images_per_request{model}                    histogram, images per generating call
+    dcgan_request_duration_seconds{rpc, model, version, code}  histogram, whole RPC as the
+                                                       server sees it
+    dcgan_inference_duration_seconds{model, version}   histogram, one onnxruntime session.run
+    dcgan_batch_size{model, version}                   histogram, images per executed run
+    dcgan_batch_queue_wait_seconds{model, version}     histogram, queue wait before a run
+    dcgan_images_generated_total{model, version, kind} counter; kind: seed, interpolation, latent
+    dcgan_images_per_request{model, version}           histogram, images per generating call
     dcgan_requests_in_flight{rpc}                      gauge
-    dcgan_model_info{model, version, arch, dataset, provider}  info (value 1)
+    dcgan_model_info{model, version, run, arch, dataset, provider}  info (value 1)
 
 The edge times each call (`track`); the data plane fills in the call's facts as it learns them
 (model, version, kind, images), and `track` records them when the call ends, so no door
@@ -43,44 +44,46 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
             "dcgan_request_duration_seconds", "Time to answer an RPC, by method, model and status",
-            ["rpc", "model", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            ["rpc", "model", "version", "code"], buckets=LATENCY_BUCKETS,
+            registry=self.registry)
         self.inference_seconds = Histogram(
             "dcgan_inference_duration_seconds", "Time of one onnxruntime run, by model",
-            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter(
             "dcgan_images_generated", "Images generated, by model and by where their latents "
-            "came from (seed, interpolation, latent)", ["model", "kind"],
+            "came from (seed, interpolation, latent)", ["model", "version", "kind"],
             registry=self.registry)
         self.images_per_request = Histogram(
             "dcgan_images_per_request", "Images per generating call (a whole stream is one), "
             "by model",
-            ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_size = Histogram(
             "dcgan_batch_size", "Images per executed onnxruntime run (after dynamic batching)",
-            ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_wait = Histogram(
             "dcgan_batch_queue_wait_seconds",
             "Time the oldest request of each executed batch waited in the batching queue",
-            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.reloads = Counter(
             "dcgan_model_reloads", "Model reloads (SIGHUP), by result", ["result"],
             registry=self.registry)
         self.in_flight = Gauge(
             "dcgan_requests_in_flight", "RPCs being handled now", ["rpc"], registry=self.registry)
         self.model_info = Info(
-            "dcgan_model", "Served models and where they run", ["model"], registry=self.registry)
+            "dcgan_model", "Served models and where they run", ["model", "version"],
+            registry=self.registry)
 
-    def describe_model(self, name: str, version: str, arch: str, dataset: str,
+    def describe_model(self, name: str, version: str, run: str, arch: str, dataset: str,
                        providers: list[str]) -> None:
-        self.model_info.labels(model=name).info(
-            {"version": version, "arch": arch, "dataset": dataset, "provider": ",".join(providers)})
+        self.model_info.labels(model=name, version=version).info(
+            {"run": run, "arch": arch, "dataset": dataset, "provider": ",".join(providers)})
 
-    def batch_observer(self, model: str):
+    def batch_observer(self, model: str, version: str):
         """A callback for one model's engine, per run: (images, seconds its oldest request
         waited, seconds gathering the inputs, seconds of the run)."""
-        inference = self.inference_seconds.labels(model=model)
-        size = self.batch_size.labels(model=model)
-        wait = self.queue_wait.labels(model=model)
+        inference = self.inference_seconds.labels(model=model, version=version)
+        size = self.batch_size.labels(model=model, version=version)
+        wait = self.queue_wait.labels(model=model, version=version)
 
         def observe(images: int, waited: float, gathered: float, seconds: float) -> None:
             inference.observe(seconds)
@@ -100,12 +103,14 @@ class Metrics:
         finally:
             gauge.dec()
             seconds = time.perf_counter() - call.started
-            self._child(self.request_seconds, rpc, call.model, call.code).observe(seconds)
+            self._child(self.request_seconds, rpc, call.model, call.version,
+                        call.code).observe(seconds)
             access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
                              call.images, seconds * 1000)
             if call.images:
-                self._child(self.images, call.model, call.kind).inc(call.images)
-                self._child(self.images_per_request, call.model).observe(call.images)
+                self._child(self.images, call.model, call.version, call.kind).inc(call.images)
+                self._child(self.images_per_request, call.model,
+                            call.version).observe(call.images)
 
     def _child(self, metric, *labels: str):
         """`metric.labels(*labels)`, remembered: prometheus-client checks and joins the label

@@ -1,4 +1,10 @@
-"""The served models by name: how every door finds the model a request names, in one place."""
+"""The served models by name and version: how every door finds the model a request names, in
+one place.
+
+A name may have several versions served side by side (`--model mnist:1=A --model mnist:2=B`):
+a request names a version or takes the name's default, the first one configured. The first
+name configured is the default model.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from service.plane.runtime import OnnxGenerator
 @dataclass
 class ServedModel:
     name: str
+    version: str      # as configured, or the file's own (its training run id)
     engine: Batcher
-    is_default: bool
+    is_default: bool  # the default model's default version
+    is_default_version: bool  # the version a request naming this model but no version gets
 
     @property
     def runner(self) -> OnnxGenerator:
@@ -24,19 +32,22 @@ class ServedModel:
     def metadata(self) -> ModelMetadata:
         return self.engine.runner.metadata
 
-    @property
-    def version(self) -> str:
-        return self.metadata.version
-
 
 class ModelRegistry:
-    """The loaded models by name; the first loaded is the default."""
+    """The loaded models: name -> versions, each name's default version first."""
 
     def __init__(self) -> None:
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[str, dict[str, ServedModel]] = {}
 
-    def add(self, name: str, engine: Batcher) -> None:
-        self._models[name] = ServedModel(name, engine, is_default=not self._models)
+    def add(self, name: str, engine: Batcher, version: str = "") -> ServedModel:
+        version = version or engine.runner.metadata.version
+        versions = self._models.setdefault(name, {})
+        if version in versions:
+            raise ValueError(f"model {name!r} version {version!r} is already served")
+        is_default = next(iter(self._models)) == name and not versions
+        model = versions[version] = ServedModel(name, version, engine, is_default,
+                                                is_default_version=not versions)
+        return model
 
     def replace_with(self, other: "ModelRegistry") -> list[ServedModel]:
         """Serve `other`'s models from now on; returns the old ones (for closing later).
@@ -44,33 +55,42 @@ class ModelRegistry:
         One reference assignment, so every request sees either the old set or the new set;
         a request that already picked an old model finishes on it.
         """
-        old = list(self._models.values())
+        old = list(self)
         self._models = other._models
         return old
 
     def close(self) -> None:
-        for model in self._models.values():
+        for model in self:
             model.engine.close()
 
     def get(self, name: str = "", version: str = "") -> ServedModel:
-        """The model called `name` (empty: the default), at `version` if one is given."""
+        """The model called `name` (empty: the default), at `version` (empty: its default)."""
         if not name:
-            model = self.default
-        elif (model := self._models.get(name)) is None:
+            versions = next(iter(self._models.values()))
+        elif (versions := self._models.get(name)) is None:
             raise ModelNotFound(f"no model named {name!r}: this server serves "
                                 f"{', '.join(self._models)} (or leave model empty for the "
                                 "default)")
-        if version and version != model.version:
-            raise ModelNotFound(f"model {model.name!r} has version {model.version!r}, not "
-                                f"{version!r}: send that or leave the version out")
+        if not version:
+            return next(iter(versions.values()))
+        if (model := versions.get(version)) is None:
+            model = next(iter(versions.values()))
+            raise ModelNotFound(f"model {model.name!r} has no version {version!r}: it serves "
+                                f"{', '.join(map(repr, versions))}; send one of those or leave "
+                                "the version out for the default")
         return model
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every served version of `name`, its default first."""
+        return list(self._models[name].values())
 
     @property
     def default(self) -> ServedModel:
-        return next(iter(self._models.values()))
+        return self.get()
 
     def __iter__(self):
-        return iter(self._models.values())
+        """Every served version of every model, the default first."""
+        return (model for versions in self._models.values() for model in versions.values())
 
     def __len__(self) -> int:
-        return len(self._models)
+        return sum(len(versions) for versions in self._models.values())

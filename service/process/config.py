@@ -38,11 +38,13 @@ def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
 
 
 def _model_spec(text: str) -> tuple[str, str]:
+    """(NAME or NAME:VERSION, PATH) from NAME[:VERSION]=PATH or a bare PATH."""
     name, sep, path = text.partition("=")
     if not sep:  # a bare path: name it after the file
         path, name = text, Path(text).stem
-    if not name or not path:
-        raise ValueError(f"--model expects NAME=PATH, got {text!r}")
+    model, colon, version = name.partition(":")
+    if not model or not path or (colon and not version):
+        raise ValueError(f"--model expects NAME=PATH or NAME:VERSION=PATH, got {text!r}")
     return name, path
 
 
@@ -65,9 +67,11 @@ class ServeConfig:
     # --- models
     models: tuple[tuple[str, str], ...] = setting(
         (), "an ONNX model to serve, exported by `dcgan-train export`; repeatable, the first "
-        "is the default (the variable takes a comma-separated list)",
+        "is the default. NAME:VERSION=PATH serves versions of one name side by side, the "
+        "first given its default; without :VERSION the version is the file's training run "
+        "id (the variable takes a comma-separated list)",
         flag="--model", env="DCGAN_MODELS", parse=_model_spec, repeat=True,
-        metavar="NAME=PATH", shown_default="the bundled models")
+        metavar="NAME[:VERSION]=PATH", shown_default="the bundled models")
     device: str = setting("auto", "auto: CUDA when onnxruntime-gpu sees a GPU, else CPU; cuda "
                           "that cannot work is a start-up error, never a silent CPU run",
                           choices=("auto", "cpu", "cuda"))
@@ -138,10 +142,12 @@ class ServeConfig:
     def resolved_inference_workers(self) -> int:
         return self.inference_workers or usable_cpus()
 
-    def model_paths(self) -> list[tuple[str, Path]]:
+    def model_paths(self) -> list[tuple[str, str, Path]]:
+        """(name, version, file) of each model to serve, in order; version "" means the
+        file's own (its training run id)."""
         if self.models:
-            return [(name, Path(path)) for name, path in self.models]
-        return bundled_models()
+            return [(*_name_version(name), Path(path)) for name, path in self.models]
+        return [(name, "", path) for name, path in bundled_models()]
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each saying what to fix."""
@@ -175,8 +181,14 @@ class ServeConfig:
                             "free port")
         names = [name for name, _ in self.models]
         if len(set(names)) != len(names):
-            problems.append(f"model names must be unique, got {names}")
+            problems.append(f"model names must be unique, got {names}: to serve several "
+                            "files under one name, give each a version (NAME:1=A, NAME:2=B)")
         return problems
+
+
+def _name_version(spec: str) -> tuple[str, str]:
+    name, _, version = spec.partition(":")
+    return name, version
 
 
 def bundled_models() -> list[tuple[str, Path]]:

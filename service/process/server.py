@@ -199,18 +199,17 @@ def load_models(config: ServeConfig, metrics: Metrics, statistics: Statistics,
                            "found in this installation)")
     registry = ModelRegistry()
     try:
-        for name, path in paths:
+        for name, version, path in paths:
             limits = BatchLimits(max_run_images=config.batch_max_images,
                                  max_delay_s=config.batch_max_delay_ms / 1000,
                                  max_queued_images=config.max_queued_images)
             engine = make_engine(path, config.device, config.resolved_inference_workers,
                                  limits)
-            version = engine.runner.metadata.version
-            engine.observe = _both(metrics.batch_observer(name),
-                                   statistics.run_observer(name, version))
+            model = registry.add(name, engine, version)
+            engine.observe = _both(metrics.batch_observer(name, model.version),
+                                   statistics.run_observer(name, model.version))
             if tracing is not None:
-                engine.trace_run = tracing.run_hook(name, version)
-            registry.add(name, engine)
+                engine.trace_run = tracing.run_hook(name, model.version)
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
         raise
@@ -220,11 +219,12 @@ def load_models(config: ServeConfig, metrics: Metrics, statistics: Statistics,
 def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
     for model in registry:
         meta = model.metadata
-        metrics.describe_model(model.name, meta.version, meta.arch, meta.dataset,
-                               model.runner.providers)
-        log.info("model %r%s: %s %s, version %s, on %s, %s", model.name,
+        metrics.describe_model(model.name, model.version, meta.version, meta.arch,
+                               meta.dataset, model.runner.providers)
+        log.info("model %r%s: %s %s, version %s%s, on %s, %s", model.name,
                  " (default)" if model.is_default else "", meta.arch, meta.dataset,
-                 meta.version, ",".join(model.runner.providers), model.engine.describe())
+                 model.version, "" if model.version == meta.version else f" (run {meta.version})",
+                 ",".join(model.runner.providers), model.engine.describe())
 
 
 def create_server(config: ServeConfig) -> RunningServer:

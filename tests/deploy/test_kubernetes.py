@@ -180,7 +180,8 @@ def test_the_grafana_dashboard_covers_what_the_issue_asks():
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     for needed in ("rate(dcgan_request_duration_seconds_count", "histogram_quantile(0.5",
                    "histogram_quantile(0.99", "dcgan_images_generated_total",
-                   "dcgan_requests_in_flight", 'code!="OK"'):
+                   "dcgan_requests_in_flight", 'code!="OK"',
+                   "sum by (model, version) (rate(dcgan_request_duration_seconds_count"):
         assert needed in exprs, needed
     # Every metric a panel reads is one the server exports (docs/deployment.md, Metrics).
     readme = (ROOT / "docs" / "deployment.md").read_text()

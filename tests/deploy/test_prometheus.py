@@ -134,7 +134,7 @@ def test_readme_and_dashboard_queries_return_numbers(prometheus, server, stub, c
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     must_have_data = {"Generation latency p50 / p99, by model", "Images generated per second, by model",
                       "Requests per second, by RPC", "Errors per second, by status code",
-                      "Served models"}
+                      "Served models", "Requests per second, by model and version"}
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             promql = (target["expr"].replace("$__rate_interval", "1m")

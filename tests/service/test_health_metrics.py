@@ -75,8 +75,11 @@ def test_metrics_move_after_calls(server, stub):
     assert delta("dcgan_images_generated_total", model="plain") == 3
     assert delta("dcgan_images_per_request_sum", model="plain") == 3
     assert _value(after, "dcgan_requests_in_flight", rpc="Generate") == 0
-    assert 'dcgan_model_info{arch="dcgan",dataset="mnist",model="plain",provider=' \
-           '"CPUExecutionProvider"' in after
+    info = [dict(re.findall(r'(\w+)="([^"]*)"', line)) for line in after.splitlines()
+            if line.startswith("dcgan_model_info{")]
+    version = server.registry.get("plain").version
+    assert {"model": "plain", "version": version, "run": version, "arch": "dcgan",
+            "dataset": "mnist", "provider": "CPUExecutionProvider"} in info
 
 
 def test_unknown_model_names_do_not_grow_label_sets(server, stub):

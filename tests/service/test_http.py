@@ -191,7 +191,7 @@ def test_image_urls_give_generate_pixels_and_revalidate_with_304(server, stub):
     status, pinned, _ = _call(base + f"/grid.png?seeds=0-3&version={version}")
     assert status == 200 and "immutable" in pinned["Cache-Control"]
     status, _, body = _call(base + "/grid.png?seeds=0-3&version=other")
-    assert status == 404 and b"not 'other'" in body
+    assert status == 404 and b"has no version 'other'" in body
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -275,8 +275,10 @@ def test_a_passed_deadline_is_a_504_and_nothing_runs(server):
     assert status == 504 and b"timeout passed" in body
     assert runs() == before
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read()
+    version = server.registry.get("plain").version
     assert ('dcgan_request_duration_seconds_count{code="DEADLINE_EXCEEDED",'
-            'model="plain",rpc="GET /v1/models/{name}/grid.png"}') in text.decode()
+            f'model="plain",rpc="GET /v1/models/{{name}}/grid.png",version="{version}"}}'
+            ) in text.decode()
 
 
 def test_routes_are_the_rpc_label_and_debug_logs_each_request(server, caplog):
@@ -286,8 +288,9 @@ def test_routes_are_the_rpc_label_and_debug_logs_each_request(server, caplog):
     assert any("POST /v2/models/{name}/infer model=plain code=OK images=2" in r.getMessage()
                for r in caplog.records)
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read()
+    version = server.registry.get("plain").version
     assert ('dcgan_request_duration_seconds_count{code="OK",model="plain",'
-            'rpc="POST /v2/models/{name}/infer"}') in text.decode()
+            f'rpc="POST /v2/models/{{name}}/infer",version="{version}"}}') in text.decode()
     assert 'dcgan_requests_in_flight{rpc="GET /v2/health/ready"}' in text.decode()
 
 

@@ -156,17 +156,18 @@ def test_bad_requests_get_invalid_argument_or_not_found_with_a_reason(v2_stub):
 
 
 def test_model_infer_is_measured_like_generate(server, v2_stub):
-    before = server.metrics.registry.get_sample_value(
-        "dcgan_images_generated_total", {"model": "plain", "kind": "seed"}) or 0
+    version = server.registry.get("plain").version
+    images = {"model": "plain", "version": version, "kind": "seed"}
+    before = server.metrics.registry.get_sample_value("dcgan_images_generated_total",
+                                                      images) or 0
     request = _seeds(range(5))
     request.model_name = "plain"
     v2_stub.ModelInfer(request)
-    after = server.metrics.registry.get_sample_value(
-        "dcgan_images_generated_total", {"model": "plain", "kind": "seed"})
+    after = server.metrics.registry.get_sample_value("dcgan_images_generated_total", images)
     assert after - before == 5
     assert server.metrics.registry.get_sample_value(
         "dcgan_request_duration_seconds_count",
-        {"rpc": "ModelInfer", "model": "plain", "code": "OK"}) >= 1
+        {"rpc": "ModelInfer", "model": "plain", "version": version, "code": "OK"}) >= 1
 
 
 CLIENT_SCRIPT = """

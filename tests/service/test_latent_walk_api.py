@@ -110,7 +110,9 @@ def test_bad_walks_are_invalid_argument_with_a_message(stub, rpc, fields, messag
 def test_images_are_counted_by_kind(server, stub):
     def count(kind):
         return server.metrics.registry.get_sample_value(
-            "dcgan_images_generated_total", {"model": "plain", "kind": kind}) or 0
+            "dcgan_images_generated_total",
+            {"model": "plain", "version": server.registry.get("plain").version,
+             "kind": kind}) or 0
     before = {k: count(k) for k in ("seed", "interpolation", "latent")}
     _generate(stub, model="plain", seeds=[1, 2])
     _interpolate(stub, model="plain", seed_a=1, seed_b=2, frames=5)

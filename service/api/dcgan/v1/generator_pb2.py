@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x63gan/v1/generator.proto\x12\x08\x64\x63gan.v1\"\x91\x01\n\x0fGenerateRequest\x12\r\n\x05seeds\x18\x01 \x03(\x04\x12\x0e\n\x06labels\x18\x02 \x03(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x10\n\x03psi\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07latents\x18\x06 \x01(\x0c\x42\x06\n\x04_psi\"\xcd\x01\n\x12InterpolateRequest\x12\x0e\n\x06seed_a\x18\x01 \x01(\x04\x12\x0e\n\x06seed_b\x18\x02 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\'\n\x06method\x18\x04 \x01(\x0e\x32\x17.dcgan.v1.Interpolation\x12\x0e\n\x06labels\x18\x05 \x03(\r\x12\r\n\x05model\x18\x06 \x01(\t\x12%\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x10\n\x03psi\x18\x08 \x01(\x02H\x00\x88\x01\x01\x42\x06\n\x04_psi\"\x90\x02\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05seeds\x18\x03 \x03(\x04\x12\x0e\n\x06labels\x18\x04 \x03(\r\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x0b\n\x03raw\x18\x06 \x01(\x0c\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x0e\n\x06height\x18\x08 \x01(\r\x12\r\n\x05width\x18\t \x01(\r\x12\x0b\n\x03png\x18\n \x03(\x0c\x12\x10\n\x08grid_png\x18\x0b \x01(\x0c\x12\x14\n\x0cgrid_columns\x18\x0c \x01(\r\x12\x13\n\x0blatent_rule\x18\r \x01(\t\x12\x0b\n\x03psi\x18\x0e \x01(\x02\")\n\tSeedRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x19\n\x08SeedList\x12\r\n\x05seeds\x18\x01 \x03(\x04\"\xe2\x01\n\x15GenerateStreamRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x13.dcgan.v1.SeedRangeH\x00\x12\"\n\x04list\x18\x02 \x01(\x0b\x32\x12.dcgan.v1.SeedListH\x00\x12\x0e\n\x06labels\x18\x03 \x03(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x10\n\x03psi\x18\x07 \x01(\x02H\x01\x88\x01\x01\x42\x0b\n\tselectionB\x06\n\x04_psi\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.dcgan.v1.ModelInfo\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xfd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\r\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x0e\n\x06height\x18\x08 \x01(\r\x12\r\n\x05width\x18\t \x01(\r\x12\x1b\n\x13\x65xecution_providers\x18\n \x03(\t\x12\x11\n\tseed_rule\x18\x0b \x01(\t\x12\x12\n\nis_default\x18\x0c \x01(\x08\x12\x11\n\tmax_batch\x18\r \x01(\r*r\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x19\n\x15IMAGE_FORMAT_PNG_GRID\x10\x03*_\n\rInterpolation\x12\x1d\n\x19INTERPOLATION_UNSPECIFIED\x10\x00\x12\x17\n\x13INTERPOLATION_SLERP\x10\x01\x12\x16\n\x12INTERPOLATION_LERP\x10\x02\x32\xfc\x02\n\x10GeneratorService\x12\x41\n\x08Generate\x12\x19.dcgan.v1.GenerateRequest\x1a\x1a.dcgan.v1.GenerateResponse\x12O\n\x0eGenerateStream\x12\x1f.dcgan.v1.GenerateStreamRequest\x1a\x1a.dcgan.v1.GenerateResponse0\x01\x12G\n\nListModels\x12\x1b.dcgan.v1.ListModelsRequest\x1a\x1c.dcgan.v1.ListModelsResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.dcgan.v1.GetModelInfoRequest\x1a\x13.dcgan.v1.ModelInfo\x12G\n\x0bInterpolate\x12\x1c.dcgan.v1.InterpolateRequest\x1a\x1a.dcgan.v1.GenerateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x63gan/v1/generator.proto\x12\x08\x64\x63gan.v1\"\xa8\x01\n\x0fGenerateRequest\x12\r\n\x05seeds\x18\x01 \x03(\x04\x12\x0e\n\x06labels\x18\x02 \x03(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12%\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x10\n\x03psi\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07latents\x18\x06 \x01(\x0c\x12\x15\n\rmodel_version\x18\x07 \x01(\tB\x06\n\x04_psi\"\xe4\x01\n\x12InterpolateRequest\x12\x0e\n\x06seed_a\x18\x01 \x01(\x04\x12\x0e\n\x06seed_b\x18\x02 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\'\n\x06method\x18\x04 \x01(\x0e\x32\x17.dcgan.v1.Interpolation\x12\x0e\n\x06labels\x18\x05 \x03(\r\x12\r\n\x05model\x18\x06 \x01(\t\x12%\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x10\n\x03psi\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12\x15\n\rmodel_version\x18\t \x01(\tB\x06\n\x04_psi\"\x90\x02\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05seeds\x18\x03 \x03(\x04\x12\x0e\n\x06labels\x18\x04 \x03(\r\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x0b\n\x03raw\x18\x06 \x01(\x0c\x12\r\n\x05\x63ount\x18\x07 \x01(\r\x12\x0e\n\x06height\x18\x08 \x01(\r\x12\r\n\x05width\x18\t \x01(\r\x12\x0b\n\x03png\x18\n \x03(\x0c\x12\x10\n\x08grid_png\x18\x0b \x01(\x0c\x12\x14\n\x0cgrid_columns\x18\x0c \x01(\r\x12\x13\n\x0blatent_rule\x18\r \x01(\t\x12\x0b\n\x03psi\x18\x0e \x01(\x02\")\n\tSeedRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x19\n\x08SeedList\x12\r\n\x05seeds\x18\x01 \x03(\x04\"\xf9\x01\n\x15GenerateStreamRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x13.dcgan.v1.SeedRangeH\x00\x12\"\n\x04list\x18\x02 \x01(\x0b\x32\x12.dcgan.v1.SeedListH\x00\x12\x0e\n\x06labels\x18\x03 \x03(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.dcgan.v1.ImageFormat\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x10\n\x03psi\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\x08 \x01(\tB\x0b\n\tselectionB\x06\n\x04_psi\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.dcgan.v1.ModelInfo\";\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xa6\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\r\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x0e\n\x06height\x18\x08 \x01(\r\x12\r\n\x05width\x18\t \x01(\r\x12\x1b\n\x13\x65xecution_providers\x18\n \x03(\t\x12\x11\n\tseed_rule\x18\x0b \x01(\t\x12\x12\n\nis_default\x18\x0c \x01(\x08\x12\x11\n\tmax_batch\x18\r \x01(\r\x12\x0b\n\x03run\x18\x0e \x01(\t\x12\x1a\n\x12is_default_version\x18\x0f \x01(\x08*r\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x19\n\x15IMAGE_FORMAT_PNG_GRID\x10\x03*_\n\rInterpolation\x12\x1d\n\x19INTERPOLATION_UNSPECIFIED\x10\x00\x12\x17\n\x13INTERPOLATION_SLERP\x10\x01\x12\x16\n\x12INTERPOLATION_LERP\x10\x02\x32\xfc\x02\n\x10GeneratorService\x12\x41\n\x08Generate\x12\x19.dcgan.v1.GenerateRequest\x1a\x1a.dcgan.v1.GenerateResponse\x12O\n\x0eGenerateStream\x12\x1f.dcgan.v1.GenerateStreamRequest\x1a\x1a.dcgan.v1.GenerateResponse0\x01\x12G\n\nListModels\x12\x1b.dcgan.v1.ListModelsRequest\x1a\x1c.dcgan.v1.ListModelsResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.dcgan.v1.GetModelInfoRequest\x1a\x13.dcgan.v1.ModelInfo\x12G\n\x0bInterpolate\x12\x1c.dcgan.v1.InterpolateRequest\x1a\x1a.dcgan.v1.GenerateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dcgan.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEFORMAT']._serialized_start=1342
-  _globals['_IMAGEFORMAT']._serialized_end=1456
-  _globals['_INTERPOLATION']._serialized_start=1458
-  _globals['_INTERPOLATION']._serialized_end=1553
+  _globals['_IMAGEFORMAT']._serialized_start=1475
+  _globals['_IMAGEFORMAT']._serialized_end=1589
+  _globals['_INTERPOLATION']._serialized_start=1591
+  _globals['_INTERPOLATION']._serialized_end=1686
   _globals['_GENERATEREQUEST']._serialized_start=39
-  _globals['_GENERATEREQUEST']._serialized_end=184
-  _globals['_INTERPOLATEREQUEST']._serialized_start=187
-  _globals['_INTERPOLATEREQUEST']._serialized_end=392
-  _globals['_GENERATERESPONSE']._serialized_start=395
-  _globals['_GENERATERESPONSE']._serialized_end=667
-  _globals['_SEEDRANGE']._serialized_start=669
-  _globals['_SEEDRANGE']._serialized_end=710
-  _globals['_SEEDLIST']._serialized_start=712
-  _globals['_SEEDLIST']._serialized_end=737
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=740
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=966
-  _globals['_LISTMODELSREQUEST']._serialized_start=968
-  _globals['_LISTMODELSREQUEST']._serialized_end=987
-  _globals['_LISTMODELSRESPONSE']._serialized_start=989
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1046
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1048
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1084
-  _globals['_MODELINFO']._serialized_start=1087
-  _globals['_MODELINFO']._serialized_end=1340
-  _globals['_GENERATORSERVICE']._serialized_start=1556
-  _globals['_GENERATORSERVICE']._serialized_end=1936
+  _globals['_GENERATEREQUEST']._serialized_end=207
+  _globals['_INTERPOLATEREQUEST']._serialized_start=210
+  _globals['_INTERPOLATEREQUEST']._serialized_end=438
+  _globals['_GENERATERESPONSE']._serialized_start=441
+  _globals['_GENERATERESPONSE']._serialized_end=713
+  _globals['_SEEDRANGE']._serialized_start=715
+  _globals['_SEEDRANGE']._serialized_end=756
+  _globals['_SEEDLIST']._serialized_start=758
+  _globals['_SEEDLIST']._serialized_end=783
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=786
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=1035
+  _globals['_LISTMODELSREQUEST']._serialized_start=1037
+  _globals['_LISTMODELSREQUEST']._serialized_end=1056
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1058
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1115
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1117
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1176
+  _globals['_MODELINFO']._serialized_start=1179
+  _globals['_MODELINFO']._serialized_end=1473
+  _globals['_GENERATORSERVICE']._serialized_start=1689
+  _globals['_GENERATORSERVICE']._serialized_end=2069
 # @@protoc_insertion_point(module_scope)

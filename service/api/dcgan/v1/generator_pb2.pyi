@@ -28,23 +28,25 @@ INTERPOLATION_SLERP: Interpolation
 INTERPOLATION_LERP: Interpolation
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("seeds", "labels", "model", "format", "psi", "latents")
+    __slots__ = ("seeds", "labels", "model", "format", "psi", "latents", "model_version")
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PSI_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     seeds: _containers.RepeatedScalarFieldContainer[int]
     labels: _containers.RepeatedScalarFieldContainer[int]
     model: str
     format: ImageFormat
     psi: float
     latents: bytes
-    def __init__(self, seeds: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., psi: _Optional[float] = ..., latents: _Optional[bytes] = ...) -> None: ...
+    model_version: str
+    def __init__(self, seeds: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., psi: _Optional[float] = ..., latents: _Optional[bytes] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class InterpolateRequest(_message.Message):
-    __slots__ = ("seed_a", "seed_b", "frames", "method", "labels", "model", "format", "psi")
+    __slots__ = ("seed_a", "seed_b", "frames", "method", "labels", "model", "format", "psi", "model_version")
     SEED_A_FIELD_NUMBER: _ClassVar[int]
     SEED_B_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +55,7 @@ class InterpolateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PSI_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     seed_a: int
     seed_b: int
     frames: int
@@ -61,7 +64,8 @@ class InterpolateRequest(_message.Message):
     model: str
     format: ImageFormat
     psi: float
-    def __init__(self, seed_a: _Optional[int] = ..., seed_b: _Optional[int] = ..., frames: _Optional[int] = ..., method: _Optional[_Union[Interpolation, str]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., psi: _Optional[float] = ...) -> None: ...
+    model_version: str
+    def __init__(self, seed_a: _Optional[int] = ..., seed_b: _Optional[int] = ..., frames: _Optional[int] = ..., method: _Optional[_Union[Interpolation, str]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., psi: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("model", "model_version", "seeds", "labels", "format", "raw", "count", "height", "width", "png", "grid_png", "grid_columns", "latent_rule", "psi")
@@ -110,7 +114,7 @@ class SeedList(_message.Message):
     def __init__(self, seeds: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
-    __slots__ = ("range", "list", "labels", "model", "format", "chunk_size", "psi")
+    __slots__ = ("range", "list", "labels", "model", "format", "chunk_size", "psi", "model_version")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     LIST_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +122,7 @@ class GenerateStreamRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     PSI_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     range: SeedRange
     list: SeedList
     labels: _containers.RepeatedScalarFieldContainer[int]
@@ -125,7 +130,8 @@ class GenerateStreamRequest(_message.Message):
     format: ImageFormat
     chunk_size: int
     psi: float
-    def __init__(self, range: _Optional[_Union[SeedRange, _Mapping]] = ..., list: _Optional[_Union[SeedList, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., chunk_size: _Optional[int] = ..., psi: _Optional[float] = ...) -> None: ...
+    model_version: str
+    def __init__(self, range: _Optional[_Union[SeedRange, _Mapping]] = ..., list: _Optional[_Union[SeedList, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., chunk_size: _Optional[int] = ..., psi: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -138,13 +144,15 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "model_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "arch", "dataset", "latent_dim", "num_classes", "class_names", "height", "width", "execution_providers", "seed_rule", "is_default", "max_batch")
+    __slots__ = ("name", "version", "arch", "dataset", "latent_dim", "num_classes", "class_names", "height", "width", "execution_providers", "seed_rule", "is_default", "max_batch", "run", "is_default_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +166,8 @@ class ModelInfo(_message.Message):
     SEED_RULE_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     arch: str
@@ -171,4 +181,6 @@ class ModelInfo(_message.Message):
     seed_rule: str
     is_default: bool
     max_batch: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., dataset: _Optional[str] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., seed_rule: _Optional[str] = ..., is_default: bool = ..., max_batch: _Optional[int] = ...) -> None: ...
+    run: str
+    is_default_version: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., dataset: _Optional[str] = ..., latent_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., seed_rule: _Optional[str] = ..., is_default: bool = ..., max_batch: _Optional[int] = ..., run: _Optional[str] = ..., is_default_version: bool = ...) -> None: ...
