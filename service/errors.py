@@ -36,3 +36,8 @@ class ShuttingDown(ServiceError):
 class Overloaded(ServiceError):
     """The server is at its limit of queued work; the caller should back off and retry."""
 
+
+
+class NotAllowed(ServiceError):
+    """The server is not set up to do what was asked (e.g. load a model without model
+    control)."""

@@ -71,6 +71,17 @@ def tiny_onnx(tiny_run) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_onnx(tmp_path_factory) -> Path:
+    """A second unconditional tiny generator, trained from another seed: other pixels (another
+    version of a model)."""
+    from training.export import export
+    from training.loop import train
+    run = train(tiny_config(tmp_path_factory.mktemp("other-run"), seed=7))
+    export(run, run / "model.onnx")
+    return run / "model.onnx"
+
+
+@pytest.fixture(scope="session")
 def tiny_cond_onnx(tiny_cond_run) -> Path:
     from training.export import export
     out = tiny_cond_run / "model.onnx"

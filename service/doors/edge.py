@@ -37,7 +37,8 @@ from google.protobuf.message import DecodeError
 from service.contract import ContractError
 from service.doors.admission import CallGate
 from service.errors import (DeadlineExceeded, DeviceUnavailable, InvalidRequest,
-                            ModelNotFound, Overloaded, ShuttingDown)
+                            ModelLoadError, ModelNotFound, NotAllowed, Overloaded,
+                            ShuttingDown)
 from service.plane.calls import UNKNOWN_MODEL
 from service.plane.metrics import Metrics
 from service.plane.statistics import Statistics
@@ -51,6 +52,8 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     DeviceUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+    NotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }

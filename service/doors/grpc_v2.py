@@ -9,6 +9,8 @@ the checks on their names, types and shapes, are `v2_tensors`'s, shared with the
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import json_format
 
 from service.api.inference import grpc_predict_v2_pb2 as v2
@@ -20,6 +22,7 @@ from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, InputTensor, mode
                                       statistics, to_request, wanted_outputs)
 from service.errors import InvalidRequest, ModelNotFound
 from service.plane.dataplane import DataPlane
+from service.plane.repository import ModelRepository
 
 # Where protobuf keeps the typed (non-raw) values of each datatype.
 _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
@@ -29,9 +32,10 @@ _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-    def __init__(self, plane: DataPlane, edge: Edge):
+    def __init__(self, plane: DataPlane, edge: Edge, repository: ModelRepository):
         self.plane = plane
         self.edge = edge
+        self.repository = repository
         self.version = server_version()
 
     # --- health and metadata -------------------------------------------------------------------
@@ -73,6 +77,23 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(statistics(self.plane, self.edge.statistics, request.name,
                                                 request.version, call),
                                      v2.ModelStatisticsResponse())
+
+    # --- the model repository ------------------------------------------------------------------
+
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(self, request, context, call):
+        return json_format.ParseDict({"models": self.repository.index(request.ready)},
+                                     v2.RepositoryIndexResponse())
+
+    @rpc("RepositoryModelLoad")
+    async def RepositoryModelLoad(self, request, context, call):
+        await asyncio.to_thread(self.repository.load, request.model_name)
+        return v2.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload")
+    async def RepositoryModelUnload(self, request, context, call):
+        await asyncio.to_thread(self.repository.unload, request.model_name)
+        return v2.RepositoryModelUnloadResponse()
 
     # --- inference ------------------------------------------------------------------------------
 

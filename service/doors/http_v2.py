@@ -7,6 +7,7 @@ here is the framing of the body and of the answer: JSON, or Triton's binary tens
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -21,6 +22,7 @@ from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, InputTensor, mode
 from service.errors import InvalidRequest
 from service.plane.dataplane import DataPlane, Result
 from service.plane.models import ServedModel
+from service.plane.repository import ModelRepository
 
 JSON_TYPE = "application/json"
 BINARY_HEADER = "Inference-Header-Content-Length"  # Triton's binary tensor data extension
@@ -33,9 +35,11 @@ BYTES_PER_VALUE = 32
 
 
 class InferenceRoutes:
-    def __init__(self, plane: DataPlane, edge: Edge, max_body_bytes: int):
+    def __init__(self, plane: DataPlane, edge: Edge, repository: ModelRepository,
+                 max_body_bytes: int):
         self.plane = plane
         self.edge = edge
+        self.repository = repository
         self.max_body_bytes = max_body_bytes  # --max-message-bytes
         self.version = server_version()
 
@@ -43,7 +47,10 @@ class InferenceRoutes:
         """(method, path, handler) of each route."""
         table = [("GET", "/v2/health/live", self.live), ("GET", "/v2/health/ready", self.ready),
                  ("GET", "/v2", self.server_metadata),
-                 ("GET", "/v2/models/stats", self.all_statistics)]
+                 ("GET", "/v2/models/stats", self.all_statistics),
+                 ("POST", "/v2/repository/index", self.repository_index),
+                 ("POST", "/v2/repository/models/{name}/load", self.load_model),
+                 ("POST", "/v2/repository/models/{name}/unload", self.unload_model)]
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             table += [("GET", prefix, self.model_metadata),
                       ("GET", prefix + "/ready", self.model_ready),
@@ -93,6 +100,26 @@ class InferenceRoutes:
         return web.json_response(statistics(self.plane, self.edge.statistics,
                                             request.match_info["name"],
                                             request.match_info.get("version", ""), call))
+
+    # --- the model repository ------------------------------------------------------------------
+
+    @route("POST /v2/repository/index")
+    async def repository_index(self, request, call):
+        body = await request.read()
+        ready = json.loads(body).get("ready", False) if body.strip() else False
+        if not isinstance(ready, bool):
+            raise InvalidRequest("'ready' must be true or false")
+        return web.json_response(self.repository.index(ready))
+
+    @route("POST /v2/repository/models/{name}/load")
+    async def load_model(self, request, call):
+        await asyncio.to_thread(self.repository.load, request.match_info["name"])
+        return web.json_response({})
+
+    @route("POST /v2/repository/models/{name}/unload")
+    async def unload_model(self, request, call):
+        await asyncio.to_thread(self.repository.unload, request.match_info["name"])
+        return web.json_response({})
 
     # --- inference ------------------------------------------------------------------------------
 

@@ -217,6 +217,14 @@ def openapi_document(routes, version: str, max_images: int) -> dict:
         "GET /v2/models/{name}/ready": _json(_ref("Ready"), "ready"),
         "GET /v2/models/{name}/config": _json(_ref("ModelConfig"), "configuration"),
         "GET /v2/models/stats": _json(_ref("ModelStatistics"), "every served model's"),
+        "POST /v2/repository/index": _json({"type": "array", "items": {
+            "type": "object", "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"enum": ["READY", "UNAVAILABLE"]}, "reason": {"type": "string"}}}},
+            "what the repository holds and what is served"),
+        "POST /v2/repository/models/{name}/load": _json({"type": "object"}, "loaded"),
+        "POST /v2/repository/models/{name}/unload": _json({"type": "object"},
+                                                          "unloaded, its calls finished"),
         "GET /v2/models/{name}/stats": _json(_ref("ModelStatistics"), "the model's"),
         "POST /v2/models/{name}/infer": {"description": "the outputs", "content": {
             "application/json": {"schema": _ref("InferResponse")},
@@ -237,6 +245,12 @@ def openapi_document(routes, version: str, max_images: int) -> dict:
         "GET /v2/models/{name}/ready": "Model readiness: 503 while draining",
         "GET /v2/models/{name}/config": "Triton's model configuration",
         "GET /v2/models/stats": "Statistics of every served model (Triton's extension)",
+        "POST /v2/repository/index": "The model repository's models and their state",
+        "POST /v2/repository/models/{name}/load":
+            "Load every version of a repository model beside the served ones "
+            "(--model-control explicit)",
+        "POST /v2/repository/models/{name}/unload":
+            "Stop serving a model once its calls have finished (--model-control explicit)",
         "GET /v2/models/{name}/stats": "The model's statistics (Triton's extension)",
         "POST /v2/models/{name}/infer": "Generate images for seeds (Open Inference Protocol)",
         "GET /v1/models": "The served models",

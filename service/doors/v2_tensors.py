@@ -33,7 +33,7 @@ from service.plane.statistics import Statistics
 SERVER_NAME = "dcgan-digits"
 PLATFORM = "onnxruntime_onnx"
 # Triton's protocol extensions served over both transports (ServerMetadata lists them).
-EXTENSIONS = ["statistics"]
+EXTENSIONS = ["statistics", "model_repository"]
 
 # Datatype name -> numpy little-endian dtype, per input.
 SEED_TYPES = {"UINT64": "<u8", "INT64": "<i8"}

@@ -31,6 +31,7 @@ so a row gets the same bytes whatever batch it runs in (the tests check this exa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import threading
@@ -133,6 +134,9 @@ class Batcher:
         # Set when tracing is on (tracing.Tracing.run_hook): called after each run that
         # served traced requests.
         self.trace_run: Callable | None = None
+        # Calls using this engine now, from before their first submit to after their last
+        # (`calling`, on the event loop): an unloaded model's engine closes when none is left.
+        self.calls = 0
         # The queue is filled on the event loop and emptied by the loop's dispatcher (small
         # batches) and by the worker threads; `lock` guards it.
         # The first worker waits on `_cv`; the others wait apart on `_help`, woken only when
@@ -209,6 +213,15 @@ class Batcher:
             call.queue_s += min(start for start, _ in request.runs) - request.queued_at
             call.infer_s += sum(end - start for start, end in request.runs)
         return images
+
+    @contextlib.contextmanager
+    def calling(self):
+        """Count one call as using this engine while it is inside."""
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
 
     def close(self) -> None:
         """Refuse new requests, let the workers finish what is queued, and stop them."""

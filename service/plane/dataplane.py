@@ -161,6 +161,10 @@ class DataPlane:
                           _deadline(request.timeout), call)
 
     async def run(self, plan: Plan, call=None) -> Result:
+        with plan.model.engine.calling():  # an unload waits for it
+            return await self._run(plan, call)
+
+    async def _run(self, plan: Plan, call) -> Result:
         if plan.deadline is not None and time.perf_counter() >= plan.deadline:
             raise DeadlineExceeded("the request's timeout passed before generation started")
         timeout = None if plan.deadline is None else plan.deadline - time.perf_counter()
@@ -206,10 +210,11 @@ class DataPlane:
         chunk = stream_chunks(len(seeds), chunk_images, self.max_images, h * w,
                               max_chunk_bytes)
         deadline = _deadline(request.timeout)
-        for start in range(0, len(seeds), chunk):
-            part = replace(request, seeds=seeds[start:start + chunk],
-                           labels=labels[start:start + chunk] if len(labels) > 1 else labels)
-            yield await self.run(self._plan(model, part, deadline, call), call)
+        with model.engine.calling():  # across the chunks: an unload waits for the stream
+            for start in range(0, len(seeds), chunk):
+                part = replace(request, seeds=seeds[start:start + chunk],
+                               labels=labels[start:start + chunk] if len(labels) > 1 else labels)
+                yield await self.run(self._plan(model, part, deadline, call), call)
 
     # --- the steps, in order
 

@@ -63,8 +63,25 @@ class ModelRegistry:
         for model in self:
             model.engine.close()
 
+    def with_model(self, name: str, versions: list[tuple[str, Batcher]] = ()) -> "ModelRegistry":
+        """A copy serving `versions` (default first) under `name` in place of what `name`
+        serves here (nothing, when `versions` is empty: `name` unloaded)."""
+        fresh = ModelRegistry()
+        for model in self:
+            if model.name != name:
+                fresh.add(model.name, model.engine, model.version)
+            elif versions:  # keep the name's place in the order (the default model stays)
+                for version, engine in versions:
+                    fresh.add(name, engine, version)
+                versions = ()
+        for version, engine in versions:
+            fresh.add(name, engine, version)
+        return fresh
+
     def get(self, name: str = "", version: str = "") -> ServedModel:
         """The model called `name` (empty: the default), at `version` (empty: its default)."""
+        if not self._models:
+            raise ModelNotFound("no model is loaded: load one (RepositoryModelLoad)")
         if not name:
             versions = next(iter(self._models.values()))
         elif (versions := self._models.get(name)) is None:
@@ -81,8 +98,8 @@ class ModelRegistry:
         return model
 
     def versions(self, name: str) -> list[ServedModel]:
-        """Every served version of `name`, its default first."""
-        return list(self._models[name].values())
+        """Every served version of `name`, its default first (none if not served)."""
+        return list(self._models.get(name, {}).values())
 
     @property
     def default(self) -> ServedModel:

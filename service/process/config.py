@@ -72,6 +72,15 @@ class ServeConfig:
         "id (the variable takes a comma-separated list)",
         flag="--model", env="DCGAN_MODELS", parse=_model_spec, repeat=True,
         metavar="NAME[:VERSION]=PATH", shown_default="the bundled models")
+    model_repository: str = setting(
+        "", "a folder of models as Triton lays it out, NAME/VERSION/model.onnx: served at start "
+        "(all versions, the highest the default), or with --model-control explicit loaded "
+        "and unloaded through the repository API", metavar="DIR")
+    model_control: str = setting(
+        "none", "explicit: serve only the --model files at start and load and unload "
+        "repository models through the API (RepositoryModelLoad / Unload, "
+        "POST /v2/repository/models/NAME/load); none: the API only lists them",
+        choices=("none", "explicit"))
     device: str = setting("auto", "auto: CUDA when onnxruntime-gpu sees a GPU, else CPU; cuda "
                           "that cannot work is a start-up error, never a silent CPU run",
                           choices=("auto", "cpu", "cuda"))
@@ -143,11 +152,17 @@ class ServeConfig:
         return self.inference_workers or usable_cpus()
 
     def model_paths(self) -> list[tuple[str, str, Path]]:
-        """(name, version, file) of each model to serve, in order; version "" means the
-        file's own (its training run id)."""
-        if self.models:
-            return [(*_name_version(name), Path(path)) for name, path in self.models]
-        return [(name, "", path) for name, path in bundled_models()]
+        """(name, version, file) of each model to serve at start, in order; version "" means
+        the file's own (its training run id)."""
+        from service.plane.repository import repository_models
+        paths = [(*_name_version(name), Path(path)) for name, path in self.models]
+        if self.model_repository and self.model_control == "none":
+            paths += [(name, version, path) for name, versions
+                      in repository_models(Path(self.model_repository)).items()
+                      for version, path in versions]
+        if not paths and not self.model_repository:
+            paths = [(name, "", path) for name, path in bundled_models()]
+        return paths
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, each saying what to fix."""
@@ -179,6 +194,10 @@ class ServeConfig:
                             "the image's HEALTHCHECK) speak plaintext and cannot reach a TLS "
                             "port; set --health-port 50052 (as the image does) or 0 for any "
                             "free port")
+        if self.model_repository and not Path(self.model_repository).is_dir():
+            problems.append(f"--model-repository {self.model_repository} is not a folder")
+        if self.model_control == "explicit" and not self.model_repository:
+            problems.append("--model-control explicit needs --model-repository DIR")
         names = [name for name, _ in self.models]
         if len(set(names)) != len(names):
             problems.append(f"model names must be unique, got {names}: to serve several "

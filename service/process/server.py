@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -52,12 +53,13 @@ from service.doors.http_images import ImageRoutes
 from service.doors.http_v2 import InferenceRoutes
 from service.doors.openapi import openapi_document
 from service.errors import ServiceError
-from service.plane.batching import BatchLimits, make_engine
-from service.plane.statistics import Statistics
-from service.plane.tracing import Tracing
+from service.plane.batching import Batcher, BatchLimits, make_engine
 from service.plane.dataplane import DataPlane
 from service.plane.metrics import Metrics
 from service.plane.models import ModelRegistry
+from service.plane.repository import ModelRepository
+from service.plane.statistics import Statistics
+from service.plane.tracing import Tracing
 from service.process.config import ServeConfig, config_from_args
 from service.process.security import BearerTokenInterceptor, http_ssl_context, server_credentials
 from service.process.supervisor import supervise
@@ -137,8 +139,7 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop  # runs gRPC and HTTP, in its own thread
     http_app: web.Application | None
     _teardown: _Teardown
-    statistics: Statistics
-    tracing: Tracing | None = None
+    make_engine: EngineMaker
     _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -151,7 +152,7 @@ class RunningServer:
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
         with self._reload_lock:
             try:
-                fresh = load_models(self.config, self.metrics, self.statistics, self.tracing)
+                fresh = load_models(self.config, self.make_engine)
             except ServiceError as exc:
                 self.metrics.reloads.labels(result="failure").inc()
                 log.error("reload failed, still serving the previous models: %s", exc)
@@ -184,32 +185,44 @@ class RunningServer:
         self._teardown.close()
 
 
-def _both(first, second):
-    def observe(*facts) -> None:
-        first(*facts)
-        second(*facts)
-    return observe
+@dataclass
+class EngineMaker:
+    """Builds one model file's engine with every observer attached: metrics, statistics and,
+    when on, tracing. At start, on SIGHUP and on a repository load alike."""
+
+    config: ServeConfig
+    metrics: Metrics
+    statistics: Statistics
+    tracing: Tracing | None = None
+
+    def __call__(self, name: str, version: str, path: Path) -> Batcher:
+        config = self.config
+        limits = BatchLimits(max_run_images=config.batch_max_images,
+                             max_delay_s=config.batch_max_delay_ms / 1000,
+                             max_queued_images=config.max_queued_images)
+        engine = make_engine(path, config.device, config.resolved_inference_workers, limits)
+        version = version or engine.runner.metadata.version
+        metrics = self.metrics.batch_observer(name, version)
+        statistics = self.statistics.run_observer(name, version)
+
+        def observe(*facts) -> None:
+            metrics(*facts)
+            statistics(*facts)
+        engine.observe = observe
+        if self.tracing is not None:
+            engine.trace_run = self.tracing.run_hook(name, version)
+        return engine
 
 
-def load_models(config: ServeConfig, metrics: Metrics, statistics: Statistics,
-                tracing: Tracing | None = None) -> ModelRegistry:
+def load_models(config: ServeConfig, make: EngineMaker) -> ModelRegistry:
     paths = config.model_paths()
-    if not paths:
-        raise ServiceError("no models to serve: pass --model NAME=PATH (no bundled models were "
-                           "found in this installation)")
+    if not paths and config.model_control != "explicit":
+        raise ServiceError("no models to serve: pass --model NAME=PATH or --model-repository "
+                           "DIR (no bundled models were found in this installation)")
     registry = ModelRegistry()
     try:
         for name, version, path in paths:
-            limits = BatchLimits(max_run_images=config.batch_max_images,
-                                 max_delay_s=config.batch_max_delay_ms / 1000,
-                                 max_queued_images=config.max_queued_images)
-            engine = make_engine(path, config.device, config.resolved_inference_workers,
-                                 limits)
-            model = registry.add(name, engine, version)
-            engine.observe = _both(metrics.batch_observer(name, model.version),
-                                   statistics.run_observer(name, model.version))
-            if tracing is not None:
-                engine.trace_run = tracing.run_hook(name, model.version)
+            registry.add(name, make(name, version, path), version)
     except BaseException:
         registry.close()  # a failed (re)load leaves no worker threads behind
         raise
@@ -252,15 +265,22 @@ def create_server(config: ServeConfig) -> RunningServer:
                                    f"{config.metrics_port}: {exc}") from None
             teardown.callback(metrics_http.shutdown)
             metrics_port = metrics_http.server_port
-        registry = teardown.enter_context(contextlib.closing(
-            load_models(config, metrics, statistics, tracing)))
+        make = EngineMaker(config, metrics, statistics, tracing)
+        registry = teardown.enter_context(contextlib.closing(load_models(config, make)))
         describe_models(registry, metrics)
         encoder = ThreadPoolExecutor(max_workers=config.resolved_encode_workers,
                                      thread_name_prefix="encode")
         teardown.callback(encoder.shutdown)
         plane = DataPlane(registry, encoder, config.max_batch, config.latent_cache)
         edge = Edge(metrics, gate, statistics, tracing)
-        health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge))
+        repository = ModelRepository(
+            Path(config.model_repository) if config.model_repository else None,
+            config.model_control == "explicit", registry, make, config.grace_seconds)
+        health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge, repository))
+        repository.on_change = lambda name, served: asyncio.run_coroutine_threadsafe(
+            health_servicer.set(model_health_name(name), health_pb2.HealthCheckResponse.SERVING
+                                if served else health_pb2.HealthCheckResponse.NOT_SERVING),
+            loop).result(timeout=10)
         health_port = None
         if config.health_port >= 0:
             health_server, health_port = _on_loop(loop, _start_health_port(config,
@@ -268,12 +288,13 @@ def create_server(config: ServeConfig) -> RunningServer:
             teardown.callback(lambda: _on_loop(loop, health_server.stop(0)))
         http_app, http_port = None, None
         if config.http_port >= 0:
-            http, http_port = _on_loop(loop, _start_http(config, plane, edge, token))
+            http, http_port = _on_loop(loop, _start_http(config, plane, edge, repository,
+                                                         token))
             teardown.callback(lambda: _on_loop(loop, http.cleanup()))
             http_app = http.app
         running = RunningServer(port, metrics_port, http_port, health_port, health_servicer,
                                 gate, plane, metrics, config, loop, http_app, teardown.pop_all(),
-                                statistics, tracing)
+                                make)
     # Everything loaded so far lives as long as the process: frozen, Python's full garbage
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
@@ -332,12 +353,12 @@ async def _bind_grpc(config: ServeConfig, token: str) -> tuple[grpc.aio.Server, 
 
 
 async def _start_grpc(server: grpc.aio.Server, config: ServeConfig, plane: DataPlane,
-                      edge: Edge) -> HealthServicer:
+                      edge: Edge, repository: ModelRepository) -> HealthServicer:
     """Add the services and start serving; health turns SERVING last."""
     add_servicer(pb_grpc.add_GeneratorServiceServicer_to_server,
                  GeneratorServicer(plane, edge, config.max_message_bytes), server)
     add_servicer(v2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                 InferenceServicer(plane, edge), server)
+                 InferenceServicer(plane, edge, repository), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -367,10 +388,10 @@ async def _start_health_port(config: ServeConfig, health_servicer: HealthService
     return server, port
 
 
-async def _start_http(config: ServeConfig, plane: DataPlane, edge: Edge, token: str
-                      ) -> tuple[web.AppRunner, int]:
+async def _start_http(config: ServeConfig, plane: DataPlane, edge: Edge,
+                      repository: ModelRepository, token: str) -> tuple[web.AppRunner, int]:
     """Serve the HTTP front door on the same loop as gRPC; returns the runner and its port."""
-    v2 = InferenceRoutes(plane, edge, config.max_message_bytes)
+    v2 = InferenceRoutes(plane, edge, repository, config.max_message_bytes)
     images = ImageRoutes(plane, edge, private=bool(token))
     routes = v2.routes() + images.routes()
     images.api_document = openapi_document(routes, v2.version, plane.max_images)

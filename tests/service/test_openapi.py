@@ -84,6 +84,8 @@ def test_each_route_reads_exactly_its_documented_query_parameters(api):
 def test_a_304_is_documented_exactly_where_an_etag_revalidates(api):
     base, document, version = api
     for path, method, operation in _operations(document):
+        if path.startswith("/v2/repository/models/"):
+            continue  # they change what is served (and need model control): test_repository.py
         query = {p["name"]: SAMPLE[p["name"]] for p in operation["parameters"]
                  if p["in"] == "query" and p.get("required")}
         url = _url(base, path, version, query)

@@ -21,18 +21,8 @@ from service.client import main as client_main
 from service.imaging import decode_png
 from service.process.config import ServeConfig, config_from_args
 from service.process.server import create_server
-from tests.conftest import tiny_config
 
 SEEDS = [3, 14, 15]
-
-
-@pytest.fixture(scope="module")
-def other_onnx(tmp_path_factory):
-    """A second tiny generator, trained from another seed: another version's pixels."""
-    from training.export import export
-    from training.loop import train
-    run = train(tiny_config(tmp_path_factory.mktemp("other-run"), seed=7))
-    return export(run, run / "model.onnx") and run / "model.onnx"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,111 @@
+"""The model repository: a folder of models by name and version, as Triton lays it out, and,
+under explicit model control, loading and unloading them while the server serves.
+
+    models/                        --model-repository models
+      mnist/1/model.onnx           a name's versions are folders of numbers; the highest is
+      mnist/2/model.onnx           its default
+      fashion/1/model.onnx
+
+`load(name)` builds every version's engine (the file is read and checked, the sessions warmed)
+beside the served models, then swaps the registry in one assignment: no call waits, and a
+file that cannot be served is an error that leaves what is served untouched. `unload(name)`
+swaps it out (new calls get NOT_FOUND), then waits for the calls still using its engines
+before closing them. Both block: the doors run them on a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from service.errors import ModelLoadError, ModelNotFound, NotAllowed
+from service.plane.batching import Batcher
+from service.plane.models import ModelRegistry
+
+MODEL_FILE = "model.onnx"
+
+
+def repository_models(folder: Path) -> dict[str, list[tuple[str, Path]]]:
+    """name -> [(version, file)], the highest version first, of what `folder` holds."""
+    found = {}
+    for model in sorted(p for p in folder.iterdir() if p.is_dir()):
+        versions = [(v.name, v / MODEL_FILE) for v in model.iterdir()
+                    if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()]
+        if versions:
+            found[model.name] = sorted(versions, key=lambda item: -int(item[0]))
+    return found
+
+
+class ModelRepository:
+    def __init__(self, folder: Path | None, explicit: bool, registry: ModelRegistry,
+                 build: Callable[[str, str, Path], Batcher], drain_seconds: float,
+                 on_change: Callable[[str, bool], None] = lambda name, served: None):
+        self.folder = folder
+        self.explicit = explicit
+        self.registry = registry
+        self._build = build  # (name, version, file) -> a warm engine
+        self._drain_seconds = drain_seconds
+        self.on_change = on_change  # (name, served now): the health statuses follow
+        self._lock = threading.Lock()  # one load or unload at a time
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Every model the repository holds and every one served, with its state."""
+        served = {(m.name, m.version) for m in self.registry}
+        rows = [{"name": name, "version": version, "state": "READY", "reason": ""}
+                for name, version in served]
+        if self.folder is not None:
+            for name, versions in repository_models(self.folder).items():
+                rows += [{"name": name, "version": version, "state": "UNAVAILABLE",
+                          "reason": "unloaded"}
+                         for version, _ in versions if (name, version) not in served]
+        rows.sort(key=lambda row: (row["name"], row["version"]))
+        return [row for row in rows if row["state"] == "READY" or not ready_only]
+
+    def load(self, name: str) -> None:
+        """Serve every version of `name` in the repository (again, from the files, if it is
+        served already)."""
+        self._check_allowed("load")
+        with self._lock:
+            versions = repository_models(self.folder).get(name) if self.folder else None
+            if not versions:
+                raise ModelNotFound(f"the repository {self.folder} has no model {name!r} "
+                                    f"(expected {name}/<version>/{MODEL_FILE})")
+            engines = []
+            try:
+                for version, path in versions:
+                    engines.append((version, self._build(name, version, path)))
+            except ModelLoadError as exc:
+                for _, engine in engines:
+                    engine.close()
+                raise ModelLoadError(f"cannot load {name!r}, still serving what was served: "
+                                     f"{exc}") from None
+            old = self.registry.versions(name)
+            self.registry.replace_with(self.registry.with_model(name, engines))
+            self.on_change(name, True)
+            self._close_when_unused(old)
+
+    def unload(self, name: str) -> None:
+        """Stop serving `name`; returns once the calls that were using it have finished."""
+        self._check_allowed("unload")
+        with self._lock:
+            old = self.registry.versions(name)
+            if not old:
+                raise ModelNotFound(f"no model named {name!r} is loaded")
+            self.registry.replace_with(self.registry.with_model(name))
+            self.on_change(name, False)
+            self._close_when_unused(old)
+
+    def _check_allowed(self, what: str) -> None:
+        if not self.explicit:
+            raise NotAllowed(f"cannot {what} models: model control is off; start the server "
+                             "with --model-control explicit (and --model-repository DIR)")
+
+    def _close_when_unused(self, models) -> None:
+        """Wait (at most the drain time) for the calls using these engines, then close them."""
+        deadline = time.monotonic() + self._drain_seconds
+        while any(m.engine.calls for m in models) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for model in models:
+            model.engine.close()

@@ -1,0 +1,191 @@
+"""The model repository (Triton's extension) with explicit model control, through tritonclient
+over HTTP and gRPC: index, load beside the served models, a broken file refused with what
+was served untouched, unload, and load and unload under traffic with no call lost or answered
+wrongly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from service.api.dcgan.v1 import generator_pb2 as pb
+from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.client import images_from_response
+from service.process.config import ServeConfig
+from service.process.server import create_server
+from tests.conftest import python_env
+
+GRPC_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+client = tc.InferenceServerClient(sys.argv[1])
+action, name = sys.argv[2], sys.argv[3]
+try:
+    if action == "load":
+        client.load_model(name)
+    elif action == "unload":
+        client.unload_model(name)
+    seeds = tc.InferInput("seeds", [2], "UINT64")
+    seeds.set_data_from_numpy(np.array([5, 6], dtype=np.uint64))
+    try:
+        result = client.infer(name, [seeds], model_version="1").as_numpy("images").tolist()
+    except InferenceServerException as exc:
+        result = exc.status()
+    index = client.get_model_repository_index(as_json=True)["models"]
+    print(json.dumps({"index": index, "v1": result}))
+except InferenceServerException as exc:
+    print(json.dumps({"error": exc.message()}))
+"""
+
+
+@pytest.fixture
+def repository(tmp_path, tiny_onnx, other_onnx):
+    """m/1 and m/2 (two generators), and bad/1 (a broken file)."""
+    for name, version, source in (("m", "1", tiny_onnx), ("m", "2", other_onnx)):
+        (tmp_path / name / version).mkdir(parents=True)
+        shutil.copy(source, tmp_path / name / version / "model.onnx")
+    (tmp_path / "bad" / "1").mkdir(parents=True)
+    (tmp_path / "bad" / "1" / "model.onnx").write_bytes(tiny_onnx.read_bytes()[:500])
+    return tmp_path
+
+
+@pytest.fixture
+def explicit(repository, tiny_cond_onnx):
+    running = create_server(ServeConfig(
+        host="127.0.0.1", port=0, http_port=0, metrics_port=-1, device="cpu",
+        model_repository=str(repository), model_control="explicit",
+        models=(("keep", str(tiny_cond_onnx)),)))
+    yield running
+    running.stop(grace=1)
+
+
+def _index(rows) -> set:
+    return {(r["name"], r.get("version", ""), r["state"]) for r in rows}
+
+
+def _direct(path, version: str) -> np.ndarray:
+    """What a model file generates for seeds 5, 6, run in this process."""
+    from service.plane.runtime import OnnxGenerator
+    from service.contract import seed_to_latent
+    latents = np.stack([seed_to_latent(s, 100) for s in (5, 6)])
+    return OnnxGenerator(path / "m" / version / "model.onnx").run(latents, None)
+
+
+def test_tritonclient_indexes_loads_and_unloads_models(explicit, repository,
+                                                       tritonclient_grpc_python):
+    import tritonclient.http as triton_http
+    from tritonclient.utils import InferenceServerException
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{explicit.http_port}")
+    assert "model_repository" in http.get_server_metadata()["extensions"]
+    assert _index(http.get_model_repository_index()) == {
+        ("keep", explicit.registry.get("keep").version, "READY"),
+        ("m", "1", "UNAVAILABLE"), ("m", "2", "UNAVAILABLE"), ("bad", "1", "UNAVAILABLE")}
+    assert not http.is_model_ready("m")
+
+    http.load_model("m")  # every version; the highest is the default
+    assert http.is_model_ready("m") and http.is_model_ready("m", "1")
+    seeds = triton_http.InferInput("seeds", [2], "UINT64")
+    seeds.set_data_from_numpy(np.array([5, 6], dtype=np.uint64))
+    default = http.infer("m", [seeds]).as_numpy("images")
+    first = http.infer("m", [seeds], model_version="1").as_numpy("images")
+    np.testing.assert_array_equal(default, _direct(repository, "2"))
+    np.testing.assert_array_equal(first, _direct(repository, "1"))
+    assert http.get_model_metadata("m")["versions"] == ["2", "1"]
+
+    with pytest.raises(InferenceServerException) as err:  # a broken file: refused, and ...
+        http.load_model("bad")
+    assert "cannot load 'bad', still serving what was served" in err.value.message()
+    assert err.value.status() == "400"
+    np.testing.assert_array_equal(  # ... what was served is untouched
+        http.infer("m", [seeds], model_version="1").as_numpy("images"), first)
+    with pytest.raises(InferenceServerException, match="has no model 'nope'"):
+        http.load_model("nope")
+
+    # Over gRPC, in tritonclient.grpc's own environment: unload, and the index after it.
+    run = subprocess.run([tritonclient_grpc_python, "-c", GRPC_CLIENT,
+                          f"127.0.0.1:{explicit.port}", "unload", "m"],
+                         env={**python_env(), "PYTHONPATH": ""}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["v1"] == "StatusCode.NOT_FOUND"
+    assert _index(report["index"]) >= {("m", "1", "UNAVAILABLE"), ("m", "2", "UNAVAILABLE")}
+    run = subprocess.run([tritonclient_grpc_python, "-c", GRPC_CLIENT,
+                          f"127.0.0.1:{explicit.port}", "load", "m"],
+                         env={**python_env(), "PYTHONPATH": ""}, capture_output=True, text=True,
+                         timeout=120)
+    report = json.loads(run.stdout)
+    assert np.array_equal(np.array(report["v1"], np.uint8), first)
+    assert ("m", "2", "READY") in _index(report["index"])
+
+
+def test_load_and_unload_under_traffic_lose_no_call(explicit, repository):
+    """Callers on the loaded model and on another one while the model is loaded again and
+    again, then unloaded: every call is answered with the right pixels, or, for the model
+    once unloaded, NOT_FOUND; nothing else."""
+    import tritonclient.http as triton_http
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{explicit.http_port}")
+    http.load_model("m")
+    expected = _direct(repository, "1")[:, 0]
+    with grpc.insecure_channel(f"127.0.0.1:{explicit.port}") as channel:
+        keep = images_from_response(pb_grpc.GeneratorServiceStub(channel).Generate(
+            pb.GenerateRequest(model="keep", seeds=[5, 6], labels=[1]), timeout=10))
+    outcomes: list[tuple[str, str]] = []
+    unloading = threading.Event()
+    stop = threading.Event()
+
+    def caller(model: str) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{explicit.port}") as channel:
+            stub = pb_grpc.GeneratorServiceStub(channel)
+            request = (pb.GenerateRequest(model="m", model_version="1", seeds=[5, 6])
+                       if model == "m" else
+                       pb.GenerateRequest(model="keep", seeds=[5, 6], labels=[1]))
+            while not stop.is_set():
+                before_unload = not unloading.is_set()
+                try:
+                    images = images_from_response(stub.Generate(request, timeout=30))
+                    right = np.array_equal(images, expected if model == "m" else keep)
+                    outcomes.append((model, "OK" if right else "WRONG PIXELS"))
+                except grpc.RpcError as exc:
+                    late = exc.code() == grpc.StatusCode.NOT_FOUND and model == "m" \
+                        and not before_unload
+                    outcomes.append((model, "NOT_FOUND" if late else exc.code().name))
+
+    callers = [threading.Thread(target=caller, args=(m,)) for m in ("m", "m", "keep")]
+    for thread in callers:
+        thread.start()
+    for _ in range(3):
+        http.load_model("m")  # again, from the files: swapped in, the old engines drained
+    unloading.set()
+    http.unload_model("m")
+    stop.set()
+    for thread in callers:
+        thread.join()
+    counts = {}
+    for model, outcome in outcomes:
+        counts[(model, outcome)] = counts.get((model, outcome), 0) + 1
+    assert set(counts) <= {("m", "OK"), ("m", "NOT_FOUND"), ("keep", "OK")}, counts
+    assert counts[("m", "OK")] > 10 and counts[("keep", "OK")] > 10, counts
+
+
+def test_without_model_control_loading_is_refused_with_the_fix(server):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{server.http_port}/v2/repository/models/plain/load", data=b"",
+            method="POST"), timeout=10)
+    assert err.value.code == 400
+    assert b"--model-control explicit" in err.value.read()
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{server.http_port}/v2/repository/index", data=b"{}",
+            method="POST"), timeout=10) as r:
+        assert {row["name"] for row in json.loads(r.read())} == {"cond", "plain"}
