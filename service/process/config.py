@@ -198,6 +198,9 @@ class ServeConfig:
             problems.append(f"--model-repository {self.model_repository} is not a folder")
         if self.model_control == "explicit" and not self.model_repository:
             problems.append("--model-control explicit needs --model-repository DIR")
+        if self.model_control == "explicit" and self.resolved_processes > 1:
+            problems.append("--model-control explicit needs --processes 1: a load or unload "
+                            "reaches the one worker process that answers it, not the others")
         names = [name for name, _ in self.models]
         if len(set(names)) != len(names):
             problems.append(f"model names must be unique, got {names}: to serve several "

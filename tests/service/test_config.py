@@ -53,6 +53,11 @@ def test_every_setting_has_a_flag_a_variable_and_help(capsys):
     (["--model", "a=/1.onnx", "--model", "a=/2.onnx"], "unique"),
     (["--device", "tpu"], "invalid choice"),
     (["--processes", "-1"], "--processes"),
+    (["--model-control", "explicit"], "needs --model-repository"),
+    (["--model-repository", "/no/such/folder"], "is not a folder"),
+    (["--model-control", "explicit", "--model-repository", ".", "--processes", "2"],
+     "needs --processes 1"),
+    (["--model", "m:=/a.onnx"], "NAME:VERSION=PATH"),
 ])
 def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
