@@ -189,3 +189,23 @@ def test_without_model_control_loading_is_refused_with_the_fix(server):
             f"http://127.0.0.1:{server.http_port}/v2/repository/index", data=b"{}",
             method="POST"), timeout=10) as r:
         assert {row["name"] for row in json.loads(r.read())} == {"cond", "plain"}
+
+
+def test_explicit_control_may_start_with_no_model_and_load_one(repository):
+    running = create_server(ServeConfig(
+        host="127.0.0.1", port=0, http_port=0, metrics_port=-1, device="cpu",
+        model_repository=str(repository), model_control="explicit"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.GeneratorServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(pb.GenerateRequest(seeds=[1]), timeout=10)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "no model is loaded" in err.value.details()
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{running.http_port}/v2/repository/models/m/load", data=b"",
+                method="POST"), timeout=60).read()
+            response = stub.Generate(pb.GenerateRequest(seeds=[5, 6]), timeout=10)
+        assert (response.model, response.model_version) == ("m", "2")  # the default now
+    finally:
+        running.stop(grace=1)
