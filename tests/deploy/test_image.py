@@ -105,7 +105,7 @@ def _scrape(port) -> str:
 
 def _generate_count(text: str) -> float:
     m = re.search(r'^dcgan_request_duration_seconds_count\{code="OK",model="mnist",'
-                  r'rpc="Generate"\} (\S+)$', text, re.M)
+                  r'rpc="Generate",version="[^"]+"\} (\S+)$', text, re.M)
     return float(m[1]) if m else 0.0
 
 

@@ -267,9 +267,12 @@ def test_a_passed_deadline_is_a_504_and_nothing_runs(server):
     def runs() -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read()
         return sum(float(line.split()[-1]) for line in text.decode().splitlines()
-                   if line.startswith('dcgan_inference_duration_seconds_count{model="plain"}'))
+                   if line.startswith('dcgan_inference_duration_seconds_count{model="plain",'))
 
+    assert _call(_base(server) + "/v2/models/plain/infer", "POST", _infer_json([1]),
+                 JSON)[0] == 200
     before = runs()
+    assert before > 0  # the count is really read
     status, _, body = _call(_base(server) + "/v1/models/plain/grid.png?seeds=0-63",
                             headers={"Request-Timeout": "0.000000001"})
     assert status == 504 and b"timeout passed" in body
