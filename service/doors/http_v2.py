@@ -106,9 +106,14 @@ class InferenceRoutes:
     @route("POST /v2/repository/index")
     async def repository_index(self, request, call):
         body = await request.read()
-        ready = json.loads(body).get("ready", False) if body.strip() else False
-        if not isinstance(ready, bool):
-            raise InvalidRequest("'ready' must be true or false")
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except ValueError:
+            options = None
+        if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+            raise InvalidRequest('the body must be empty or a JSON object such as '
+                                 '{"ready": true}')
+        ready = options.get("ready", False)
         return web.json_response(self.repository.index(ready))
 
     @route("POST /v2/repository/models/{name}/load")

@@ -189,6 +189,13 @@ def test_without_model_control_loading_is_refused_with_the_fix(server):
             f"http://127.0.0.1:{server.http_port}/v2/repository/index", data=b"{}",
             method="POST"), timeout=10) as r:
         assert {row["name"] for row in json.loads(r.read())} == {"cond", "plain"}
+    for body in (b"[1]", b"{\"ready\": 1}", b"not json"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{server.http_port}/v2/repository/index", data=body,
+                method="POST"), timeout=10)
+        assert err.value.code == 400
+        assert '{"ready": true}' in json.loads(err.value.read())["error"]
 
 
 def test_explicit_control_may_start_with_no_model_and_load_one(repository):
