@@ -295,33 +295,35 @@ def stop(target: Target) -> None:
             os.killpg(target.proc.pid, signal.SIGKILL)
 
 
+def _traced(name: str, serve: list[str], env: dict, sampling: dict) -> Target:
+    """`serve` with tracing on, exporting to an OTLP sink started with it (in its process
+    tree)."""
+    sink = free_port()
+    return Target(name, "generate",
+                  ["bash", "-c", f"{sys.executable} {ROOT / 'bench' / 'otlp_sink.py'} {sink} & "
+                   f"exec {' '.join(serve)}"],
+                  {**env, "OTEL_TRACES_EXPORTER": "otlp",
+                   "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}", **sampling})
+
+
 def targets(model: str, peers: Path | None, workdir: Path,
             baseline: Path | None = None) -> list[Target]:
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
              "--metrics-port", "-1", "--device", "cpu", "--model", f"{MODEL_NAME}={model}"]
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     http_off, http_on = ["--http-port", "-1"], ["--http-port", "0"]
-    sink = free_port()
     found = [
         Target("in-process", "inproc"),
         Target("dcgan-serve", "generate", serve + http_off, env),
         Target("dcgan-serve -p2", "generate", serve + http_off + ["--processes", "2"], env),
         # The same with the HTTP port open (idle): gRPC must not pay for it.
         Target("dcgan-serve +http", "generate", serve + http_on, env),
-        # The same with every call traced, exported over OTLP/gRPC to a sink on this machine
+        # The same with calls traced, exported over OTLP/gRPC to a sink on this machine
         # (bench/otlp_sink.py, started with it: a collector beside the service).
-        Target("dcgan-serve +trace", "generate",
-               ["bash", "-c", f"{sys.executable} {ROOT / 'bench' / 'otlp_sink.py'} {sink} & "
-                f"exec {' '.join(serve + http_off)}"],
-               {**env, "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}"}),
-        Target("dcgan-serve +trace 10%", "generate",
-               ["bash", "-c", f"{sys.executable} {ROOT / 'bench' / 'otlp_sink.py'} {sink + 1} & "
-                f"exec {' '.join(serve + http_off)}"],
-               {**env, "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink + 1}",
-                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
+        _traced("dcgan-serve +trace", serve + http_off, env, {}),
+        _traced("dcgan-serve +trace 10%", serve + http_off, env,
+                {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                 "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
     ]
     if baseline is not None:  # (an earlier checkout may not know --http-port)
         old = {"PYTHONPATH": str(baseline.resolve()), "PYTHONUNBUFFERED": "1"}

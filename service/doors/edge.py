@@ -109,7 +109,7 @@ class Edge:
         escapes, recorded; the transport then answers with it."""
         with self.metrics.track(name) as call:
             if self.tracing is not None and traced is not None:
-                call.trace = self.tracing.start_call(*traced())
+                call.trace = self.tracing.start_call(call.started, *traced())
             try:
                 with self.gate.admitted() if admit else contextlib.nullcontext():
                     yield call

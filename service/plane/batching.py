@@ -72,8 +72,8 @@ class BatchLimits:
     max_queued_images: int = 4096  # past this, new requests are refused (backpressure)
 
 
-def make_engine(path: Path, device: str, workers: int, limits: BatchLimits | None = None,
-                observe: BatchObserver | None = None) -> "Batcher":
+def make_engine(path: Path, device: str, workers: int, limits: BatchLimits | None = None
+                ) -> "Batcher":
     """The engine of one model file: its sessions and its batcher.
 
     Every worker shares one single-threaded session (onnxruntime's `run` is thread-safe); the
@@ -90,7 +90,7 @@ def make_engine(path: Path, device: str, workers: int, limits: BatchLimits | Non
         # A CPU makes images as fast per image from 8 to 128 a run and slows at 256, whose
         # activations leave the cache; a GPU wants the biggest runs it can get.
         limits = dataclasses.replace(limits, max_run_images=256 if on_cuda else 64)
-    return Batcher(runner, lone, workers, limits, observe)
+    return Batcher(runner, lone, workers, limits)
 
 
 @dataclass(eq=False)
@@ -130,6 +130,8 @@ class Batcher:
         self.lone_runner = lone_runner
         self.workers = workers
         self.limits = limits
+        # Set by whoever builds the engine (process.server.EngineMaker): the metrics' and
+        # statistics' per-run observers.
         self.observe = observe or (lambda *_: None)
         # Set when tracing is on (tracing.Tracing.run_hook): called after each run that
         # served traced requests.

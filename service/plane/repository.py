@@ -6,6 +6,7 @@ under explicit model control, loading and unloading them while the server serves
       mnist/2/model.onnx           its default
       fashion/1/model.onnx
 
+`reload()` (SIGHUP) builds every served model again and swaps them all, the same way.
 `load(name)` builds every version's engine (the file is read and checked, the sessions warmed)
 beside the served models, then swaps the registry in one assignment: no call waits, and a
 file that cannot be served is an error that leaves what is served untouched. `unload(name)`
@@ -25,6 +26,20 @@ from service.plane.batching import Batcher
 from service.plane.models import ModelRegistry
 
 MODEL_FILE = "model.onnx"
+
+
+def build_registry(paths: list[tuple[str, str, Path]],
+                   build: Callable[[str, str, Path], Batcher]) -> ModelRegistry:
+    """A registry of every (name, version, file), each engine built and warmed; if one fails,
+    those already built are closed (no worker threads are left behind) and it raises."""
+    registry = ModelRegistry()
+    try:
+        for name, version, path in paths:
+            registry.add(name, build(name, version, path), version)
+    except BaseException:
+        registry.close()
+        raise
+    return registry
 
 
 def repository_models(folder: Path) -> dict[str, list[tuple[str, Path]]]:
@@ -85,6 +100,25 @@ class ModelRepository:
             self.registry.replace_with(self.registry.with_model(name, engines))
             self.on_change(name, True)
             self._close_when_unused(old)
+
+    def reload(self, configured: list[tuple[str, str, Path]]) -> None:
+        """Build every served model again from its files beside the served ones, then swap
+        them all in at once (SIGHUP): the `configured` ones and, under explicit control, those
+        loaded through the API. A file that cannot be served raises and changes nothing; the
+        old engines close once their calls have finished."""
+        with self._lock:
+            paths = list(configured)
+            if self.explicit:
+                found = repository_models(self.folder)
+                configured_names = {name for name, _, _ in configured}
+                loaded = dict.fromkeys(m.name for m in self.registry)
+                paths += [(name, version, path) for name in loaded
+                          if name not in configured_names and name in found
+                          for version, path in found[name]]
+            fresh = build_registry(paths, self._build)
+            old = list(self.registry)
+            self.registry.replace_with(fresh)
+        threading.Thread(target=self._close_when_unused, args=(old,), daemon=True).start()
 
     def unload(self, name: str) -> None:
         """Stop serving `name`; returns once the calls that were using it have finished."""

@@ -28,14 +28,14 @@ from importlib.metadata import entry_points
 from typing import Callable, Mapping
 
 class CallTrace:
-    """One call's span and the timed steps it went through (time.perf_counter() seconds)."""
+    """One call's span and the timed steps it went through (time.perf_counter() seconds;
+    the call's start is its CallRecord's)."""
 
-    __slots__ = ("span", "is_grpc", "started", "handed_over", "steps")
+    __slots__ = ("span", "is_grpc", "handed_over", "steps")
 
     def __init__(self, span, is_grpc: bool) -> None:
         self.span = span
         self.is_grpc = is_grpc
-        self.started = time.perf_counter()
         self.handed_over = 0.0
         self.steps: list[tuple[str, float, float, dict]] = []
 
@@ -78,11 +78,13 @@ class Tracing:
 
     # --- calls
 
-    def start_call(self, name: str, carrier: Mapping[str, str],
+    def start_call(self, started: float, name: str, carrier: Mapping[str, str],
                    attributes: dict) -> CallTrace:
-        """A server span for a call, a child of the caller's span if `carrier` names one."""
+        """A server span for a call that arrived at `started` (its CallRecord's), a child of
+        the caller's span if `carrier` names one."""
         span = self._tracer.start_span(name, context=self._extract(carrier),
-                                       kind=self._trace.SpanKind.SERVER, attributes=attributes)
+                                       kind=self._trace.SpanKind.SERVER, attributes=attributes,
+                                       start_time=self._ns(started))
         return CallTrace(span, attributes.get("rpc.system") == "grpc")
 
     def end_call(self, trace: CallTrace, call, status: dict, failed: bool) -> None:
@@ -96,11 +98,11 @@ class Tracing:
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, call.code))
             parent = self._trace.set_span_in_context(span)
             if trace.handed_over:
-                self._span("admission", parent, trace.started, trace.handed_over)
+                self._span("admission", parent, call.started, trace.handed_over)
             for name, start, end, attributes in trace.steps:
                 links = attributes.pop("links", ())
                 self._span(name, parent, start, end, attributes, links)
-        span.end()
+        span.end(end_time=self._ns(time.perf_counter()))  # one clock for every span
 
     # --- runs
 

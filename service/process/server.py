@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import faulthandler
 import gc
 import logging
@@ -57,7 +56,7 @@ from service.plane.batching import Batcher, BatchLimits, make_engine
 from service.plane.dataplane import DataPlane
 from service.plane.metrics import Metrics
 from service.plane.models import ModelRegistry
-from service.plane.repository import ModelRepository
+from service.plane.repository import ModelRepository, build_registry
 from service.plane.statistics import Statistics
 from service.plane.tracing import Tracing
 from service.process.config import ServeConfig, config_from_args
@@ -139,35 +138,26 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop  # runs gRPC and HTTP, in its own thread
     http_app: web.Application | None
     _teardown: _Teardown
-    make_engine: EngineMaker
-    _reload_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    repository: ModelRepository  # what is served: SIGHUP reloads and API loads go through it
 
     @property
     def registry(self) -> ModelRegistry:
         return self.plane.registry
 
     def reload(self) -> bool:
-        """Load every configured model file again beside the served ones, warm them up, then
+        """Load every served model file again beside the served ones, warm them up, then
         swap them in at once. On any failure the old models keep serving; the failure is
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
-        with self._reload_lock:
-            try:
-                fresh = load_models(self.config, self.make_engine)
-            except ServiceError as exc:
-                self.metrics.reloads.labels(result="failure").inc()
-                log.error("reload failed, still serving the previous models: %s", exc)
-                return False
-            old = self.registry.replace_with(fresh)
-            describe_models(self.registry, self.metrics)
-            self.metrics.reloads.labels(result="success").inc()
-            # Requests that picked an old model a moment ago may still submit to it: close
-            # the old engines only after the grace period.
-            timer = threading.Timer(self.config.grace_seconds + 5,
-                                    lambda: [m.engine.close() for m in old])
-            timer.daemon = True
-            timer.start()
-            log.info("reloaded %d model(s)", len(self.registry))
-            return True
+        try:
+            self.repository.reload(self.config.model_paths())
+        except ServiceError as exc:
+            self.metrics.reloads.labels(result="failure").inc()
+            log.error("reload failed, still serving the previous models: %s", exc)
+            return False
+        describe_models(self.registry, self.metrics)
+        self.metrics.reloads.labels(result="success").inc()
+        log.info("reloaded %d model(s)", len(self.registry))
+        return True
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within `grace` seconds, then stop.
@@ -219,14 +209,7 @@ def load_models(config: ServeConfig, make: EngineMaker) -> ModelRegistry:
     if not paths and config.model_control != "explicit":
         raise ServiceError("no models to serve: pass --model NAME=PATH or --model-repository "
                            "DIR (no bundled models were found in this installation)")
-    registry = ModelRegistry()
-    try:
-        for name, version, path in paths:
-            registry.add(name, make(name, version, path), version)
-    except BaseException:
-        registry.close()  # a failed (re)load leaves no worker threads behind
-        raise
-    return registry
+    return build_registry(paths, make)
 
 
 def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
@@ -277,10 +260,14 @@ def create_server(config: ServeConfig) -> RunningServer:
             Path(config.model_repository) if config.model_repository else None,
             config.model_control == "explicit", registry, make, config.grace_seconds)
         health_servicer = _on_loop(loop, _start_grpc(server, config, plane, edge, repository))
-        repository.on_change = lambda name, served: asyncio.run_coroutine_threadsafe(
-            health_servicer.set(model_health_name(name), health_pb2.HealthCheckResponse.SERVING
-                                if served else health_pb2.HealthCheckResponse.NOT_SERVING),
-            loop).result(timeout=10)
+
+        def changed(name: str, served: bool) -> None:  # a load or unload, on its thread
+            status = health_pb2.HealthCheckResponse
+            asyncio.run_coroutine_threadsafe(health_servicer.set(
+                model_health_name(name), status.SERVING if served else status.NOT_SERVING),
+                loop).result(timeout=10)
+            describe_models(registry, metrics)
+        repository.on_change = changed
         health_port = None
         if config.health_port >= 0:
             health_server, health_port = _on_loop(loop, _start_health_port(config,
@@ -294,7 +281,7 @@ def create_server(config: ServeConfig) -> RunningServer:
             http_app = http.app
         running = RunningServer(port, metrics_port, http_port, health_port, health_servicer,
                                 gate, plane, metrics, config, loop, http_app, teardown.pop_all(),
-                                make)
+                                repository)
     # Everything loaded so far lives as long as the process: frozen, Python's full garbage
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()

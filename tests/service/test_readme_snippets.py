@@ -3,7 +3,6 @@ changed to the test server's port), each in the environment the README says to m
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 
@@ -39,20 +38,13 @@ def test_the_client_library_snippet(bundled_server):
     assert names["total"] == 100_000
 
 
-def test_the_tritonclient_grpc_snippet_in_its_own_environment(bundled_server, tmp_path):
-    """The README's install line, run as written (in a folder kept between runs), then its
-    snippet with that environment's Python."""
-    [install] = re.findall(r"(python3 -m venv \.venv-triton .*)", README)
-    home = ROOT / "tests" / "artifacts"  # ignored by git
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / ".venv-triton" / "bin" / "python").exists():
-        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-        made = subprocess.run(install, shell=True, cwd=home, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert made.returncode == 0, made.stderr[-2000:]
+def test_the_tritonclient_grpc_snippet_in_its_own_environment(bundled_server,
+                                                              tritonclient_grpc_python):
+    """The README's install line, run as written (the `tritonclient_grpc_python` fixture, in a
+    folder kept between runs), then its snippet with that environment's Python."""
     code = _snippet("tritonclient.grpc").replace("127.0.0.1:50051",
                                                  f"127.0.0.1:{bundled_server.port}")
-    run = subprocess.run([str(home / ".venv-triton" / "bin" / "python"), "-c", code],
+    run = subprocess.run([tritonclient_grpc_python, "-c", code],
                          env={**python_env(), "PYTHONPATH": ""}, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

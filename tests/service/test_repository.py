@@ -216,3 +216,19 @@ def test_explicit_control_may_start_with_no_model_and_load_one(repository):
         assert (response.model, response.model_version) == ("m", "2")  # the default now
     finally:
         running.stop(grace=1)
+
+
+def test_a_reload_keeps_the_models_loaded_through_the_api(explicit):
+    """SIGHUP builds every served model again: the configured one and, under explicit
+    control, those loaded through the API; the old engines close once unused."""
+    explicit.repository.load("m")
+    before = {(m.name, m.version): m.engine for m in explicit.registry}
+    assert explicit.reload()
+    after = {(m.name, m.version): m.engine for m in explicit.registry}
+    assert set(after) == set(before) == {("keep", explicit.registry.get("keep").version),
+                                         ("m", "1"), ("m", "2")}
+    assert all(after[key] is not before[key] for key in after)  # built again from the files
+    with grpc.insecure_channel(f"127.0.0.1:{explicit.port}") as channel:
+        response = pb_grpc.GeneratorServiceStub(channel).Generate(
+            pb.GenerateRequest(model="m", model_version="1", seeds=[5, 6]), timeout=10)
+    assert response.count == 2
