@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 
     v = sub.add_parser("evaluate", parents=[common], help="score a generator against the test split (JSON)",
-                       description="Fréchet distance in the shipped classifier's feature space, "
-                                   "classifier Inception Score, class coverage and (conditional) "
-                                   "label accuracy. MODEL `real` scores the train split itself: "
-                                   "the floor.")
+                       description="Fréchet distance, Kernel Inception Distance and "
+                                   "precision / recall in the shipped classifier's feature "
+                                   "space, classifier Inception Score, class coverage and "
+                                   "(conditional) label accuracy; with --inception-weights also "
+                                   "the conventional Inception FID and KID. MODEL `real` scores "
+                                   "the train split itself: the floor.")
     v.add_argument("model", help="a .onnx file, a checkpoint, a run directory, or `real`")
     v.add_argument("--samples", type=int, default=10000, help="images to score (default 10000)")
     v.add_argument("--dataset", choices=["mnist", "fashion-mnist"],
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="also write the JSON to this file")
     v.add_argument("--psi", type=argument_type(as_psi, "psi"), default=1.0,
                    help="truncation in (0, 1] of the latents scored (default 1: none)")
+    v.add_argument("--inception-weights", metavar="PATH",
+                   help="inception-2015-12-05.pt (the TorchScript FID Inception network of the "
+                        "StyleGAN2-ADA metrics): also report the conventional Inception FID and "
+                        "KID. Slow on a CPU (299x299 per image): use --device cuda where you can")
 
     c = sub.add_parser("train-classifier", parents=[common], help="(re)build the evaluation classifier",
                        description="Train the small CNN whose features `evaluate` uses, and save "
@@ -179,7 +185,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from training.evaluation import evaluate
         scores = evaluate(args.model, n=args.samples, data_dir=args.data_dir,
-                          dataset=args.dataset, device=args.device, psi=args.psi)
+                          dataset=args.dataset, device=args.device, psi=args.psi,
+                          inception_weights=args.inception_weights)
         text = json.dumps(scores, indent=2)
         if args.out:
             Path(args.out).write_text(text + "\n")

@@ -50,6 +50,16 @@ class TrainConfig:
     d_dropout: float | None = setting(None, "dropout in D", shown_default=P)
     ema_decay: float | None = setting(None, "decay of the EMA of G's weights that gets "
                                       "exported; 0 = off", shown_default=P)
+    lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
+                                      "the first half of the run, then down to 0)",
+                                      choices=("constant", "linear"), shown_default=P)
+    loss: str = setting("ns", "GAN loss: ns (non-saturating, the DCGAN paper's) or hinge",
+                        choices=("ns", "hinge"))
+    spectral_norm: bool = setting(False, "spectral normalisation of D's layers")
+    r1_gamma: float = setting(0.0, "weight of the R1 gradient penalty on real images (every "
+                              "4th step, scaled by 4); 0 = off")
+    augment: bool = setting(False, "differentiable translation (DiffAugment, +-1/8) of every "
+                            "image D sees")
 
     # --- where and how
     data_dir: str | None = setting(None, "folder with the IDX files (or a <dataset>/ "
@@ -61,6 +71,8 @@ class TrainConfig:
                                        shown_default="all")
     device: str = setting("auto", "auto: CUDA (mixed precision) when torch sees a GPU, else "
                           "CPU", choices=("auto", "cpu", "cuda"))
+    amp: bool = setting(True, "mixed precision on CUDA (bf16, or fp16 where bf16 is missing); "
+                        "off: full fp32 as on a CPU")
     threads: int | None = setting(None, "torch CPU threads", shown_default="torch's choice")
     seed: int = setting(0, "run seed: every step's randomness derives from (seed, step, rank), "
                         "so the same seed gives the same weights on a CPU")
@@ -108,6 +120,10 @@ class TrainConfig:
             problems.append(f"--d-dropout must be in [0, 1), got {self.d_dropout}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.r1_gamma < 0:
+            problems.append(f"--r1-gamma must be at least 0, got {self.r1_gamma}")
+        if self.loss not in ("ns", "hinge"):
+            problems.append(f"--loss must be ns or hinge, got {self.loss!r}")
         if self.latent_dim <= 0:
             problems.append(f"--latent-dim must be positive, got {self.latent_dim}")
         if self.optimizer not in (None, "adam", "rmsprop"):

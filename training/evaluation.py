@@ -7,6 +7,13 @@ digits anyway, so the scores use a small CNN trained on the dataset's own traini
 * **Fréchet distance (FD)** between Gaussian fits of the classifier's 128-d penultimate
   features of generated images and of the held-out test split (lower is better; real train vs
   real test is the floor);
+* **Kernel Inception Distance (KID)** on the same features (Bińkowski et al., 2018): the
+  unbiased MMD² with the cubic polynomial kernel, averaged over random subsets of 1,000 (100 of
+  them), with its standard deviation over the subsets. Unbiased, so unlike FD its expectation
+  does not depend on how many images were scored, and its spread says how noisy the figure is;
+* **precision and recall** (Kynkäänniemi et al., 2019): the share of generated images inside
+  the real images' k-NN manifold (k = 3), and the share of real images inside the generated
+  ones': quality and coverage as two numbers;
 * **classifier Inception Score**: exp E[KL(p(y|x) || p(y))], at most the number of classes;
 * **class coverage**: the share of each predicted class, its normalised entropy and the
   smallest share, with `mode_collapse` flagged when a class is nearly absent;
@@ -14,7 +21,9 @@ digits anyway, so the scores use a small CNN trained on the dataset's own traini
   they were asked for.
 
 Images are generated for seeds 0..N-1 through the service's seed rule (labels seed mod 10 for
-conditional models), so the scores describe what the service serves.
+conditional models), so the scores describe what the service serves. The KID and precision /
+recall figures agree with torchmetrics' and prdc's on the same features (tested); with
+`--inception-weights`, `evaluate` also gives the conventional Inception FID and KID.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ FEATURE_DIM = 128
 COLLAPSE_MIN_SHARE = 0.02
 #: Below this normalised entropy of the class histogram the samples count as collapsed.
 COLLAPSE_MIN_ENTROPY = 0.9
+#: KID's subsets and their size (torch-fidelity's and torchmetrics' defaults).
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
+#: The k of the k-NN manifolds of precision and recall (the paper's and torch-fidelity's).
+PR_NEIGHBOURS = 3
 
 
 class Classifier(nn.Module):
@@ -132,6 +145,62 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
 
 
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = KID_SUBSETS,
+                              subset_size: int = KID_SUBSET_SIZE, seed: int = 0
+                              ) -> tuple[float, float]:
+    """KID of feature sets a [N, D] and b [M, D]: (mean, std) of the unbiased MMD² with kernel
+    k(x, y) = (x.y / D + 1)^3 over `subsets` random subsets of `subset_size` rows of each
+    (fewer rows when a set is smaller). A subset as large as both sets is the exact MMD²."""
+    m = min(subset_size, len(a), len(b))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        values.append(_unbiased_mmd2(x, y))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    k_xx = (x @ x.T / d + 1) ** 3
+    k_yy = (y @ y.T / d + 1) ** 3
+    k_xy = (x @ y.T / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+                 + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+                 - 2 * k_xy.mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS,
+                     chunk: int = 2000) -> tuple[float, float]:
+    """Improved precision and recall: the share of `fake` inside the union of the balls around
+    each real point reaching its k-th nearest real neighbour, and the share of `real` inside
+    the fakes' balls. Distances are computed a chunk of rows at a time (10k x 10k fits)."""
+    real_radii = _kth_neighbour_distance(real, k, chunk)
+    fake_radii = _kth_neighbour_distance(fake, k, chunk)
+    fake_inside = np.zeros(len(fake), bool)
+    real_inside = np.zeros(len(real), bool)
+    for i in range(0, len(real), chunk):
+        d = _distances(real[i:i + chunk], fake)                       # [chunk, len(fake)]
+        fake_inside |= (d <= real_radii[i:i + chunk, None]).any(0)
+        real_inside[i:i + chunk] = (d <= fake_radii[None, :]).any(1)
+    return float(fake_inside.mean()), float(real_inside.mean())
+
+
+def _kth_neighbour_distance(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    radii = np.empty(len(x))
+    for i in range(0, len(x), chunk):
+        d = _distances(x[i:i + chunk], x)
+        radii[i:i + chunk] = np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself
+    return radii
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.clip(squared, 0, None))
+
+
 def inception_score(probs: np.ndarray) -> float:
     marginal = probs.mean(0, keepdims=True)
     kl = (probs * (np.log(probs + 1e-12) - np.log(marginal + 1e-12))).sum(1)
@@ -152,7 +221,11 @@ def class_coverage(probs: np.ndarray) -> dict:
 def score_images(clf: Classifier, images: np.ndarray, reference_feats: np.ndarray,
                  requested_labels: np.ndarray | None = None) -> dict:
     feats, probs = features_and_probs(clf, images)
+    kid, kid_std = kernel_inception_distance(reference_feats, feats)
+    precision, recall = precision_recall(reference_feats, feats)
     scores = {"n": len(images), "fd": round(frechet_distance(feats, reference_feats), 4),
+              "kid": round(kid, 5), "kid_std": round(kid_std, 5),
+              "precision": round(precision, 4), "recall": round(recall, 4),
               "inception_score": round(inception_score(probs), 4), **class_coverage(probs)}
     if requested_labels is not None:
         scores["label_accuracy"] = round(float((probs.argmax(1) == requested_labels).mean()), 4)
@@ -162,9 +235,11 @@ def score_images(clf: Classifier, images: np.ndarray, reference_feats: np.ndarra
 # --- generating what to score -----------------------------------------------------------------
 
 def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = None,
-             device: str = "cpu", psi: float = 1.0) -> dict:
+             device: str = "cpu", psi: float = 1.0, inception_weights: str | None = None
+             ) -> dict:
     """Score a checkpoint, an ONNX file, or `real` (the train split) against the test split;
-    `psi` < 1 truncates the latents (the contract's latent-walk rule)."""
+    `psi` < 1 truncates the latents (the contract's latent-walk rule). With
+    `inception_weights`, also the conventional Inception FID and KID."""
     from training.sampling import load_generator_source
     if model == "real":
         if dataset is None:
@@ -174,8 +249,10 @@ def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = No
     else:
         source = load_generator_source(model, device=device)
         dataset = dataset or source.dataset
-    # The classifier and the test split first: a missing one fails now, not after generating.
+    # The classifier, the Inception network and the test split first: a missing one fails now,
+    # not after generating.
     clf = load_classifier(dataset)
+    inception = load_inception(inception_weights, device) if inception_weights else None
     test = load_split(dataset, "test", data_dir)
     if model != "real":
         images, labels = source.generate(range(n), psi=psi)
@@ -183,8 +260,46 @@ def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = No
                 "psi": psi}
     ref_feats, _ = features_and_probs(clf, test.images[:, None])
     scores = score_images(clf, images, ref_feats, labels)
+    if inception is not None:
+        real = inception_features(inception, test.images[:, None], device)
+        fake = inception_features(inception, images, device)
+        kid, kid_std = kernel_inception_distance(real, fake)
+        scores["inception"] = {"weights": str(inception_weights), "dims": real.shape[1],
+                               "fid": round(frechet_distance(fake, real), 4),
+                               "kid": round(kid, 5), "kid_std": round(kid_std, 5)}
     return {**meta, "dataset": dataset, "reference": f"{dataset} test split ({len(test)})",
             **scores}
+
+
+# --- the conventional Inception network, where the user has its weights ------------------------
+
+def load_inception(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
+    """The FID Inception network as TorchScript: `inception-2015-12-05.pt`, the file NVIDIA's
+    StyleGAN2-ADA / StyleGAN3 metrics and clean-fid use (the TF FID graph's weights). It takes
+    uint8 RGB images [N, 3, H, W], resizes them to 299x299 itself, and with
+    `return_features=True` gives the 2048-d pool features."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--inception-weights {path}: no such file. It cannot be "
+                                "downloaded from here: fetch inception-2015-12-05.pt (the "
+                                "StyleGAN2-ADA metrics file) on a machine with internet access")
+    try:
+        net = torch.jit.load(path, map_location=device)
+    except RuntimeError as e:
+        raise ValueError(f"--inception-weights {path} is not a TorchScript file "
+                         f"(inception-2015-12-05.pt is one): {e}") from None
+    return net.eval()
+
+
+@torch.no_grad()
+def inception_features(net: torch.jit.ScriptModule, images: np.ndarray, device: str = "cpu",
+                       batch: int = 200) -> np.ndarray:
+    """Features of grey uint8 images [N, 1, 28, 28], repeated to three channels as FID
+    implementations do for MNIST."""
+    feats = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.array(images[i:i + batch])).to(device).expand(-1, 3, -1, -1)
+        feats.append(net(x, return_features=True).double().cpu().numpy())
+    return np.concatenate(feats)
 
 
 class QuickEvaluator:
