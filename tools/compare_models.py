@@ -5,7 +5,9 @@
         dcgan=runs/compare-dcgan tf-dcgan=runs/compare-tf-dcgan ... shipped=models/mnist-dcgan.onnx
 
 Each NAME=MODEL is a checkpoint, run directory (its best checkpoint) or ONNX file; the real
-train split is always added as the floor. Every model is scored on the same seeds (0..N-1,
+train split is always added as the floor. `--keep NAME` carries a row of the earlier table
+(the --out file's JSON) whose checkpoints are gone, marked as such: its scores predate KID and
+precision / recall. Every model is scored on the same seeds (0..N-1,
 labels seed mod 10 for conditional ones) against the same test split with the same classifier.
 Images seen and step compute come from each run's metrics.csv.
 """
@@ -51,8 +53,14 @@ def main() -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--samples", type=int, default=10000)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--keep", action="append", default=[], metavar="NAME",
+                        help="carry this row of the earlier JSON, unscored")
     args = parser.parse_args()
 
+    earlier = {}
+    if args.keep:
+        earlier = {r["name"]: r for r in json.loads(Path(args.out).with_suffix(".json")
+                                                    .read_text())}
     results = []
     for spec in args.models:
         name, _, model = spec.partition("=")
@@ -60,18 +68,24 @@ def main() -> int:
         scores = evaluate(str(path), n=args.samples, data_dir=args.data_dir, dataset=args.dataset)
         results.append({"name": name, "model": str(path), **run_figures(Path(model)), **scores})
         print(f"{name}: FD {scores['fd']:.2f}", flush=True)
+    for name in args.keep:
+        results.append({**earlier[name], "kept": True})
     real = evaluate("real", n=args.samples, data_dir=args.data_dir, dataset=args.dataset)
     results.append({"name": "real train images (floor)", "model": "real", **real})
 
-    lines = ["| model | images seen | step compute (1 thread) | FD ↓ | IS ↑ | class entropy | "
-             "smallest class | requested class recognised |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | images seen | step compute (1 thread) | FD ↓ | KID ↓ (± std) | precision ↑ | "
+             "recall ↑ | IS ↑ | class entropy | smallest class | requested class recognised |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         seen = f"{r['images_seen']:,}" if "images_seen" in r else "—"
         minutes = f"{r['step_minutes']:.1f} min" if "step_minutes" in r else "—"
         acc = f"{r['label_accuracy']:.1%}" if "label_accuracy" in r else "—"
-        lines.append(f"| {r['name']} | {seen} | {minutes} | {r['fd']:.2f} | "
-                     f"{r['inception_score']:.2f} | {r['class_entropy']:.3f} | "
+        kid = f"{r['kid']:.2f} ± {r['kid_std']:.2f}" if "kid" in r else "—"
+        precision = f"{r['precision']:.3f}" if "precision" in r else "—"
+        recall = f"{r['recall']:.3f}" if "recall" in r else "—"
+        name = f"{r['name']} (earlier run, see below)" if r.get("kept") else r["name"]
+        lines.append(f"| {name} | {seen} | {minutes} | {r['fd']:.2f} | {kid} | {precision} | "
+                     f"{recall} | {r['inception_score']:.2f} | {r['class_entropy']:.3f} | "
                      f"{r['min_class_share']:.1%} | {acc} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +93,8 @@ def main() -> int:
         f"Scored {time.strftime('%Y-%m-%d')} in one run: {args.samples:,} images per model (seeds "
         f"0..{args.samples - 1}), against the {args.dataset} test split, with the shipped "
         "classifier.\nCommand: `python tools/compare_models.py --data-dir DATA --samples "
-        f"{args.samples} --out {args.out} " + " ".join(args.models) + "`\n\n" + "\n".join(lines)
-        + "\n")
+        f"{args.samples} --out {args.out} " + " ".join(args.models)
+        + "".join(f" --keep {k}" for k in args.keep) + "`\n\n" + "\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
     return 0

@@ -233,8 +233,8 @@ class _Models:
               state: dict | None) -> "_Models":
         torch.manual_seed(cfg.seed)  # initial weights from the run seed: the same on every rank
         g = build_generator(cfg.arch, cfg.latent_dim, num_classes, cfg.g_width).to(place.device)
-        d = build_discriminator(cfg.arch, num_classes, cfg.d_width, cfg.d_dropout,
-                                cfg.spectral_norm).to(place.device)
+        d = build_discriminator(cfg.arch, num_classes, cfg.d_width, cfg.d_dropout
+                                ).to(place.device)
         # channels_last: the convolutions run 12-17% faster on a CPU thread in this layout
         # (docs/decisions.md); the weights' values, and so checkpoints and exports, are the same.
         g.to(memory_format=torch.channels_last)
@@ -295,38 +295,34 @@ def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
                 place: Placement, step: int) -> _Losses:
     autocast = (torch.autocast(place.device.type, dtype=place.amp_dtype)
                 if place.amp_dtype else nullcontext())
-    fill = ARCHS[cfg.arch].output_range[0]  # the background
-    augment = (lambda x: _translate(x, fill)) if cfg.augment else (lambda x: x)
     m.g_train.train()
     m.d_train.train()
 
     # ------------------------------------------------------------------
-    # (1) D step: tell real from fake
+    # (1) D step: maximise log D(x) + log(1 - D(G(z)))
     # ------------------------------------------------------------------
     with autocast:
         fake = m.g_train(z, fake_labels)
         both_labels = torch.cat([real_labels, fake_labels]) if m.num_classes else None
-        logits = m.d_train(augment(torch.cat([real, fake.detach()])), both_labels).float()
+        logits = m.d_train(torch.cat([real, fake.detach()]), both_labels).float()
         real_logits, fake_logits = logits.split(len(real))
-        loss_d = _d_loss(real_logits, fake_logits, cfg)
-    if cfg.r1_gamma and step % R1_EVERY == 0:
-        loss_d = loss_d + _r1_penalty(m.d_train, real, real_labels, augment) * (
-            cfg.r1_gamma / 2 * R1_EVERY)
+        # One-sided label smoothing: D's target for real images is 1 - label_smoothing.
+        real_target = torch.full_like(real_logits, 1.0 - cfg.label_smoothing)
+        loss_d = (F.binary_cross_entropy_with_logits(real_logits, real_target)
+                  + F.binary_cross_entropy_with_logits(fake_logits,
+                                                       torch.zeros_like(fake_logits)))
     m.opt_d.zero_grad(set_to_none=True)
     m.scaler_d.scale(loss_d).backward()
     m.scaler_d.step(m.opt_d)
     m.scaler_d.update()
 
     # ------------------------------------------------------------------
-    # (2) G step: make D call the fakes real
+    # (2) G step: maximise log D(G(z)) (the non-saturating loss)
     # ------------------------------------------------------------------
     with autocast:
-        fake_logits_after = m.d_train(augment(fake), fake_labels).float()
-        if cfg.loss == "hinge":
-            loss_g = -fake_logits_after.mean()
-        else:  # non-saturating: maximise log D(G(z))
-            loss_g = F.binary_cross_entropy_with_logits(fake_logits_after,
-                                                        torch.ones_like(fake_logits_after))
+        fake_logits_after = m.d_train(fake, fake_labels).float()
+        loss_g = F.binary_cross_entropy_with_logits(fake_logits_after,
+                                                    torch.ones_like(fake_logits_after))
     m.opt_g.zero_grad(set_to_none=True)
     m.scaler_g.scale(loss_g).backward()
     m.scaler_g.step(m.opt_g)
@@ -334,41 +330,6 @@ def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
     if m.ema is not None:
         _ema_update(m.ema, m.g, cfg.ema_decay, step)
     return _Losses(loss_d, loss_g, real_logits, fake_logits, fake_logits_after)
-
-
-#: R1 is applied lazily (StyleGAN2): every 4th step, weighted by 4.
-R1_EVERY = 4
-
-
-def _d_loss(real_logits, fake_logits, cfg: TrainConfig):
-    if cfg.loss == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    # maximise log D(x) + log(1 - D(G(z))), with one-sided label smoothing of the real target
-    real_target = torch.full_like(real_logits, 1.0 - cfg.label_smoothing)
-    return (F.binary_cross_entropy_with_logits(real_logits, real_target)
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-
-
-def _r1_penalty(d, real, real_labels, augment):
-    real = real.detach().requires_grad_(True)
-    logits = d(augment(real), real_labels)
-    grad, = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return grad.pow(2).flatten(1).sum(1).mean()
-
-
-def _translate(x: torch.Tensor, fill: float, ratio: float = 0.125) -> torch.Tensor:
-    """DiffAugment's translation (Zhao et al., 2020): each image shifted by up to `ratio` of its
-    size, the border filled with the background value, differentiably (a gather)."""
-    n, _, h, w = x.shape
-    shift = int(h * ratio + 0.5)
-    dy = torch.randint(-shift, shift + 1, (n, 1, 1), device=x.device)
-    dx = torch.randint(-shift, shift + 1, (n, 1, 1), device=x.device)
-    b, yy, xx = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device),
-                               torch.arange(w, device=x.device), indexing="ij")
-    yy = torch.clamp(yy + dy + 1, 0, h + 1)
-    xx = torch.clamp(xx + dx + 1, 0, w + 1)
-    padded = F.pad(x, [1, 1, 1, 1], value=fill).permute(0, 2, 3, 1)
-    return padded[b, yy, xx].permute(0, 3, 1, 2)
 
 
 # --- pieces of a step: data order, noise, EMA ---------------------------------------------

@@ -180,17 +180,13 @@ def build_generator(arch: str, latent_dim: int, num_classes: int, g_width: int) 
     return g
 
 
-def build_discriminator(arch: str, num_classes: int, d_width: int, d_dropout: float,
-                        spectral_norm: bool = False) -> Discriminator:
+def build_discriminator(arch: str, num_classes: int, d_width: int, d_dropout: float
+                        ) -> Discriminator:
     spec = ARCHS[arch]
     body, feature_dim = spec.discriminator_body(d_width, d_dropout)
     d = Discriminator(body, feature_dim, num_classes)
     if spec.init:
         d.apply(spec.init)
-    if spectral_norm:
-        for m in list(d.modules()):
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
-                nn.utils.parametrizations.spectral_norm(m)
     return d
 
 

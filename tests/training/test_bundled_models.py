@@ -75,8 +75,9 @@ def test_each_card_states_the_hyper_parameters_its_file_was_trained_with(entry):
     props = {p.key: p.value for p in onnx.load(str(ROOT / "models" / entry["file"])).metadata_props}
     trained = json.loads(props["dcgan.train_config"])
     assert float(re.search(r"Adam ([\d.e-]+)", row)[1]) == trained["lr_g"] == trained["lr_d"]
-    for text in (f"β1 {trained['beta1']}", f"batch {trained['batch_size']}",
-                 f"EMA decay {trained['ema_decay']}", f"latent {trained['latent_dim']}",
-                 f"seed {trained['seed']}", f"`{trained['arch']}` preset",
-                 f"width it had then ({trained['d_width']}"):
+    for text in (f"β1 {trained['beta1']}", f"β2 {trained['beta2']}",
+                 f"batch {trained['batch_size']}", f"EMA decay {trained['ema_decay']}",
+                 f"latent {trained['latent_dim']}", f"seed {trained['seed']}",
+                 f"`{trained['arch']}` preset", f"D width {trained['d_width']}",
+                 f"G width {trained['g_width']}", f"schedule {trained['lr_schedule']}"):
         assert text in row, text

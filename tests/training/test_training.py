@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import signal
 import subprocess
 import time
@@ -58,13 +60,46 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert not _weights_equal(a["generator"], c["generator"])
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+def test_resume_to_a_new_total_reproduces_the_longer_run(tmp_path):
     # 40 steps straight vs 25 steps, then resumed to 40 (crossing an epoch boundary at 16 and 32).
-    straight = train(tiny_config(tmp_path / "straight", steps=40, conditional=True))
-    split = train(tiny_config(tmp_path / "split", steps=25, conditional=True))
+    # Only under constant learning rates: the preset's linear decay depends on the total.
+    straight = train(tiny_config(tmp_path / "straight", steps=40, conditional=True,
+                                 lr_schedule="constant"))
+    split = train(tiny_config(tmp_path / "split", steps=25, conditional=True,
+                              lr_schedule="constant"))
     resume(split, steps=40)
     a, b = checkpoints.load(straight), checkpoints.load(split)
     assert b["step"] == 40
+    for key in ("generator", "discriminator", "ema"):
+        assert _weights_equal(a[key], b[key]), key
+    assert _rows(straight) == [dict(r, seconds=s["seconds"])
+                               for r, s in zip(_rows(split), _rows(straight))]
+
+
+def test_an_interrupted_run_resumes_onto_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """The preset's learning rates decay over the run's second half: a run stopped in that half
+    by SIGINT and resumed ends on the very weights of one that never stopped."""
+    from training import loop
+    straight = train(tiny_config(tmp_path / "straight", steps=40, conditional=True))
+    assert json.loads((straight / "config.json").read_text())["lr_schedule"] == "linear"
+    schedule = loop._schedule_lr
+
+    def interrupt_at_step_25(models, cfg, step):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)  # handled between steps, as a Ctrl-C is
+        schedule(models, cfg, step)
+
+    monkeypatch.setattr(loop, "_schedule_lr", interrupt_at_step_25)
+    with pytest.raises(loop.TrainingInterrupted):
+        train(tiny_config(tmp_path / "split", steps=40, conditional=True))
+    monkeypatch.setattr(loop, "_schedule_lr", schedule)
+    split = tmp_path / "split"
+    assert checkpoints.load(split)["step"] == 26
+    resume(split)
+    a, b = checkpoints.load(straight), checkpoints.load(split)
+    assert b["step"] == 40
+    # constant for steps 0..19, then (40 - step) / 20 of it: the last step ran at 1/20
+    assert a["opt_g"]["param_groups"][0]["lr"] == pytest.approx(4e-4 / 20)
     for key in ("generator", "discriminator", "ema"):
         assert _weights_equal(a[key], b[key]), key
     assert _rows(straight) == [dict(r, seconds=s["seconds"])
