@@ -193,7 +193,8 @@ def throughput(args) -> None:
     for round_ in range(args.rounds):
         for threads in ("1", "2"):
             for name, (checkout, flags) in recipes.items():
-                out = Path(args.out) / "throughput" / f"{slug(name)}-t{threads}-r{round_}"
+                out = (Path(args.out) / "throughput" / f"{slug(name)}-t{threads}-r{round_}"
+                       ).resolve()  # the baseline runs from its own checkout
                 cmd = [sys.executable, "-m", "training", "train", *BASE, *flags, "--steps",
                        str(args.steps), "--threads", threads, "--eval-every", "-1",
                        "--no-progress", "--out", str(out)]
