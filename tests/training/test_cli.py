@@ -16,6 +16,11 @@ from training import checkpoints
 TINY_FLAGS = ["--data-dir", str(SUBSET_DIR), "--no-download", "--g-width", "8", "--d-width", "16",
               "--batch-size", "16", "--train-subset", "256", "--eval-every", "-1",
               "--no-progress", "--threads", "1"]
+#: For the checks that N ranks equal one process to float rounding: the earlier preset's Adam
+#: settings. Under the new ones (4e-4, betas 0 / 0.99) the same rounding grows to 2.3e-4 in 6
+#: steps (measured, against 1e-7 with these), too close to a sharding bug's 1.5e-3 to tell
+#: them apart. The sharding, not the optimiser, is what those tests check.
+ROUNDING_CHECK_ADAM = ("--lr-g", "2e-4", "--lr-d", "2e-4", "--beta1", "0.5", "--beta2", "0.999")
 
 
 def run(*args, check=True, env=None):
@@ -156,14 +161,10 @@ def test_data_parallel_training_is_one_process_s_training_to_float_rounding(tmp_
     exactly where one process of 32 does, to float rounding (measured: 1e-7 at most). Every
     rank reading the same rows, a bug planted in `loop._batch`, moved them 1.5e-3 to 2.3e-3
     apart, four orders of magnitude past the tolerance."""
-    # The earlier preset's Adam settings: under the new ones (4e-4, betas 0 / 0.99) the same
-    # float rounding grows to 2.3e-4 in 6 steps (measured, against 1e-7 here), too close to a
-    # sharding bug's 1.5e-3 to tell them apart. The sharding, not the optimiser, is the check.
-    momentum = ("--lr-g", "2e-4", "--lr-d", "2e-4", "--beta1", "0.5", "--beta2", "0.999")
     ranks = _weights_after(tmp_path, "ddp", processes=2, batch=16, fixed_norm=True,
-                           extra=momentum)
+                           extra=ROUNDING_CHECK_ADAM)
     [single] = _weights_after(tmp_path, "single", processes=1, batch=32, fixed_norm=True,
-                              extra=momentum)
+                              extra=ROUNDING_CHECK_ADAM)
     for net in ("g", "d"):
         keys = [k for k, v in single[net].items() if v.dtype.is_floating_point]
         for rank in ranks:

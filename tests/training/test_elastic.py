@@ -16,7 +16,7 @@ import psutil
 import torch
 
 from tests.conftest import PYTHON, ROOT, python_env
-from tests.training.test_cli import TINY_FLAGS
+from tests.training.test_cli import ROUNDING_CHECK_ADAM, TINY_FLAGS
 from training import checkpoints
 
 
@@ -68,7 +68,7 @@ def _logs(log_dir: Path) -> str:
 def test_two_nodes_train_to_one_process_s_weights(tmp_path):
     """With BatchNorm a fixed affine map (as in the single-node check), two nodes of one
     16-image rank each end where one process of 32 does, to float rounding."""
-    flags = list(TINY_FLAGS)
+    flags = [*TINY_FLAGS, *ROUNDING_CHECK_ADAM]
     harness = [str(ROOT / "tests" / "training" / "ddp_ranks.py"), "--fixed-norm"]
     out = tmp_path / "two-nodes"
     out.mkdir()
