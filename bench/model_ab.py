@@ -4,10 +4,10 @@ serve as fast? For a retrained model whose serving cost must not change.
     git show HEAD~1:models/mnist-dcgan.onnx > /tmp/old.onnx
     python bench/model_ab.py /tmp/old.onnx models/mnist-dcgan.onnx
 
-Compares the node operators in order and every initializer's shape, then times
-`OnnxGenerator.run` (the server's own runner, one intra-op thread) at each batch size,
-alternating the two models over --rounds so load on a shared machine hits both alike; prints
-the median images/s of each and their ratio.
+Compares the node operators in order and every initializer's shape, then times each model
+with graph_bench's session and loop (all graph optimisations, one intra-op thread) at each
+batch size, alternating the two over --rounds so load on a shared machine hits both alike;
+prints the median images/s of each and their ratio.
 """
 
 from __future__ import annotations
@@ -15,33 +15,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.plane.runtime import OnnxGenerator, RuntimeOptions  # noqa: E402
+from bench.graph_bench import session, throughput  # noqa: E402
 
 
 def structure(path: str) -> tuple[list[str], dict[str, tuple]]:
     graph = onnx.load(path).graph
     return ([n.op_type for n in graph.node],
             {i.name: tuple(i.dims) for i in graph.initializer})
-
-
-def images_per_second(runner: OnnxGenerator, batch: int, seconds: float) -> float:
-    z = np.random.default_rng(0).standard_normal((batch, runner.metadata.latent_dim),
-                                                 dtype=np.float32)
-    labels = np.arange(batch, dtype=np.int64) % 10 if runner.metadata.num_classes else None
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        runner.run(z, labels)
-        done += batch
-    return done / (time.perf_counter() - started)
 
 
 def main() -> int:
@@ -59,14 +46,13 @@ def main() -> int:
     print(f"operators: {len(old_ops)} and {len(new_ops)}, same sequence: {same_ops}")
     print(f"initializers: {len(old_shapes)} and {len(new_shapes)}, same shapes: {same_shapes}")
 
-    one_thread = RuntimeOptions(device="cpu", intra_op_threads=1)
-    runners = {"old": OnnxGenerator(args.old, one_thread),
-               "new": OnnxGenerator(args.new, one_thread)}
+    sessions = {"old": session(args.old, "all", threads=1)[0],
+                "new": session(args.new, "all", threads=1)[0]}
     for batch in (int(b) for b in args.batches.split(",")):
-        rates = {name: [] for name in runners}
+        rates = {name: [] for name in sessions}
         for _ in range(args.rounds):
-            for name, runner in runners.items():
-                rates[name].append(images_per_second(runner, batch, args.seconds))
+            for name, s in sessions.items():
+                rates[name].append(throughput(s, batch, args.seconds))
         old, new = statistics.median(rates["old"]), statistics.median(rates["new"])
         print(f"batch {batch}: old {old:,.0f} img/s, new {new:,.0f} img/s, new/old {new / old:.3f}")
     return 0 if same_ops and same_shapes else 1

@@ -41,7 +41,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.train_bench import step_seconds  # noqa: E402
 
 BASE = ["--dataset", "mnist", "--arch", "dcgan", "--conditional"]
 #: The dcgan preset before the ablation, spelled out: every variant changes it.
@@ -153,10 +158,13 @@ def quality(args) -> None:
         time.sleep(1)
 
 
-def step_seconds(run_dir: Path, warmup: int = 10) -> float:
-    with (run_dir / "metrics.csv").open() as f:
-        return statistics.median(float(r["seconds"]) for r in csv.DictReader(f)
-                                 if int(r["step"]) > warmup)
+def images_per_second(cmd: list[str], checkout: Path, out: Path) -> float:
+    """Run one timing command in `checkout`; its batch over the loop's median step time
+    (the first 10 steps are warm-up)."""
+    subprocess.run(cmd, cwd=checkout, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(checkout)})
+    batch = json.loads((out / "config.json").read_text())["batch_size"]
+    return batch / float(np.median(step_seconds(out)[10:]))
 
 
 def speed(args) -> None:
@@ -169,13 +177,9 @@ def speed(args) -> None:
                 cmd = train_command(name, args, ["--steps", str(args.steps), "--threads",
                                                  threads, "--eval-every", "-1",
                                                  "--sample-at", "0"], out)
-                subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
-                seconds = step_seconds(out)
-                config = json.loads((out / "config.json").read_text())
-                results[name][threads].append(config["batch_size"] / seconds)
-                print(f"round {round_} threads {threads} {name}: "
-                      f"{config['batch_size'] / seconds:.0f} img/s", flush=True)
+                rate = images_per_second(cmd, ROOT, out)
+                results[name][threads].append(rate)
+                print(f"round {round_} threads {threads} {name}: {rate:.0f} img/s", flush=True)
     (Path(args.out) / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
@@ -200,10 +204,7 @@ def throughput(args) -> None:
                        "--no-progress", "--out", str(out)]
                 if args.data_dir:
                     cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
-                subprocess.run(cmd, cwd=checkout, check=True, capture_output=True,
-                               env={**os.environ, "PYTHONPATH": str(checkout)})
-                config = json.loads((out / "config.json").read_text())
-                rate = config["batch_size"] / step_seconds(out)
+                rate = images_per_second(cmd, checkout, out)
                 results[name][threads].append(rate)
                 print(f"round {round_} threads {threads} {name}: {rate:.0f} img/s", flush=True)
     for name, rates in results.items():
