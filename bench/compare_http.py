@@ -203,7 +203,7 @@ def targets(model: str, peers: Path | None, workdir: Path, baseline: Path | None
 
 def main() -> int:
     from service.process.config import bundled_models
-    from service.plane.runtime import OnnxGenerator, RuntimeOptions
+    from service.runtime import OnnxGenerator, RuntimeOptions
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(bundled_models()[0][1]))
     parser.add_argument("--peers", type=Path, help="folder of the peers' venvs (setup.sh)")

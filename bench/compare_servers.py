@@ -363,7 +363,7 @@ def targets(model: str, peers: Path | None, workdir: Path,
 
 def main() -> int:
     from service.process.config import bundled_models
-    from service.plane.runtime import OnnxGenerator, RuntimeOptions
+    from service.runtime import OnnxGenerator, RuntimeOptions
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = bundled_models()[0][1] if bundled_models() else None
     parser.add_argument("--model", default=str(default) if default else None)

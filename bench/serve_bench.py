@@ -64,7 +64,7 @@ def closed_loop(call, concurrency: int, seconds: float, keep_latencies: bool = F
 
 def in_process(model: str, batch: int, concurrency: int, seconds: float, threads: int) -> dict:
     from service.contract import seeds_to_latents
-    from service.plane.runtime import OnnxGenerator, RuntimeOptions
+    from service.runtime import OnnxGenerator, RuntimeOptions
     runner = OnnxGenerator(model, RuntimeOptions(device="cpu", intra_op_threads=threads))
     latents = seeds_to_latents(range(batch), runner.metadata.latent_dim)
     labels = np.zeros(batch, np.int64) if runner.metadata.conditional else None

@@ -18,6 +18,7 @@ It depends on numpy only (the serving image has no torch).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -73,6 +74,8 @@ def default_labels(seeds: Iterable[int], num_classes: int) -> np.ndarray:
 #: for some seeds; v2 gives every door the float32's.
 LATENT_RULE = "slerp-lerp-truncation/v2"
 INTERPOLATIONS = ("slerp", "lerp")
+#: 2**-150, half the smallest float32: psi must be above it, or its float32 is 0.
+PSI_FLOOR = 2.0**-150
 
 
 class ContractError(ValueError):
@@ -88,13 +91,16 @@ def as_psi(value) -> float:
     if value == 1:  # the default, on every call: no truncation
         return 1.0
     try:  # text and JSON numbers are read as a double first, as every JSON parser does
-        with np.errstate(over="ignore"):  # 1e300 becomes inf, refused below
-            psi = float(np.float32(float(value)))
+        sent = float(value)
+        with np.errstate(over="ignore", under="ignore"):
+            psi = float(np.float32(sent))
     except (TypeError, ValueError, OverflowError):
         raise ContractError(f"psi {value!r} is not a number: send one in (0, 1]") from None
-    if not 0.0 < psi <= 1.0:  # also refuses NaN
-        raise ContractError(f"psi {value!r} is outside (0, 1]: 1 is no truncation, smaller "
-                            "values trade variety for quality")
+    # As sent, then as carried: 1.00000001 is not in (0, 1] even if its float32 is, and
+    # 5e-324 is, but its float32 is 0 (PSI_FLOOR: the largest value that rounds to 0).
+    if not (0.0 < sent <= 1.0 and psi > 0.0):  # also refuses NaN
+        raise ContractError(f"psi {value!r} is outside (0, 1] or rounds to 0 as a float32: 1 "
+                            "is no truncation, smaller values trade variety for quality")
     return psi
 
 
@@ -222,7 +228,11 @@ def labels_for(seeds: Sequence[int], labels: Sequence[int], num_classes: int,
     if len(labels) not in (1, len(seeds)):  # counted before any label is looked at
         raise ContractError(f"{len(labels)} labels for {len(seeds)} seeds: send none, one for "
                             "all seeds, or one per seed")
-    values = np.asarray(labels, dtype=np.int64)
+    try:
+        values = np.asarray(labels, dtype=np.int64)
+    except OverflowError:  # past int64: surely not a class
+        raise ContractError(f"labels past int64: {model} has classes 0..{num_classes - 1}"
+                            ) from None
     bad = np.unique(values[(values < 0) | (values >= num_classes)])
     if bad.size:
         raise ContractError(f"labels {bad[:5].tolist()} out of range: {model} has classes "
@@ -342,6 +352,10 @@ class ModelMetadata:
 
 # --- seed lists on command lines --------------------------------------------------------------
 
+#: One seed spec exactly as a URL takes it: N, N-M or a comma-separated list of those.
+SEED_SPEC = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"
+
+
 def seed_ranges(specs: Iterable[str]) -> list[tuple[int, int]]:
     """Seed specs as (first, last) pairs, inclusive, in order: "7", "0-15", "3,9,20-22"."""
     ranges = []
@@ -375,7 +389,10 @@ class SeedRanges:
         self.ranges = list(ranges)
 
     def __len__(self) -> int:
-        return sum(last - first + 1 for first, last in self.ranges)
+        count = sum(last - first + 1 for first, last in self.ranges)
+        if count > sys.maxsize:  # len() cannot say so: refused here, as as_seeds would
+            raise ContractError(f"{count} seeds in one request: ask for fewer")
+        return count
 
     def __iter__(self):
         for first, last in self.ranges:

@@ -3,7 +3,7 @@
     python tools/make_readme_images.py
 
 Conditional models: a 10x10 grid, row k = seeds 0..9 with label k. Unconditional: seeds 0..99.
-The images come from `service.plane.runtime.OnnxGenerator`, the server's own runner, so they are the
+The images come from `service.runtime.OnnxGenerator`, the server's own runner, so they are the
 pixels `Generate` returns for those seeds and labels.
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from service.process.config import bundled_models  # noqa: E402
 from service.contract import seeds_to_latents  # noqa: E402
 from service.imaging import make_grid  # noqa: E402
-from service.plane.runtime import OnnxGenerator  # noqa: E402
+from service.runtime import OnnxGenerator  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.contract import INPUT_LABEL, INPUT_LATENT, default_labels, seeds_to_latents  # noqa: E402
-from service.plane.runtime import OnnxGenerator  # noqa: E402
+from service.runtime import OnnxGenerator  # noqa: E402
 
 
 class _SeedLatents(CalibrationDataReader):

@@ -141,7 +141,7 @@ def verify_export(path: Path, g: torch.nn.Module, output_range, num_classes: int
                   samples: int = PARITY_SAMPLES) -> dict:
     """onnx.checker, the service's loader, and onnxruntime-vs-PyTorch parity; raises on failure."""
     import onnx
-    from service.plane.runtime import OnnxGenerator, RuntimeOptions
+    from service.runtime import OnnxGenerator, RuntimeOptions
 
     onnx.checker.check_model(str(path), full_check=True)
     runner = OnnxGenerator(path, RuntimeOptions(device="cpu"))  # metadata + signature checks

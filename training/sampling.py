@@ -1,6 +1,6 @@
 """Generating images for seeds from a checkpoint or an exported ONNX file (`dcgan-train sample`).
 
-An ONNX file runs through the service's own runner (`service.plane.runtime.OnnxGenerator`), so the
+An ONNX file runs through the service's own runner (`service.runtime.OnnxGenerator`), so the
 PNGs written here are byte-for-byte what `Generate` returns for the same seeds and labels.
 A checkpoint runs in torch with the same seed rule and the same post-processing.
 """
@@ -23,7 +23,7 @@ from training.models import ARCHS, build_generator, to_uint8
 
 class OnnxSource:
     def __init__(self, path: Path, device: str = "cpu"):
-        from service.plane.runtime import OnnxGenerator, RuntimeOptions
+        from service.runtime import OnnxGenerator, RuntimeOptions
         self.model = OnnxGenerator(path, RuntimeOptions(device=device))
         meta = self.model.metadata
         self.dataset, self.arch = meta.dataset, meta.arch

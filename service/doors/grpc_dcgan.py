@@ -1,19 +1,19 @@
 """The dcgan.v1 gRPC API: a converter, protobuf message -> `Request` -> data plane -> message.
 
-The edge (`doors/edge.py`) wraps every handler with admission, metrics, cancellation and the
-one translation of errors into status codes; the data plane resolves, checks, runs and
-records. What is left here is the protobuf's own shape: enums, `optional` psi, the stream's
-seed range.
+The edge (`service/edge/grpc_edge.py`) wraps every handler: token, admission, deadline,
+metrics and the one translation of errors into statuses; the data plane resolves, checks,
+runs and records. What is left here is the protobuf's own shape: enums, `optional` psi, the
+stream's seed range.
 """
 
 from __future__ import annotations
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
-from service.contract import MAX_SEED, SEED_RULE, ContractError
-from service.doors.edge import Edge, rpc, rpc_stream
-from service.plane.dataplane import DataPlane, Format, Request, Result, Walk
-from service.plane.models import ServedModel
+from service.contract import MAX_SEED, ContractError
+from service.edge.call import CallRecord
+from service.plane.dataplane import DataPlane, ModelDescription
+from service.plane.plan import Format, Request, Result, Walk
 
 _FORMATS = {
     pb.IMAGE_FORMAT_UNSPECIFIED: Format.RAW,
@@ -28,62 +28,49 @@ _METHODS = {pb.INTERPOLATION_UNSPECIFIED: "slerp", pb.INTERPOLATION_SLERP: "sler
 
 
 class GeneratorServicer(pb_grpc.GeneratorServiceServicer):
-    SERVICE = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
-
-    def __init__(self, plane: DataPlane, edge: Edge, max_message_bytes: int):
+    def __init__(self, plane: DataPlane, max_message_bytes: int):
         self.plane = plane
-        self.edge = edge
         self.max_message_bytes = max_message_bytes
 
-    @rpc("Generate", admit=True)
-    async def Generate(self, request: pb.GenerateRequest, context, call) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest, context, call: CallRecord
+                       ) -> pb.GenerateResponse:
         return _response(await self.plane.infer(Request(
-            request.model, request.model_version, seeds=request.seeds, labels=request.labels, psi=_psi(request),
-            latents=request.latents, format=_format(request.format),
-            timeout=context.time_remaining()), call))
+            request.model, request.model_version, seeds=request.seeds, labels=request.labels,
+            psi=_psi(request), latents=request.latents, format=_format(request.format)), call))
 
-    @rpc("Interpolate", admit=True)
-    async def Interpolate(self, request: pb.InterpolateRequest, context, call
+    async def Interpolate(self, request: pb.InterpolateRequest, context, call: CallRecord
                           ) -> pb.GenerateResponse:
         if request.method not in _METHODS:
             raise ContractError(f"unknown interpolation {request.method}: use "
                                 "INTERPOLATION_SLERP (1) or INTERPOLATION_LERP (2)")
         walk = Walk(request.seed_a, request.seed_b, request.frames, _METHODS[request.method])
         return _response(await self.plane.infer(Request(
-            request.model, request.model_version, walk=walk, labels=request.labels, psi=_psi(request),
-            format=_format(request.format), timeout=context.time_remaining()), call))
+            request.model, request.model_version, walk=walk, labels=request.labels,
+            psi=_psi(request), format=_format(request.format)), call))
 
-    @rpc_stream("GenerateStream", admit=True)
-    async def GenerateStream(self, request: pb.GenerateStreamRequest, context, call):
+    async def GenerateStream(self, request: pb.GenerateStreamRequest, context,
+                             call: CallRecord):
         stream = self.plane.stream(
-            Request(request.model, request.model_version, seeds=_stream_seeds(request), labels=request.labels,
-                    psi=_psi(request), format=_format(request.format),
-                    timeout=context.time_remaining()),
+            Request(request.model, request.model_version, seeds=_stream_seeds(request),
+                    labels=request.labels, psi=_psi(request), format=_format(request.format)),
             self.max_message_bytes, request.chunk_size, call)
         async for result in stream:
             yield _response(result)
 
-    @rpc("ListModels")
-    async def ListModels(self, request, context, call):
-        return pb.ListModelsResponse(models=[self._info(m) for m in self.plane.registry])
+    async def ListModels(self, request, context, call: CallRecord):
+        return pb.ListModelsResponse(models=[_info(self.plane.describe(m))
+                                             for m in self.plane.registry])
 
-    @rpc("GetModelInfo")
-    async def GetModelInfo(self, request, context, call):
-        return self._info(self.plane.model(request.model, request.model_version, call))
-
-    def _info(self, model: ServedModel) -> pb.ModelInfo:
-        meta = model.metadata
-        return pb.ModelInfo(
-            name=model.name, version=model.version, run=meta.version, arch=meta.arch,
-            dataset=meta.dataset,
-            latent_dim=meta.latent_dim, num_classes=meta.num_classes,
-            class_names=list(meta.class_names), height=meta.image_shape[1],
-            width=meta.image_shape[2], execution_providers=model.runner.providers,
-            seed_rule=SEED_RULE, is_default=model.is_default,
-            is_default_version=model.is_default_version, max_batch=self.plane.max_images)
+    async def GetModelInfo(self, request, context, call: CallRecord):
+        return _info(self.plane.describe(self.plane.model(request.model, request.model_version,
+                                                          call)))
 
 
 # --- conversions ------------------------------------------------------------------------------
+
+def _info(description: ModelDescription) -> pb.ModelInfo:
+    return pb.ModelInfo(**vars(description))
+
 
 def _format(value: int) -> Format:
     try:

@@ -4,25 +4,24 @@ Beside the project's own API, so that tools built for the standard protocol (`tr
 KServe's custom-predictor deployments) work against this server unmodified. The same seeds
 give the same pixels as `Generate`: both go through the same data plane. The tensors, and
 the checks on their names, types and shapes, are `v2_tensors`'s, shared with the REST door
-(`http_v2.py`); the edge (`doors/edge.py`) wraps every handler here as it wraps the dcgan API.
+(`http_v2.py`); the edge (`service/edge/grpc_edge.py`) wraps every handler here as it wraps
+the dcgan API.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from google.protobuf import json_format
 
 from service.api.inference import grpc_predict_v2_pb2 as v2
 from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.contract import psi_text
-from service.doors.edge import Edge, rpc
-from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, InputTensor, model_config,
+from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, UNLOAD_PARAMETERS, InputTensor,
+                                      check_repository_parameters, model_config,
                                       model_metadata, output_tensors, server_version,
-                                      statistics, to_request, wanted_outputs)
+                                      to_request, wanted_outputs)
+from service.edge.call import CallRecord
 from service.errors import InvalidRequest, ModelNotFound
 from service.plane.dataplane import DataPlane
-from service.plane.repository import ModelRepository
 
 # Where protobuf keeps the typed (non-raw) values of each datatype.
 _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
@@ -30,82 +29,68 @@ _CONTENTS_FIELD = {"UINT64": "uint64_contents", "INT64": "int64_contents",
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-
-    def __init__(self, plane: DataPlane, edge: Edge, repository: ModelRepository):
+    def __init__(self, plane: DataPlane):
         self.plane = plane
-        self.edge = edge
-        self.repository = repository
         self.version = server_version()
 
     # --- health and metadata -------------------------------------------------------------------
 
-    @rpc("ServerLive")
-    async def ServerLive(self, request, context, call):
+    async def ServerLive(self, request, context, call: CallRecord):
         return v2.ServerLiveResponse(live=True)
 
-    @rpc("ServerReady")
-    async def ServerReady(self, request, context, call):
-        return v2.ServerReadyResponse(ready=not self.edge.gate.draining)
+    async def ServerReady(self, request, context, call: CallRecord):
+        return v2.ServerReadyResponse(ready=self.plane.ready())
 
-    @rpc("ModelReady")
-    async def ModelReady(self, request, context, call):
+    async def ModelReady(self, request, context, call: CallRecord):
         try:
-            self.plane.model(request.name, request.version, call)
+            return v2.ModelReadyResponse(ready=self.plane.ready(request.name, request.version))
         except ModelNotFound:
             return v2.ModelReadyResponse(ready=False)
-        return v2.ModelReadyResponse(ready=not self.edge.gate.draining)
 
-    @rpc("ServerMetadata")
-    async def ServerMetadata(self, request, context, call):
+    async def ServerMetadata(self, request, context, call: CallRecord):
         return v2.ServerMetadataResponse(name=SERVER_NAME, version=self.version,
                                          extensions=EXTENSIONS)
 
-    @rpc("ModelMetadata")
-    async def ModelMetadata(self, request, context, call):
+    async def ModelMetadata(self, request, context, call: CallRecord):
         model = self.plane.model(request.name, request.version, call)
         return json_format.ParseDict(model_metadata(model, self.plane.versions(model.name)),
                                      v2.ModelMetadataResponse())
 
-    @rpc("ModelConfig")
-    async def ModelConfig(self, request, context, call):
+    async def ModelConfig(self, request, context, call: CallRecord):
         return json_format.ParseDict({"config": model_config(
             self.plane.model(request.name, request.version, call))}, v2.ModelConfigResponse())
 
-    @rpc("ModelStatistics")
-    async def ModelStatistics(self, request, context, call):
-        return json_format.ParseDict(statistics(self.plane, self.edge.statistics, request.name,
-                                                request.version, call),
-                                     v2.ModelStatisticsResponse())
+    async def ModelStatistics(self, request, context, call: CallRecord):
+        return json_format.ParseDict(
+            self.plane.statistics(request.name, request.version, call),
+            v2.ModelStatisticsResponse())
 
     # --- the model repository ------------------------------------------------------------------
 
-    @rpc("RepositoryIndex")
-    async def RepositoryIndex(self, request, context, call):
-        return json_format.ParseDict({"models": self.repository.index(request.ready)},
+    async def RepositoryIndex(self, request, context, call: CallRecord):
+        return json_format.ParseDict({"models": self.plane.index(request.ready)},
                                      v2.RepositoryIndexResponse())
 
-    @rpc("RepositoryModelLoad")
-    async def RepositoryModelLoad(self, request, context, call):
-        await asyncio.to_thread(self.repository.load, request.model_name)
+    async def RepositoryModelLoad(self, request, context, call: CallRecord):
+        check_repository_parameters(request.parameters, "RepositoryModelLoad")
+        await self.plane.load(request.model_name)
         return v2.RepositoryModelLoadResponse()
 
-    @rpc("RepositoryModelUnload")
-    async def RepositoryModelUnload(self, request, context, call):
-        await asyncio.to_thread(self.repository.unload, request.model_name)
+    async def RepositoryModelUnload(self, request, context, call: CallRecord):
+        check_repository_parameters(request.parameters, "RepositoryModelUnload", UNLOAD_PARAMETERS)
+        await self.plane.unload(request.model_name)
         return v2.RepositoryModelUnloadResponse()
 
     # --- inference ------------------------------------------------------------------------------
 
-    @rpc("ModelInfer", admit=True)
-    async def ModelInfer(self, request: v2.ModelInferRequest, context, call
+    async def ModelInfer(self, request: v2.ModelInferRequest, context, call: CallRecord
                          ) -> v2.ModelInferResponse:
         parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))
                       for key, value in request.parameters.items()
                       if value.WhichOneof("parameter_choice")}
         plan = self.plane.prepare(to_request(
             request.model_name, request.model_version, _input_tensors(request), parameters,
-            context.time_remaining()), call)
+            call), call)
         wanted = wanted_outputs([o.name for o in request.outputs], plan.model)
         result = await self.plane.run(plan, call)
         response = v2.ModelInferResponse(model_name=result.model, model_version=result.version,

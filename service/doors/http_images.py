@@ -1,21 +1,23 @@
 """Pictures by URL, for browsers, `curl` and `<img>` tags: a converter, query -> data plane -> PNG or GIF.
 
-Beside them the playground page (static/playground.html) and /openapi.json. Each picture is named by the data plane before anything runs (`Plan.digest`, the strong
-ETag), so a matching If-None-Match is answered 304 without generating. Cache-Control is long
+Beside them the playground page (static/playground.html) and /openapi.json. Each picture is
+named by the data plane before anything runs (`Plan.digest`, the strong ETag), so a matching If-None-Match is answered 304 without generating. Cache-Control is long
 (a year, immutable, when `?version=` pins the model) and `private` when the server asks for a
 bearer token, so a shared cache never hands one caller's picture to another.
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 from aiohttp import web
 
-from service.contract import SEED_RULE, ContractError, SeedRanges, seed_ranges
-from service.doors.edge import Edge
-from service.doors.http import TIMEOUT, route
-from service.plane.dataplane import DataPlane, Format, Request, Walk
+from service.contract import SEED_SPEC, ContractError, SeedRanges, seed_ranges
+from service.edge.admission import Category
+from service.edge.http_edge import NUMBER, mounted, route
+from service.plane.dataplane import DataPlane
+from service.plane.plan import Format, Request, Walk
 
 # How long a browser or CDN may keep an image: a year when the URL names the model version
 # (those pixels never change), a day otherwise (a reload may bring a new version).
@@ -26,9 +28,8 @@ WALK_QUERY = ("a", "b", "frames", "method", *PICTURE_QUERY)
 
 
 class ImageRoutes:
-    def __init__(self, plane: DataPlane, edge: Edge, private: bool):
+    def __init__(self, plane: DataPlane, private: bool):
         self.plane = plane
-        self.edge = edge
         self.scope = "private" if private else "public"
         # Fixed for the server's life: read once, not per request.
         self.page = resources.files("service.doors").joinpath("static/playground.html"
@@ -37,61 +38,53 @@ class ImageRoutes:
 
     def routes(self) -> list[tuple[str, str, object]]:
         """(method, path, handler) of each route."""
-        return [("GET", "/", self.playground), ("GET", "/openapi.json", self.openapi),
-                ("GET", "/v1/models", self.list_models),
-                ("GET", "/v1/models/{name}/images/{seed}.png", self.image),
-                ("GET", "/v1/models/{name}/grid.png", self.grid),
-                ("GET", "/v1/models/{name}/interpolation.png", self.interpolation_strip),
-                ("GET", "/v1/models/{name}/interpolation.gif", self.interpolation_gif)]
+        return mounted(self)
 
-    @route("GET /", open=True)
+    @route("GET /", Category.PAGE)
     async def playground(self, request, call):
         return web.Response(body=self.page, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-cache"})
 
-    @route("GET /openapi.json", open=True)
+    @route("GET /openapi.json", Category.PAGE)
     async def openapi(self, request, call):
         return web.json_response(self.api_document)
 
-    @route("GET /v1/models")
+    @route("GET /v1/models", Category.METADATA)
     async def list_models(self, request, call):
+        described = [vars(self.plane.describe(m)) for m in self.plane.registry]
         return web.json_response({"models": [
-            {"name": m.name, "version": m.version, "default": m.is_default,
-             "default_version": m.is_default_version, "run": m.metadata.version,
-             "arch": m.metadata.arch, "dataset": m.metadata.dataset,
-             "num_classes": m.metadata.num_classes, "class_names": list(m.metadata.class_names),
-             "height": m.metadata.image_shape[1], "width": m.metadata.image_shape[2],
-             "max_batch": self.plane.max_images, "seed_rule": SEED_RULE}
-            for m in self.plane.registry]})
+            {**d, "default": d.pop("is_default"), "default_version": d.pop("is_default_version")}
+            for d in described]})
 
-    @route("GET /v1/models/{name}/images/{seed}.png", admit=True, query=PICTURE_QUERY,
+    @route("GET /v1/models/{name}/images/{seed}.png", Category.INFERENCE, query=PICTURE_QUERY,
            cacheable=True)
     async def image(self, request, call):
         text = request.match_info["seed"]
         try:
-            [(seed, last)] = seed_ranges([text])
-            if seed != last:
+            if not text.isascii() or not text.isdigit():
                 raise ValueError
+            [(seed, _)] = seed_ranges([text])
         except ValueError:
             raise ContractError(f"{text!r} is not a seed: use a number 0..2**64-1, e.g. "
                                 "/images/7.png") from None
         return await self._picture(request, call, Format.PNG, seeds=[seed])
 
-    @route("GET /v1/models/{name}/grid.png", admit=True, query=("seeds", *PICTURE_QUERY),
-           cacheable=True)
+    @route("GET /v1/models/{name}/grid.png", Category.INFERENCE,
+           query=("seeds", *PICTURE_QUERY), cacheable=True)
     async def grid(self, request, call):
         text = request.query.get("seeds", "")
-        if not text:
-            raise ContractError("?seeds= is missing: e.g. grid.png?seeds=0-15 or seeds=3,9,20-22")
+        if not re.fullmatch(SEED_SPEC, text):
+            raise ContractError(f"?seeds={text!r} is not a seed list: e.g. grid.png?seeds=0-15 "
+                                "or seeds=3,9,20-22")
         return await self._picture(request, call, Format.PNG_GRID,
                                    seeds=SeedRanges(seed_ranges([text])))
 
-    @route("GET /v1/models/{name}/interpolation.png", admit=True, query=WALK_QUERY,
+    @route("GET /v1/models/{name}/interpolation.png", Category.INFERENCE, query=WALK_QUERY,
            cacheable=True)
     async def interpolation_strip(self, request, call):
         return await self._picture(request, call, Format.PNG_GRID, walk=_walk(request))
 
-    @route("GET /v1/models/{name}/interpolation.gif", admit=True, query=WALK_QUERY,
+    @route("GET /v1/models/{name}/interpolation.gif", Category.INFERENCE, query=WALK_QUERY,
            cacheable=True)
     async def interpolation_gif(self, request, call):
         return await self._picture(request, call, Format.GIF, walk=_walk(request))
@@ -101,8 +94,7 @@ class ImageRoutes:
         version = request.query.get("version", "")
         plan = self.plane.prepare(Request(
             request.match_info["name"], version, labels=_label(request),
-            psi=request.query.get("psi", 1.0), format=fmt, timeout=request[TIMEOUT], **what),
-            call)
+            psi=_psi(request), format=fmt, **what), call)
         headers = {"ETag": f'"{plan.digest}"', "Cache-Control": f"{self.scope}, "
                    f"{CACHE_PINNED if version else CACHE_UNPINNED}"}
         if plan.latent_rule:
@@ -122,25 +114,28 @@ def _walk(request: web.Request) -> Walk:
 
 
 def _label(request: web.Request) -> list[int]:
-    text = request.query.get("label", "")
-    try:
-        return [int(text)] if text else []
-    except ValueError:
-        raise ContractError(f"label {text!r} is not a class number") from None
+    return [] if "label" not in request.query else [_int_query(request, "label")]
+
+
+def _psi(request: web.Request) -> str | float:
+    """?psi= as sent (the contract rounds it), if it is written as a JSON number."""
+    text = request.query.get("psi")
+    if text is None:
+        return 1.0
+    if not NUMBER.fullmatch(text):
+        raise ContractError(f"psi {text!r} is not a number: send one in (0, 1], e.g. 0.7")
+    return text
 
 
 def _int_query(request: web.Request, name: str, default: int | None = None) -> int:
+    """A whole number 0 or more, written in digits alone."""
     text = request.query.get(name)
     if text is None and default is not None:
         return default
-    try:
-        value = int(text)
-        if value < 0:
-            raise ValueError
-        return value
-    except (TypeError, ValueError):
+    if text is None or not text.isascii() or not text.isdigit():
         raise ContractError(f"?{name}= {'is missing' if text is None else repr(text)}: "
-                            "send a whole number, e.g. ?a=3&b=13&frames=16") from None
+                            "send a whole number, e.g. ?a=3&b=13&frames=16&label=1")
+    return int(text)
 
 
 def _etags(header: str) -> set[str]:

@@ -7,22 +7,21 @@ here is the framing of the body and of the answer: JSON, or Triton's binary tens
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 
 from aiohttp import web
 
 from service.contract import psi_text
-from service.doors.edge import Edge
-from service.doors.http import TIMEOUT, route
-from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, InputTensor, model_config,
+from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, UNLOAD_PARAMETERS, InputTensor,
+                                      check_repository_parameters, model_config,
                                       model_metadata, output_tensors, server_version,
-                                      statistics, to_request, wanted_outputs)
-from service.errors import InvalidRequest
-from service.plane.dataplane import DataPlane, Result
-from service.plane.models import ServedModel
-from service.plane.repository import ModelRepository
+                                      to_request, wanted_outputs)
+from service.edge.admission import Category
+from service.edge.http_edge import mounted, read_body, route
+from service.errors import InvalidRequest, Unsupported
+from service.plane.dataplane import DataPlane
+from service.plane.plan import Result
+from service.plane.registry import ServedModel
 
 JSON_TYPE = "application/json"
 BINARY_HEADER = "Inference-Header-Content-Length"  # Triton's binary tensor data extension
@@ -32,109 +31,98 @@ INPUT_FIELDS = ("name", "datatype", "shape", "data", "parameters")
 OUTPUT_FIELDS = ("name", "parameters")
 # The longest a JSON number of a valid request needs ("-1.2345678901234567e-05, "), with room.
 BYTES_PER_VALUE = 32
+# The repository's bodies: a flag or two.
+SMALL_BODY_BYTES = 4096
 
 
 class InferenceRoutes:
-    def __init__(self, plane: DataPlane, edge: Edge, repository: ModelRepository,
-                 max_body_bytes: int):
+    def __init__(self, plane: DataPlane, max_body_bytes: int):
         self.plane = plane
-        self.edge = edge
-        self.repository = repository
         self.max_body_bytes = max_body_bytes  # --max-message-bytes
         self.version = server_version()
 
     def routes(self) -> list[tuple[str, str, object]]:
-        """(method, path, handler) of each route."""
-        table = [("GET", "/v2/health/live", self.live), ("GET", "/v2/health/ready", self.ready),
-                 ("GET", "/v2", self.server_metadata),
-                 ("GET", "/v2/models/stats", self.all_statistics),
-                 ("POST", "/v2/repository/index", self.repository_index),
-                 ("POST", "/v2/repository/models/{name}/load", self.load_model),
-                 ("POST", "/v2/repository/models/{name}/unload", self.unload_model)]
-        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-            table += [("GET", prefix, self.model_metadata),
-                      ("GET", prefix + "/ready", self.model_ready),
-                      ("GET", prefix + "/config", self.model_config),
-                      ("GET", prefix + "/stats", self.model_statistics),
-                      ("POST", prefix + "/infer", self.infer)]
-        return table
+        """(method, path, handler) of each route; the per-model ones also under a version."""
+        table = mounted(self)
+        return table + [(method, path.replace("{name}", "{name}/versions/{version}"), handler)
+                        for method, path, handler in table
+                        if path.startswith("/v2/models/{name}")]
 
     # --- health and metadata --------------------------------------------------------------------
 
-    @route("GET /v2/health/live", open=True)
+    @route("GET /v2/health/live", Category.HEALTH)
     async def live(self, request, call):
         return web.json_response({"live": True})
 
-    @route("GET /v2/health/ready", open=True)
+    @route("GET /v2/health/ready", Category.HEALTH)
     async def ready(self, request, call):
-        ready = not self.edge.gate.draining
+        ready = self.plane.ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
-    @route("GET /v2")
+    @route("GET /v2", Category.METADATA)
     async def server_metadata(self, request, call):
         return web.json_response({"name": SERVER_NAME, "version": self.version,
                                   "extensions": ["binary_tensor_data", *EXTENSIONS]})
 
-    @route("GET /v2/models/{name}")
+    @route("GET /v2/models/stats", Category.STATISTICS)
+    async def all_statistics(self, request, call):
+        return web.json_response(self.plane.statistics("", "", call))
+
+    @route("GET /v2/models/{name}", Category.METADATA)
     async def model_metadata(self, request, call):
         model = self._model(request, call)
         return web.json_response(model_metadata(model, self.plane.versions(model.name)))
 
-    @route("GET /v2/models/{name}/ready")
+    @route("GET /v2/models/{name}/ready", Category.METADATA)
     async def model_ready(self, request, call):
-        self._model(request, call)  # an unknown model is a 404, as Triton and KServe answer
-        ready = not self.edge.gate.draining
+        # an unknown model is a 404, as Triton and KServe answer
+        ready = self.plane.ready(request.match_info["name"], request.match_info.get("version", ""))
         return web.json_response({"name": request.match_info["name"], "ready": ready},
                                  status=200 if ready else 503)
 
-    @route("GET /v2/models/{name}/config")
+    @route("GET /v2/models/{name}/config", Category.METADATA)
     async def model_config(self, request, call):
         return web.json_response(model_config(self._model(request, call)))
 
-    @route("GET /v2/models/stats")
-    async def all_statistics(self, request, call):
-        return web.json_response(statistics(self.plane, self.edge.statistics, "", "", call))
-
-    @route("GET /v2/models/{name}/stats")
+    @route("GET /v2/models/{name}/stats", Category.STATISTICS)
     async def model_statistics(self, request, call):
-        return web.json_response(statistics(self.plane, self.edge.statistics,
-                                            request.match_info["name"],
-                                            request.match_info.get("version", ""), call))
+        return web.json_response(self.plane.statistics(
+            request.match_info["name"], request.match_info.get("version", ""), call))
 
     # --- the model repository ------------------------------------------------------------------
 
-    @route("POST /v2/repository/index")
+    @route("POST /v2/repository/index", Category.REPOSITORY)
     async def repository_index(self, request, call):
-        body = await request.read()
-        try:
-            options = json.loads(body) if body.strip() else {}
-        except ValueError:
-            options = None
-        if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+        options = await _json_body(request, 'a JSON object such as {"ready": true}')
+        if not isinstance(options.get("ready", False), bool):
             raise InvalidRequest('the body must be empty or a JSON object such as '
                                  '{"ready": true}')
-        ready = options.get("ready", False)
-        return web.json_response(self.repository.index(ready))
+        return web.json_response(self.plane.index(options.get("ready", False)))
 
-    @route("POST /v2/repository/models/{name}/load")
+    @route("POST /v2/repository/models/{name}/load", Category.REPOSITORY)
     async def load_model(self, request, call):
-        await asyncio.to_thread(self.repository.load, request.match_info["name"])
+        check_repository_parameters(await _repository_parameters(request), "load")
+        await self.plane.load(request.match_info["name"])
         return web.json_response({})
 
-    @route("POST /v2/repository/models/{name}/unload")
+    @route("POST /v2/repository/models/{name}/unload", Category.REPOSITORY)
     async def unload_model(self, request, call):
-        await asyncio.to_thread(self.repository.unload, request.match_info["name"])
+        parameters = await _repository_parameters(request)
+        check_repository_parameters(parameters, "unload", UNLOAD_PARAMETERS)
+        if not isinstance(parameters.get("unload_dependents", False), bool):
+            raise InvalidRequest("parameters.unload_dependents must be true or false")
+        await self.plane.unload(request.match_info["name"])
         return web.json_response({})
 
     # --- inference ------------------------------------------------------------------------------
 
-    @route("POST /v2/models/{name}/infer", admit=True)
+    @route("POST /v2/models/{name}/infer", Category.INFERENCE)
     async def infer(self, request, call):
         model = self._model(request, call)
         # The largest valid body: every value of the most latents one request may carry.
         limit = min(self.max_body_bytes, (1 << 16) + BYTES_PER_VALUE * self.plane.max_images
                     * (model.metadata.latent_dim + 2))
-        header, binary = await _read_body(request, limit)
+        header, binary = await _read_infer_body(request, limit)
         for field, value in (("model_name", model.name), ("model_version", model.version)):
             if header.get(field, value) != value:  # KServe's client repeats the URL's name
                 raise InvalidRequest(f"{field} {header[field]!r} in the body is not the URL's "
@@ -151,14 +139,11 @@ class InferenceRoutes:
                      if _parameters(o, "an output").get("binary_data", False)}
         if parameters.get("binary_data_output", False):
             as_binary = set(wanted)
-        timeout = request[TIMEOUT]
-        if "timeout" in parameters:  # Triton's, in microseconds
-            timeout = min(timeout or math.inf, _microseconds(parameters["timeout"]))
         # The URL's name and version, not the model found above: a reload in between must not
         # turn this request into a version mismatch.
         result = await self.plane.infer(to_request(
             request.match_info["name"], request.match_info.get("version", ""), inputs,
-            parameters, timeout), call)
+            parameters, call), call)
         return _infer_response(header, result, wanted, as_binary)
 
     def _model(self, request: web.Request, call) -> ServedModel:
@@ -168,38 +153,14 @@ class InferenceRoutes:
 
 # --- the body ---------------------------------------------------------------------------------
 
-class Unsupported(InvalidRequest):
-    """A body this server cannot read at all."""
-
-    http_status = 415
-
-
-class TooLarge(InvalidRequest):
-    http_status = 413
-
-
-async def _read_body(request: web.Request, limit: int) -> tuple[dict, bytes]:
-    """The JSON header of an infer request and the binary tensor data after it (if any);
-    a body longer than `limit` bytes (decompressed) is refused before it is all read."""
+async def _read_infer_body(request: web.Request, limit: int) -> tuple[dict, bytes]:
+    """The JSON header of an infer request and the binary tensor data after it (if any)."""
     length_text = request.headers.get(BINARY_HEADER)
     content_type = request.content_type  # "application/octet-stream" when none was sent
     if length_text is None and content_type not in (JSON_TYPE, "application/octet-stream"):
         raise Unsupported(f"Content-Type {content_type!r} is not accepted: send "
                           f"'{JSON_TYPE}' (or binary tensors with the {BINARY_HEADER} header)")
-    too_large = TooLarge(f"the body is larger than {limit} bytes, more than any valid request "
-                         "to this model needs (and --max-message-bytes allows): send fewer "
-                         "seeds or latents per request")
-    if (request.content_length or 0) > limit:
-        raise too_large
-    body = bytearray()
-    try:
-        async for chunk in request.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:  # chunked or compressed bodies have no length up front
-                raise too_large
-    except (web.RequestPayloadError, ValueError) as exc:  # aiohttp decodes gzip/deflate
-        raise InvalidRequest(f"the body could not be read: {exc}; send it uncompressed or "
-                             "as valid gzip/deflate with its Content-Encoding") from None
+    body = await read_body(request, limit)
     split = len(body)
     if length_text is not None:
         try:
@@ -209,14 +170,35 @@ async def _read_body(request: web.Request, limit: int) -> tuple[dict, bytes]:
         except ValueError:
             raise InvalidRequest(f"{BINARY_HEADER}: {length_text!r} is not a byte count within "
                                  f"the body's {len(body)} bytes") from None
-    try:
-        header = json.loads(body[:split])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise InvalidRequest("the body must be a JSON object with 'inputs'")
+    header = _json(body[:split], "a JSON object with 'inputs'")
     _known_fields(header, REQUEST_FIELDS, "an infer request")
-    return header, bytes(body[split:])
+    return header, body[split:]
+
+
+def _json(text: bytes, what: str) -> dict:
+    """A JSON object, or InvalidRequest saying what to send (`what`)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}; send {what}") from None
+    except RecursionError:  # the parser's own limit on nesting
+        raise InvalidRequest(f"the body is nested too deeply: send {what}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"the body must be {what}")
+    return value
+
+
+async def _json_body(request: web.Request, what: str) -> dict:
+    """A small JSON object body (an empty body is {})."""
+    body = await read_body(request, SMALL_BODY_BYTES, f"send {what}")
+    return _json(body, what) if body.strip() else {}
+
+
+async def _repository_parameters(request: web.Request) -> dict:
+    """The `parameters` of a load or unload body: empty or {"parameters": {...}}."""
+    body = await _json_body(request, 'nothing, or {"parameters": {}}')
+    _known_fields(body, ("parameters",), "a load or unload request")
+    return _parameters(body, "the request")
 
 
 def _known_fields(obj: dict, fields: tuple[str, ...], what: str) -> None:
@@ -260,22 +242,17 @@ def _input_tensors(header: dict, binary: bytes) -> list[InputTensor]:
 
 
 def _flat(data, name: str) -> list:
-    """JSON `data`, flat or nested row-major, as one flat list of numbers."""
+    """JSON `data`, flat or in rows ([[...], [...]]), as one flat list of numbers."""
     if not isinstance(data, list):
-        raise InvalidRequest(f"input {name!r}: 'data' must be a list of integers (or send "
+        raise InvalidRequest(f"input {name!r}: 'data' must be a list of numbers (or send "
                              "binary data with parameters.binary_data_size)")
     flat = []
-    stack = [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidRequest(f"input {name!r}: {value!r} is not a number")
-            flat.append(value)
-        else:
-            stack.pop()
+    for item in data:
+        flat.extend(item if isinstance(item, list) else (item,))
+    for value in flat:
+        if type(value) not in (int, float):  # bool is not a number here
+            raise InvalidRequest(f"input {name!r}: {value!r} is not a number: send numbers, "
+                                 "flat or in rows")
     return flat
 
 
@@ -284,13 +261,6 @@ def _parameters(obj: dict, where: str) -> dict:
     if not isinstance(parameters, dict):
         raise InvalidRequest(f"'parameters' of {where} must be an object")
     return parameters
-
-
-def _microseconds(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidRequest(f"parameters.timeout {value!r} is not a positive number of "
-                             "microseconds")
-    return value / 1e6
 
 
 # --- the answer -------------------------------------------------------------------------------

@@ -1,310 +1,303 @@
 """The OpenAPI 3.1 document of the HTTP front door, served at /openapi.json.
 
 Made from the routes it describes (`http_v2.InferenceRoutes.routes`,
-`http_images.ImageRoutes.routes`): each operation's parameters, 304, 401 and security come from
-its handler's `http.route` declaration; the rest (summaries, schemas) is written here by hand.
-tests/service/test_openapi.py checks the document against what each route reads and answers.
+`http_images.ImageRoutes.routes`): each operation's query parameters, 304, 401 and security
+come from its handler's `http_edge.route` declaration; the schemas are written here, to say
+exactly what the server accepts. Schemathesis checks the live document against the server
+(tests/service/test_openapi.py); what JSON Schema cannot say (a tensor's shape against its
+values, how many seeds a range stands for, a class against the named model) is said in the
+descriptions, and the server answers 400 for it.
 """
 
 from __future__ import annotations
 
 import re
 
-TENSOR_TYPES = ["UINT64", "INT64", "INT32", "UINT8"]
+from service.contract import MAX_SEED, PSI_FLOOR, SEED_SPEC
+
+INTEGER = {"type": "integer"}
+TEXT = {"type": "string"}
+FLAG = {"type": "boolean"}
 
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _object(required: tuple = (), closed: bool = True, **properties) -> dict:
+    """An object with these properties; `closed`: the server refuses any other."""
+    schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _array(items: dict, **bounds) -> dict:
+    return {"type": "array", "items": items, **bounds}
+
+
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict:
-    why = {400: "bad input: the message says what to fix", 401: "missing or wrong bearer token",
-           404: "no such model (or version)",
-           405: "a method this path does not take: the Allow header lists those it does",
-           413: "a body larger than any valid request to this model (or --max-message-bytes)",
-           415: "a body that is neither JSON nor binary tensors",
-           429: "over --max-in-flight or the model's queue limit: retry shortly",
-           503: "draining before shutdown: retry on another replica",
-           504: "the request's timeout passed"}
-    return {str(s): _json(_ref("Error"), why[s]) for s in statuses}
+WHY = {400: "bad input: the message says what to fix", 401: "missing or wrong bearer token",
+       404: "no such model (or version)",
+       405: "a method this path does not take: the Allow header lists those it does",
+       408: "the body took longer than --read-timeout to arrive",
+       409: "loading and unloading need --model-control explicit",
+       413: "a body larger than any valid request (or --max-message-bytes)",
+       415: "a body that is neither JSON nor binary tensors",
+       429: "over --max-in-flight or the model's queue limit: retry shortly",
+       503: "draining before shutdown: retry on another replica",
+       504: "the request's own timeout passed"}
 
 
-_SHAPE = {"type": "array", "items": {"type": "integer"}}
-SCHEMAS = {
-    "Error": {"type": "object", "required": ["error"],
-              "properties": {"error": {"type": "string"}}},
-    "Live": {"type": "object", "required": ["live"],
-             "properties": {"live": {"type": "boolean"}}},
-    "Ready": {"type": "object", "required": ["ready"],
-              "properties": {"ready": {"type": "boolean"}, "name": {"type": "string"}}},
-    "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"],
-                       "properties": {"name": {"type": "string"},
-                                      "version": {"type": "string"},
-                                      "extensions": {"type": "array",
-                                                     "items": {"type": "string"}}}},
-    "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"],
-                       "properties": {"name": {"type": "string"},
-                                      "datatype": {"enum": TENSOR_TYPES + ["FP32"]},
-                                      "shape": _SHAPE}},
-    "ModelMetadata": {"type": "object",
-                      "required": ["name", "versions", "platform", "inputs", "outputs"],
-                      "properties": {"name": {"type": "string"},
-                                     "versions": {"type": "array",
-                                                  "items": {"type": "string"}},
-                                     "platform": {"type": "string"},
-                                     "inputs": {"type": "array",
-                                                "items": _ref("TensorMetadata")},
-                                     "outputs": {"type": "array",
-                                                 "items": _ref("TensorMetadata")}}},
-    "ModelConfig": {"type": "object", "required": ["name", "platform", "input", "output"],
-                    "description": "Triton's model configuration (tritonclient reads it)",
-                    "properties": {"name": {"type": "string"},
-                                   "platform": {"type": "string"},
-                                   "backend": {"type": "string"},
-                                   "max_batch_size": {"type": "integer"},
-                                   "input": {"type": "array", "items": {"type": "object"}},
-                                   "output": {"type": "array",
-                                              "items": {"type": "object"}}}},
-    "InferInput": {
-        "type": "object", "required": ["name", "datatype", "shape"],
-        "properties": {
-            "name": {"enum": ["seeds", "labels", "latents", "psi", "frames"]},
-            "datatype": {"enum": ["UINT64", "INT64", "INT32", "FP32"],
-                         "description": "seeds: UINT64 or INT64; labels and frames: INT64 "
-                                        "or INT32; latents [N, latent_dim] and psi [1]: "
-                                        "FP32. With frames, exactly two seeds: the "
-                                        "interpolation between them"},
-            "shape": _SHAPE,
-            "data": {"type": "array", "description": "row-major values, flat or nested"},
-            "parameters": {"type": "object", "properties": {
-                "binary_data_size": {"type": "integer", "minimum": 0,
-                                     "description": "the values are this many bytes of "
-                                                    "the binary part instead"}}}}},
-    "InferRequest": {
-        "type": "object", "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string"},
-            "inputs": {"type": "array", "minItems": 1, "items": _ref("InferInput")},
-            "outputs": {"type": "array", "items": {
+def _seeds_text(max_images: int) -> dict:
+    return {"type": "string", "pattern": SEED_SPEC, "description":
+            f"seeds 0..2**64-1 as N, N-M (low to high) or a comma-separated list, e.g. 0-15 "
+            f"or 3,9,20-22; at most {max_images} in all"}
+
+
+def _schemas(max_images: int) -> dict:
+    values = _array({"anyOf": [{"type": "number"}, _array({"type": "number"})]})
+    tensor_parameters = _object(closed=False, binary_data_size={"type": "integer",
+                                                                "minimum": 0})
+    shape = _array({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, minItems=1)
+
+    def infer_input(name: str, datatypes: list[str], what: str) -> dict:
+        schema = _object(("name", "datatype", "shape"), name={"const": name},
+                         datatype={"enum": datatypes}, shape=shape,
+                         data={**values, "description": "row-major, flat or in rows"},
+                         parameters=tensor_parameters)
+        return {**schema, "description": what}
+
+    count = f"1..{max_images}"
+    return {
+        "Error": _object(("error",), error=TEXT),
+        "Live": _object(("live",), live=FLAG),
+        "Ready": _object(("ready",), ready=FLAG, name=TEXT),
+        "ServerMetadata": _object(("name", "version", "extensions"), name=TEXT, version=TEXT,
+                                  extensions=_array(TEXT)),
+        "TensorMetadata": _object(("name", "datatype", "shape"), name=TEXT, datatype=TEXT,
+                                  shape=_array(INTEGER)),
+        "ModelMetadata": _object(("name", "versions", "platform", "inputs", "outputs"),
+                                 name=TEXT, versions=_array(TEXT), platform=TEXT,
+                                 inputs=_array(_ref("TensorMetadata")),
+                                 outputs=_array(_ref("TensorMetadata"))),
+        "ModelConfig": {**_object(("name", "platform", "input", "output"), closed=False),
+                        "description": "Triton's model configuration (tritonclient reads it)"},
+        "InferInput": {"oneOf": [
+            infer_input("seeds", ["UINT64", "INT64"], f"shape [N] or [N, 1], N {count}"),
+            infer_input("latents", ["FP32"], f"shape [N, latent_dim], N {count}"),
+            infer_input("labels", ["INT64", "INT32"], "[N] or [1]: classes of the model"),
+            infer_input("psi", ["FP32"], f"[1]: truncation in ({PSI_FLOOR!r}, 1]"),
+            infer_input("frames", ["INT64", "INT32"],
+                        f"[1]: with exactly two seeds, 2..{max_images} frames from one to "
+                        "the other")]},
+        "InferRequest": _object(
+            ("inputs",), id=TEXT,
+            inputs={**_array(_ref("InferInput"), minItems=1), "contains": {
                 "type": "object", "required": ["name"],
-                "properties": {"name": {"enum": ["images", "labels"]},
-                               "parameters": {"type": "object", "properties": {
-                                   "binary_data": {"type": "boolean"}}}}}},
-            "parameters": {"type": "object", "properties": {
-                "interpolation": {"enum": ["slerp", "lerp"]},
-                "binary_data_output": {"type": "boolean"},
-                "timeout": {"type": "number", "exclusiveMinimum": 0,
-                            "description": "microseconds (Triton's)"}}}}},
-    "InferOutput": {"type": "object", "required": ["name", "datatype", "shape"],
-                    "properties": {"name": {"type": "string"},
-                                   "datatype": {"enum": ["UINT8", "INT64"]},
-                                   "shape": _SHAPE,
-                                   "data": {"type": "array", "items": {"type": "integer"}},
-                                   "parameters": {"type": "object"}}},
-    "InferResponse": {"type": "object", "required": ["model_name", "outputs"],
-                      "properties": {"model_name": {"type": "string"},
-                                     "model_version": {"type": "string"},
-                                     "id": {"type": "string"},
-                                     "outputs": {"type": "array",
-                                                 "items": _ref("InferOutput")}}},
-    "Duration": {"type": "object", "required": ["count", "ns"],
-                 "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}}},
-    "ModelStatistics": {
-        "type": "object", "required": ["model_stats"],
-        "description": "Triton's statistics extension, per model and version since start",
-        "properties": {"model_stats": {"type": "array", "items": {
-            "type": "object",
-            "required": ["name", "version", "last_inference", "inference_count",
-                         "execution_count", "inference_stats", "batch_stats"],
-            "properties": {
-                "name": {"type": "string"}, "version": {"type": "string"},
-                "last_inference": {"type": "integer", "description": "ms since the epoch"},
-                "inference_count": {"type": "integer", "description": "images generated"},
-                "execution_count": {"type": "integer", "description": "onnxruntime runs"},
-                "inference_stats": {"type": "object", "additionalProperties": _ref("Duration")},
-                "batch_stats": {"type": "array", "items": {"type": "object", "properties": {
-                    "batch_size": {"type": "integer"},
-                    "compute_input": _ref("Duration"), "compute_infer": _ref("Duration"),
-                    "compute_output": _ref("Duration")}}},
-                "memory_usage": {"type": "array"}}}}}},
-    "ModelInfo": {"type": "object",
-                  "required": ["name", "version", "default", "num_classes", "height",
-                               "width", "max_batch"],
-                  "properties": {"name": {"type": "string"}, "version": {"type": "string"},
-                                 "default": {"type": "boolean"},
-                                 "default_version": {"type": "boolean"},
-                                 "run": {"type": "string",
-                                         "description": "the file's training run and step"},
-                                 "arch": {"type": "string"}, "dataset": {"type": "string"},
-                                 "num_classes": {"type": "integer", "minimum": 0},
-                                 "class_names": {"type": "array",
-                                                 "items": {"type": "string"}},
-                                 "height": {"type": "integer"}, "width": {"type": "integer"},
-                                 "max_batch": {"type": "integer"},
-                                 "seed_rule": {"type": "string"}}},
-    "ModelList": {"type": "object", "required": ["models"],
-                  "properties": {"models": {"type": "array", "items": _ref("ModelInfo")}}},
-}
+                "properties": {"name": {"enum": ["seeds", "latents"]}}}},
+            outputs=_array(_object(("name",), name={"enum": ["images", "labels"]},
+                                   parameters=_object(closed=False, binary_data=FLAG))),
+            model_name=TEXT, model_version=TEXT,
+            parameters=_object(closed=False, interpolation={"enum": ["slerp", "lerp"]},
+                               binary_data_output=FLAG,
+                               timeout={"type": "number", "exclusiveMinimum": 0,
+                                        "description": "microseconds (Triton's)"})),
+        "InferOutput": _object(("name", "datatype", "shape"), closed=False, name=TEXT,
+                               datatype={"enum": ["UINT8", "INT64"]}, shape=_array(INTEGER),
+                               data=_array(INTEGER), parameters={"type": "object"}),
+        "InferResponse": _object(("model_name", "outputs"), closed=False, model_name=TEXT,
+                                 model_version=TEXT, id=TEXT,
+                                 outputs=_array(_ref("InferOutput"))),
+        "Duration": _object(("count", "ns"), count=INTEGER, ns=INTEGER),
+        "ModelStatistics": {**_object(("model_stats",), model_stats=_array({"type": "object"})),
+                            "description": "Triton's statistics extension, per model and "
+                                           "version since start"},
+        "ModelInfo": _object(("name", "version", "default", "num_classes", "height", "width",
+                              "max_batch"), closed=False, name=TEXT, version=TEXT,
+                             default=FLAG, default_version=FLAG, run=TEXT, arch=TEXT,
+                             dataset=TEXT, num_classes={"type": "integer", "minimum": 0},
+                             class_names=_array(TEXT), height=INTEGER, width=INTEGER,
+                             max_batch=INTEGER, seed_rule=TEXT),
+        "ModelList": _object(("models",), models=_array(_ref("ModelInfo"))),
+        "RepositoryIndex": _array(_object(("name", "version", "state"), closed=False,
+                                          name=TEXT, version=TEXT,
+                                          state={"enum": ["READY", "UNAVAILABLE"]},
+                                          reason=TEXT)),
+    }
 
 
-# Every parameter a route may read, by name: a route's declaration (`http.route`'s `query`,
-# and the `{...}` in its path) picks its own from here.
-PARAMETERS = {
-    "name": {"in": "path", "schema": {"type": "string"},
-             "description": "a served model's name (GET /v1/models lists them)"},
-    "version": {"in": "path", "schema": {"type": "string"},
-                "description": "the model's version; another one is a 404"},
-    "seed": {"in": "path", "schema": {"type": "integer", "minimum": 0},
-             "description": "0..2**64-1"},
-    "seeds": {"in": "query", "required": True, "schema": {"type": "string"},
-              "description": "e.g. 0-15 or 3,9,20-22; at most --max-batch"},
-    "label": {"in": "query", "schema": {"type": "integer", "minimum": 0},
-              "description": "class, for conditional models (default: the seed rule's)"},
-    "psi": {"in": "query", "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            "description": "truncation: latents scaled toward the mean (1, the default, is "
-                           "none); rounded to float32, as every door carries it"},
-    "a": {"in": "query", "required": True, "schema": {"type": "integer", "minimum": 0},
-          "description": "the first frame's seed"},
-    "b": {"in": "query", "required": True, "schema": {"type": "integer", "minimum": 0},
-          "description": "the last frame's seed"},
-    "frames": {"in": "query", "schema": {"type": "integer", "minimum": 2, "default": 16},
-               "description": "frames, both ends included; at most --max-batch"},
-    "method": {"in": "query", "schema": {"enum": ["slerp", "lerp"], "default": "slerp"}},
-    "timeout": {"in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
-                "description": "seconds the caller will wait (or the Request-Timeout header)"},
-    "If-None-Match": {"in": "header", "schema": {"type": "string"},
-                      "description": "an ETag from an earlier answer: 304 if unchanged"},
+def _parameters(max_images: int) -> dict:
+    """Every parameter a route may read, by name: its declaration picks its own."""
+    seed = {"type": "integer", "minimum": 0, "maximum": MAX_SEED}
+    return {
+        "name": {"in": "path", "schema": TEXT,
+                 "description": "a served model's name (GET /v1/models lists them)"},
+        "version": {"in": "path", "schema": TEXT,
+                    "description": "the model's version; another one is a 404"},
+        "seed": {"in": "path", "schema": seed},
+        "seeds": {"in": "query", "required": True, "schema": _seeds_text(max_images)},
+        "label": {"in": "query", "schema": {"type": "integer", "minimum": 0},
+                  "description": "a class of the model (default: the seed rule's); only for "
+                                 "class-conditional models"},
+        "psi": {"in": "query", "schema": {"type": "number", "exclusiveMinimum": PSI_FLOOR,
+                                          "maximum": 1},
+                "description": "truncation: latents scaled toward the mean (1, the default, "
+                               "is none); rounded to float32, as every door carries it"},
+        "a": {"in": "query", "required": True, "schema": seed,
+              "description": "the first frame's seed"},
+        "b": {"in": "query", "required": True, "schema": seed,
+              "description": "the last frame's seed (of the same default class as a's, "
+                             "unless label is given)"},
+        "frames": {"in": "query", "schema": {"type": "integer", "minimum": 2,
+                                             "maximum": max_images, "default": 16},
+                   "description": "frames, both ends included"},
+        "method": {"in": "query", "schema": {"enum": ["slerp", "lerp"], "default": "slerp"}},
+        "timeout": {"in": "query", "schema": {"type": "number", "exclusiveMinimum": 0},
+                    "description": "seconds the caller will wait (or Request-Timeout)"},
+        "version-query": {"name": "version", "in": "query", "schema": TEXT,
+                          "description": "pin the model version: a different one is a 404, "
+                                         "and the picture may be cached for a year"},
+        "If-None-Match": {"in": "header", "schema": TEXT,
+                          "description": "an ETag from an earlier answer: 304 if unchanged"},
+    }
+
+
+# The body each POST route takes.
+_REPOSITORY = "an empty body, or this object"
+BODIES = {
+    "POST /v2/models/{name}/infer": ({
+        "application/json": {"schema": _ref("InferRequest")},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}, True),
+    "POST /v2/repository/index": ({"application/json": {"schema": _object(
+        closed=False, ready=FLAG)}}, False),
+    "POST /v2/repository/models/{name}/load": ({"application/json": {"schema": _object(
+        parameters={"type": "object", "maxProperties": 0})}}, False),
+    "POST /v2/repository/models/{name}/unload": ({"application/json": {"schema": _object(
+        parameters=_object(unload_dependents=FLAG))}}, False),
 }
-_VERSION_QUERY = {"in": "query", "schema": {"type": "string"},
-                  "description": "pin the model version: a different one is a 404, and the "
-                                 "image may be cached for a year"}
-_PNG = {"description": "PNG, grey, 8 bits", "content": {"image/png": {
-    "schema": {"type": "string", "contentMediaType": "image/png"}}},
-    "headers": {"ETag": {"schema": {"type": "string"}},
-                "Cache-Control": {"schema": {"type": "string"}}}}
+_PNG = {"description": "PNG, grey, 8 bits", "content": {"image/png": {"schema": {
+    "type": "string", "contentMediaType": "image/png"}}},
+    "headers": {"ETag": {"schema": TEXT}, "Cache-Control": {"schema": TEXT}}}
 _GIF = {**_PNG, "description": "a looping animated GIF, one frame per image",
         "content": {"image/gif": {"schema": {"type": "string", "contentMediaType": "image/gif"}}}}
+OK = {
+    "GET /": ({"description": "HTML", "content": {"text/html": {"schema": TEXT}}},
+              "The playground page"),
+    "GET /openapi.json": (_json({"type": "object"}, "OpenAPI 3.1"), "This document"),
+    "GET /v2/health/live": (_json(_ref("Live"), "the process answers"), "Liveness"),
+    "GET /v2/health/ready": (_json(_ref("Ready"), "ready to serve"),
+                             "Readiness: 503 while draining"),
+    "GET /v2": (_json(_ref("ServerMetadata"), "name, version"), "Server metadata"),
+    "GET /v2/models/stats": (_json(_ref("ModelStatistics"), "every served model's"),
+                             "Statistics of every served model (Triton's extension)"),
+    "GET /v2/models/{name}": (_json(_ref("ModelMetadata"), "inputs and outputs"),
+                              "Model metadata: the tensors"),
+    "GET /v2/models/{name}/ready": (_json(_ref("Ready"), "ready"),
+                                    "Model readiness: 503 while draining"),
+    "GET /v2/models/{name}/config": (_json(_ref("ModelConfig"), "configuration"),
+                                     "Triton's model configuration"),
+    "GET /v2/models/{name}/stats": (_json(_ref("ModelStatistics"), "the model's"),
+                                    "The model's statistics (Triton's extension)"),
+    "POST /v2/repository/index": (_json(_ref("RepositoryIndex"), "what the repository holds "
+                                        "and what is served"),
+                                  "The model repository's models and their state"),
+    "POST /v2/repository/models/{name}/load": (
+        _json({"type": "object"}, "loaded"), "Load every version of a repository model beside "
+        "the served ones (--model-control explicit)"),
+    "POST /v2/repository/models/{name}/unload": (
+        _json({"type": "object"}, "unloaded, its calls finished"),
+        "Stop serving a model once its calls have finished (--model-control explicit)"),
+    "POST /v2/models/{name}/infer": ({"description": "the outputs", "content": {
+        "application/json": {"schema": _ref("InferResponse")},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "Generate images for seeds (Open Inference Protocol)"),
+    "GET /v1/models": (_json(_ref("ModelList"), "the default first"), "The served models"),
+    "GET /v1/models/{name}/images/{seed}.png": (_PNG, "One image"),
+    "GET /v1/models/{name}/grid.png": (_PNG, "A grid of images, row-major, ceil(sqrt(N)) "
+                                             "columns"),
+    "GET /v1/models/{name}/interpolation.png": (
+        _PNG, "Frames from seed a's image to seed b's, as one strip (the latent-walk rule: the "
+              "ends are exactly the two seeds' images)"),
+    "GET /v1/models/{name}/interpolation.gif": (_GIF, "The same frames as an animated GIF"),
+}
 
 
-def parameters(path: str, handler) -> list[dict]:
-    """The parameters of one route, from its path and its `http.route` declaration."""
-    names = re.findall(r"{(\w+)}", path)
-    found = [{"name": n, **PARAMETERS[n], "required": True} for n in names]
-    for name in handler.query:
-        spec = _VERSION_QUERY if name == "version" else PARAMETERS[name]
-        found.append({"name": name, **spec})
+def parameters(path: str, handler, catalogue: dict) -> list[dict]:
+    """The parameters of one route, from its path and its `route` declaration."""
+    found = [{"name": n, **catalogue[n], "required": True}
+             for n in re.findall(r"{(\w+)}", path)]
+    found += [{"name": n, **catalogue["version-query" if n == "version" else n]}
+              for n in handler.query]
     if handler.cacheable:
-        found.append({"name": "If-None-Match", **PARAMETERS["If-None-Match"]})
+        found.append({"name": "If-None-Match", **catalogue["If-None-Match"]})
     return found
 
 
-def openapi_document(routes, version: str, max_images: int) -> dict:
-    """The document of `routes` ((method, path, handler) each): what each operation says is
-    written here by hand; its parameters, 304, 401 and security come from the handler's
-    declaration, so they cannot drift from what the handler reads and answers."""
-    ok = {
-        "GET /": {"description": "HTML", "content": {"text/html": {"schema": {"type":
-                                                                               "string"}}}},
-        "GET /openapi.json": _json({"type": "object"}, "OpenAPI 3.1"),
-        "GET /v2/health/live": _json(_ref("Live"), "the process answers"),
-        "GET /v2/health/ready": _json(_ref("Ready"), "ready to serve"),
-        "GET /v2": _json(_ref("ServerMetadata"), "name, version"),
-        "GET /v2/models/{name}": _json(_ref("ModelMetadata"), "inputs and outputs"),
-        "GET /v2/models/{name}/ready": _json(_ref("Ready"), "ready"),
-        "GET /v2/models/{name}/config": _json(_ref("ModelConfig"), "configuration"),
-        "GET /v2/models/stats": _json(_ref("ModelStatistics"), "every served model's"),
-        "POST /v2/repository/index": _json({"type": "array", "items": {
-            "type": "object", "properties": {
-                "name": {"type": "string"}, "version": {"type": "string"},
-                "state": {"enum": ["READY", "UNAVAILABLE"]}, "reason": {"type": "string"}}}},
-            "what the repository holds and what is served"),
-        "POST /v2/repository/models/{name}/load": _json({"type": "object"}, "loaded"),
-        "POST /v2/repository/models/{name}/unload": _json({"type": "object"},
-                                                          "unloaded, its calls finished"),
-        "GET /v2/models/{name}/stats": _json(_ref("ModelStatistics"), "the model's"),
-        "POST /v2/models/{name}/infer": {"description": "the outputs", "content": {
-            "application/json": {"schema": _ref("InferResponse")},
-            "application/octet-stream": {"schema": {"type": "string"}}}},
-        "GET /v1/models": _json(_ref("ModelList"), "the default first"),
-        "GET /v1/models/{name}/images/{seed}.png": _PNG,
-        "GET /v1/models/{name}/grid.png": _PNG,
-        "GET /v1/models/{name}/interpolation.png": _PNG,
-        "GET /v1/models/{name}/interpolation.gif": _GIF,
-    }
-    summaries = {
-        "GET /": "The playground page",
-        "GET /openapi.json": "This document",
-        "GET /v2/health/live": "Liveness",
-        "GET /v2/health/ready": "Readiness: 503 while draining",
-        "GET /v2": "Server metadata",
-        "GET /v2/models/{name}": "Model metadata: the tensors",
-        "GET /v2/models/{name}/ready": "Model readiness: 503 while draining",
-        "GET /v2/models/{name}/config": "Triton's model configuration",
-        "GET /v2/models/stats": "Statistics of every served model (Triton's extension)",
-        "POST /v2/repository/index": "The model repository's models and their state",
-        "POST /v2/repository/models/{name}/load":
-            "Load every version of a repository model beside the served ones "
-            "(--model-control explicit)",
-        "POST /v2/repository/models/{name}/unload":
-            "Stop serving a model once its calls have finished (--model-control explicit)",
-        "GET /v2/models/{name}/stats": "The model's statistics (Triton's extension)",
-        "POST /v2/models/{name}/infer": "Generate images for seeds (Open Inference Protocol)",
-        "GET /v1/models": "The served models",
-        "GET /v1/models/{name}/images/{seed}.png": "One image",
-        "GET /v1/models/{name}/grid.png": "A grid of images, row-major, ceil(sqrt(N)) columns",
-        "GET /v1/models/{name}/interpolation.png":
-            "Frames from seed a's image to seed b's, as one strip (the latent-walk rule: the "
-            "ends are exactly the two seeds' images)",
-        "GET /v1/models/{name}/interpolation.gif": "The same frames as an animated GIF",
-    }
+def _statuses(method: str, path: str, handler, token: bool) -> list[int]:
+    name, category = handler.route, handler.category.value
+    statuses = {405}
+    if token and not handler.category.open:
+        statuses.add(401)
+    if not handler.category.open:
+        statuses.add(429)
+    if "{name}" in path:
+        statuses.add(404)
+    if name.endswith("/ready"):
+        statuses.add(503)
+    if handler.query or "{" in path or method == "POST":
+        statuses.add(400)
+    if method == "POST":
+        statuses |= {408, 413}
+    if category == "inference":
+        statuses |= {503, 504}
+    if name.endswith("/infer"):
+        statuses.add(415)
+    if "/repository/models/" in name:
+        statuses.add(409)
+    return sorted(statuses)
+
+
+def openapi_document(routes, version: str, max_images: int, token: bool) -> dict:
+    """The document of `routes` ((method, path, handler) each); `token`: whether the server
+    asks for a bearer token (then every operation but the open ones says so)."""
+    catalogue = _parameters(max_images)
     paths: dict = {}
     for method, path, handler in routes:
-        name = handler.route_name
-        statuses = [405]
-        if not handler.open:
-            statuses.append(401)
-        if "{name}" in path:
-            statuses.append(404)
-        if name.startswith("GET /v2/models/") or name.endswith("/ready"):
-            statuses.append(503)
-        if handler.query or "{seed}" in path or method == "POST":
-            statuses.append(400)
-        if "timeout" in handler.query:
-            statuses += [429, 503, 504]
-        if method == "POST":
-            statuses += [413, 415]
-        responses = {"200": ok[name], **_errors(*sorted(set(statuses)))}
+        ok, summary = OK[handler.route]
+        responses = {"200": ok, **{str(s): _json(_ref("Error"), WHY[s])
+                                   for s in _statuses(method, path, handler, token)}}
         if handler.cacheable:
             responses["304"] = {"description": "unchanged since the ETag sent in "
                                                "If-None-Match; nothing was generated"}
-        operation = {"summary": summaries[name], "parameters": parameters(path, handler),
+        operation = {"summary": summary, "parameters": parameters(path, handler, catalogue),
                      "responses": responses}
-        if handler.open:
-            operation["security"] = []  # no token needed, whatever the server's setting
-        if method == "POST":
+        if handler.category.open or not token:
+            operation["security"] = []  # no token needed
+        if handler.route in BODIES:
+            content, required = BODIES[handler.route]
+            operation["requestBody"] = {"required": required, "content": content}
+        if handler.route.endswith("/infer"):
             operation["description"] = (
                 "JSON tensors, or Triton's binary tensor data extension: the JSON header "
                 "first, its length in the Inference-Header-Content-Length header, then the "
                 "binary tensors in input order. The answer is binary the same way when asked "
-                f"(binary_data / binary_data_output). At most {max_images} images per request.")
-            operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": _ref("InferRequest")},
-                "application/octet-stream": {"schema": {
-                    "type": "string", "contentMediaType": "application/octet-stream"}}}}
+                f"(binary_data / binary_data_output). At most {max_images} images per request; "
+                "each tensor's shape is its values' count, labels are the model's classes.")
         paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "dcgan-digits HTTP API", "version": version,
                  "description": "Generated digits over HTTP: the Open Inference Protocol "
                                 "(KServe V2) with Triton's binary extension, and plain PNG "
-                                "URLs. Every operation without `security: []` needs "
-                                "'Authorization: Bearer <token>' when the server has one."},
+                                "URLs."},
         "paths": paths,
-        "security": [{"bearer": []}],
-        "components": {"schemas": SCHEMAS,
+        "security": [{"bearer": []}] if token else [],
+        "components": {"schemas": _schemas(max_images),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

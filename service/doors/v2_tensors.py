@@ -19,16 +19,17 @@ checked by the data plane as for every door:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from typing import Sequence
 
 import numpy as np
 
+from service.edge.call import CallRecord
 from service.errors import InvalidRequest
-from service.plane.dataplane import DataPlane, Request, Result, Walk
-from service.plane.models import ServedModel
-from service.plane.statistics import Statistics
+from service.plane.plan import Request, Result, Walk
+from service.plane.registry import ServedModel
 
 SERVER_NAME = "dcgan-digits"
 PLATFORM = "onnxruntime_onnx"
@@ -40,6 +41,8 @@ SEED_TYPES = {"UINT64": "<u8", "INT64": "<i8"}
 LABEL_TYPES = {"INT64": "<i8", "INT32": "<i4"}
 LATENT_TYPES = {"FP32": "<f4"}
 INPUT_NAMES = ("seeds", "labels", "latents", "psi", "frames")
+# What RepositoryModelUnload may carry: unloading dependents means nothing without ensembles.
+UNLOAD_PARAMETERS = ("unload_dependents",)
 
 
 def server_version() -> str:
@@ -79,15 +82,14 @@ def model_metadata(model: ServedModel, versions: list[str]) -> dict:
                for key, tensors in (("inputs", inputs), ("outputs", outputs))}}
 
 
-def statistics(plane: DataPlane, stats: Statistics, name: str, version: str, call) -> dict:
-    """Triton's statistics of the model called `name` at `version` (empty: every served model,
-    every served version); an unknown name or version is ModelNotFound."""
-    if name:
-        model = plane.model(name, version, call)
-        served = [(model.name, model.version)]
-    else:
-        served = [(model.name, model.version) for model in plane.registry]
-    return stats.report(served)
+def check_repository_parameters(parameters, method: str, allowed: tuple[str, ...] = ()) -> None:
+    """Triton's load overrides (a config, files) are not applied here: refused by name
+    rather than ignored."""
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise InvalidRequest(f"{method} parameter {unknown[0]!r} is not supported: send "
+                             f"{' or '.join(allowed) or 'none'} (the repository's files are "
+                             "what is loaded)")
 
 
 def model_config(model: ServedModel) -> dict:
@@ -101,10 +103,18 @@ def model_config(model: ServedModel) -> dict:
 
 
 def to_request(model: str, version: str, inputs: Sequence[InputTensor], parameters: dict,
-               timeout: float | None) -> Request:
+               call: CallRecord) -> Request:
     """The plane's request for these tensors: seeds (or latents, or an interpolation between
     two seeds), labels and psi, checked for name, type and shape here; the plane then checks
-    counts and ranges as it does for every door."""
+    counts and ranges as it does for every door. Triton's `timeout` parameter (microseconds)
+    brings the call's deadline closer."""
+    if "timeout" in parameters:
+        timeout = parameters["timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not timeout > 0:
+            raise InvalidRequest(f"parameters.timeout {timeout!r} is not a positive number of "
+                                 "microseconds")
+        call.expire_in(timeout / 1e6)
     tensors = {}
     for tensor in inputs:
         if tensor.name not in INPUT_NAMES:
@@ -115,7 +125,7 @@ def to_request(model: str, version: str, inputs: Sequence[InputTensor], paramete
     if ("seeds" in tensors) == ("latents" in tensors):
         raise InvalidRequest("send the input 'seeds' (UINT64 [N]) or 'latents' (FP32 [N, "
                              "latent_dim]), one of the two")
-    request = Request(model, version, timeout=timeout)
+    request = Request(model, version)
     if "seeds" in tensors:
         seeds = _values(tensors["seeds"], SEED_TYPES)
         if seeds.ndim == 2 and seeds.shape[1] == 1:  # [N, 1], as batching clients often send
@@ -155,10 +165,11 @@ def _values(tensor: InputTensor, types: dict[str, str]) -> np.ndarray:
                              f"{' or '.join(types)}")
     dtype = np.dtype(types[tensor.datatype])
     shape = list(tensor.shape)
-    if not shape or any(not isinstance(d, int) or d < 0 for d in shape):
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < 2**31
+                        for d in shape):
         raise InvalidRequest(f"input {tensor.name!r} has shape {shape}: give every dimension "
-                             "as a non-negative integer")
-    count = int(np.prod(shape))
+                             "as a whole number 0..2**31-1")
+    count = math.prod(shape)  # exact: a product past int64 is refused below, not wrapped
     if tensor.raw is not None:
         if len(tensor.raw) != count * dtype.itemsize:
             raise InvalidRequest(f"input {tensor.name!r}: {len(tensor.raw)} raw bytes for shape "

@@ -1,199 +1,168 @@
-"""The data plane: one entry point behind every door, each request's work done once.
+"""The data plane: the models, behind every door, each request's work done once.
 
-    plane = DataPlane(registry, encoder, max_images=1024)
+    plane = DataPlane(registry, repository, statistics, admission, encoder, max_images=1024)
     result = await plane.infer(Request(seeds=[7, 8], labels=[3]), call)
 
 A door (the dcgan gRPC API, the Open Inference Protocol over gRPC and REST, the image URLs)
-only converts: its message becomes a `Request`, the `Result` becomes its message. The rest
+only converts: its message becomes a `Request` (plan.py), the `Result` its message. The rest
 happens here, in this order:
 
     prepare   resolve the model (name, version) -> check every value through the contract
-              (seeds, labels, psi, latents, walk, deadline) -> a `Plan`, which also names its
-              result (`Plan.digest`: the image URLs answer 304 from it, running nothing)
+              -> a `Plan`, which names its result (`Plan.digest`: the image URLs answer 304
+              from it, running nothing)
     run       latents (seed rule and cache, walk, truncation) -> the model's batcher ->
-              encoding (PNG, grid, GIF, off the event loop) -> the call's facts for metrics
+              encoding (PNG, grid, GIF, off the event loop) -> the call's facts
 
-`call` is the edge's record of one call (`Metrics.track`): the plane fills in what it learns
-(model, version, kind, images), which the edge's metrics record when the call ends, so no
-door writes metrics.
-Problems are raised where they are detected (`service.errors`, `ContractError`), with
-messages that say what to fix; the edge turns them into status codes.
+Everything else a door may ask of the models is here too: their descriptions and versions,
+readiness, Triton's statistics, and the repository (index, load, unload). `call` is the
+edge's record of the call (`edge.call.CallRecord`): the plane fills in what it learns (model,
+version, kind, images, the time of each step) and reads its deadline. Problems are raised
+where they are detected (`service.errors`, `ContractError`); the edge maps them to statuses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
-import hashlib
-import json
-import math
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import AsyncIterator
 
 import numpy as np
 
-from service.contract import (LATENT_RULE, SEED_RULE, ContractError, as_frames, as_latents,
-                              as_method, as_psi, as_seeds, interpolate, labels_for,
-                              seed_to_latent, truncate, walk_labels)
-from service.errors import DeadlineExceeded
-from service.imaging import encode_gif, encode_png, make_grid
-from service.plane.models import ModelRegistry, ServedModel
-
-
-class Format(enum.Enum):
-    RAW = "raw"
-    PNG = "png"            # one PNG per image
-    PNG_GRID = "png_grid"  # one PNG of every image; a walk's is one strip
-    GIF = "gif"            # one looping animated GIF, an image a frame
-
-
-class Kind(enum.Enum):
-    """Where a request's latents come from (the `kind` label of the images counter)."""
-    SEED = "seed"
-    INTERPOLATION = "interpolation"
-    LATENT = "latent"
+from service.contract import SEED_RULE, ContractError, interpolate, labels_for, seed_to_latent, \
+    truncate
+from service.edge.admission import Admission
+from service.edge.call import CallRecord
+from service.edge.statistics import Statistics
+from service.errors import DeadlineExceeded, ShuttingDown
+from service.plane.plan import Format, Kind, Plan, Request, Result, encode, make_plan
+from service.plane.registry import ModelRegistry, ServedModel
+from service.plane.repository import ModelRepository
 
 
 @dataclass(frozen=True)
-class Walk:
-    """An interpolation: `frames` latents from seed `a`'s to seed `b`'s (the walk rule)."""
-    a: int
-    b: int
-    frames: int
-    method: str = "slerp"
-
-
-@dataclass
-class Request:
-    """One request in the plane's terms, whichever door it came through: the values as sent,
-    converted from the door's message but not yet checked (`prepare` checks them all)."""
-    model: str = ""
-    version: str = ""
-    seeds: Sequence[int] = ()      # a list, an array, a range or SeedRanges: counted first
-    labels: Sequence[int] = ()
-    psi: float = 1.0
-    latents: bytes | np.ndarray | None = None  # instead of seeds: float32 [N, latent_dim]
-    walk: Walk | None = None                   # instead of seeds: an interpolation
-    format: Format = Format.RAW
-    timeout: float | None = None               # seconds left before the caller's deadline
-
-
-@dataclass
-class Plan:
-    """A checked request: the model it runs on and every value in its canonical form."""
-    model: ServedModel
-    kind: Kind
-    seeds: list[int]
-    labels: np.ndarray | None
-    psi: float
-    format: Format
-    deadline: float | None              # time.perf_counter() after which nobody waits
-    latents: np.ndarray | None = None   # the caller's own (Kind.LATENT)
-    walk: Walk | None = None
-
-    @property
-    def latent_rule(self) -> str:
-        """The latent-walk rule these images use, or "" for plain seeds."""
-        return "" if self.kind is Kind.SEED and self.psi == 1.0 else LATENT_RULE
-
-    @functools.cached_property
-    def digest(self) -> str:
-        """A name for the result: the pixels and their encoding depend on these values alone,
-        so equal digests mean equal bytes (the image URLs' strong ETag)."""
-        what = (self.seeds if self.kind is Kind.SEED else
-                vars(self.walk) if self.walk else hashlib.sha256(self.latents).hexdigest())
-        key = json.dumps([self.model.name, self.model.version, SEED_RULE, self.latent_rule,
-                          self.format.value, self.kind.value, what,
-                          None if self.labels is None else self.labels.tolist(), self.psi])
-        return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-@dataclass
-class Result:
-    model: str
+class ModelDescription:
+    """A served model as every door describes it (ListModels, GetModelInfo, /v1/models)."""
+    name: str
     version: str
-    kind: Kind
-    seeds: list[int]
-    labels: np.ndarray | None       # int64 [N] for conditional models
-    images: np.ndarray              # uint8 [N, 1, H, W], C-contiguous
-    format: Format
-    psi: float
-    latent_rule: str
-    pngs: list[bytes] = field(default_factory=list)  # Format.PNG
-    picture: bytes = b""            # Format.PNG_GRID or GIF
-    grid_columns: int = 0
+    run: str  # the file's training run and step
+    arch: str
+    dataset: str
+    latent_dim: int
+    num_classes: int
+    class_names: list[str]
+    height: int
+    width: int
+    execution_providers: list[str]
+    seed_rule: str
+    is_default: bool
+    is_default_version: bool
+    max_batch: int
 
 
 class DataPlane:
-    """Every door's requests, resolved, checked, run and recorded the same way.
+    """`max_images` is the most images one request may ask for (`--max-batch`); `encoder`
+    runs PNG and GIF encoding (milliseconds for a big grid) off the event loop."""
 
-    `max_images` is the most images one request may ask for (`--max-batch`); `encoder` runs
-    PNG and GIF encoding (milliseconds for a big grid) off the event loop.
-    """
-
-    def __init__(self, registry: ModelRegistry, encoder: Executor, max_images: int,
-                 latent_cache: int = 4096):
+    def __init__(self, registry: ModelRegistry, repository: ModelRepository,
+                 statistics: Statistics, admission: Admission, encoder: Executor,
+                 max_images: int, latent_cache: int = 4096):
         self.registry = registry
+        self.repository = repository
+        self._statistics = statistics
+        self._admission = admission
         self.encoder = encoder
         self.max_images = max_images
         self.latents = LatentCache(latent_cache)
 
-    def model(self, name: str = "", version: str = "", call=None) -> ServedModel:
+    # --- the models ---------------------------------------------------------------------------
+
+    def model(self, name: str, version: str, call: CallRecord) -> ServedModel:
         """The model a request names (empty: the default), recorded on the call."""
         model = self.registry.get(name, version)
-        if call is not None:
-            call.model, call.version = model.name, model.version
+        call.model, call.version = model.name, model.version
         return model
 
     def versions(self, name: str) -> list[str]:
         """The served versions of the model called `name`, its default first."""
         return [model.version for model in self.registry.versions(name)]
 
-    async def infer(self, request: Request, call=None) -> Result:
+    def describe(self, model: ServedModel) -> ModelDescription:
+        meta = model.metadata
+        return ModelDescription(
+            model.name, model.version, meta.version, meta.arch, meta.dataset, meta.latent_dim,
+            meta.num_classes, list(meta.class_names), meta.image_shape[1],
+            meta.image_shape[2], model.generator.providers, SEED_RULE, model.is_default,
+            model.is_default_version, self.max_images)
+
+    def ready(self, name: str = "", version: str = "") -> bool:
+        """Whether the server (no name) or the named model takes inference calls: not while
+        draining. An unknown model is ModelNotFound."""
+        if name:
+            self.registry.get(name, version)
+        return not self._admission.draining
+
+    def statistics(self, name: str, version: str, call: CallRecord) -> dict:
+        """Triton's statistics of `name` at `version` (empty: every served model, every
+        served version); an unknown name or version is ModelNotFound."""
+        if name:
+            served = [self.model(name, version, call)]
+        else:
+            served = list(self.registry)
+        return self._statistics.report([(model.name, model.version) for model in served])
+
+    def index(self, ready_only: bool) -> list[dict]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str) -> None:
+        await asyncio.to_thread(self.repository.load, name)
+
+    async def unload(self, name: str) -> None:
+        await asyncio.to_thread(self.repository.unload, name)
+
+    # --- inference ----------------------------------------------------------------------------
+
+    async def infer(self, request: Request, call: CallRecord) -> Result:
         return await self.run(self.prepare(request, call), call)
 
-    def prepare(self, request: Request, call=None) -> Plan:
+    def prepare(self, request: Request, call: CallRecord) -> Plan:
         """Resolve and check `request` without running anything."""
-        return self._plan(self.model(request.model, request.version, call), request,
-                          _deadline(request.timeout), call)
+        model = self.model(request.model, request.version, call)
+        plan = make_plan(model, request, self.max_images, call.deadline)
+        call.kind = plan.kind.value
+        return plan
 
-    async def run(self, plan: Plan, call=None) -> Result:
-        with plan.model.engine.calling():  # an unload waits for it
-            return await self._run(plan, call)
-
-    async def _run(self, plan: Plan, call) -> Result:
-        if plan.deadline is not None and time.perf_counter() >= plan.deadline:
-            raise DeadlineExceeded("the request's timeout passed before generation started")
-        timeout = None if plan.deadline is None else plan.deadline - time.perf_counter()
-        started = time.perf_counter()
-        latents = self._latents(plan)
-        queued = time.perf_counter()
-        images = await plan.model.engine.submit(latents, plan.labels, timeout, call)
-        encoding = time.perf_counter()
-        if plan.format is Format.RAW:  # nothing to encode: the bytes go out as they are
-            result = _encode(plan, images)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self.encoder, _encode, plan, images)
-        if call is not None:
-            ended = time.perf_counter()
-            call.ran = True
-            call.images += len(images)
-            call.input_s += queued - started
-            call.output_s += ended - encoding
-            if call.trace is not None:
-                if not call.trace.handed_over:
-                    call.trace.handed_over = queued  # admission ends: into the queue
-                if plan.format is not Format.RAW:
-                    call.trace.add("encode", encoding, ended, **{
-                        "dcgan.format": plan.format.value})
+    async def run(self, plan: Plan, call: CallRecord) -> Result:
+        with plan.model.batcher.calling():  # a retired model's batcher waits for it
+            if plan.deadline is not None and time.perf_counter() >= plan.deadline:
+                raise DeadlineExceeded("the request's timeout passed before generation "
+                                       "started")
+            started = time.perf_counter()
+            latents = self._latents(plan)
+            queued = time.perf_counter()
+            images = await plan.model.batcher.submit(latents, plan.labels, plan.deadline, call)
+            encoding = time.perf_counter()
+            if plan.format is Format.RAW:  # nothing to encode: the bytes go out as they are
+                result = encode(plan, images)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self.encoder, encode, plan, images)
+        ended = time.perf_counter()
+        call.ran = True
+        call.images += len(images)
+        call.input_s += queued - started
+        call.output_s += ended - encoding
+        if call.trace is not None:
+            if not call.trace.handed_over:
+                call.trace.handed_over = queued  # admission ends: into the queue
+            if plan.format is not Format.RAW:
+                call.trace.add("encode", encoding, ended, **{"dcgan.format": plan.format.value})
         return result
 
-    async def stream(self, request: Request, max_chunk_bytes: int, chunk_images: int = 0,
-                     call=None) -> AsyncIterator[Result]:
+    async def stream(self, request: Request, max_chunk_bytes: int, chunk_images: int,
+                     call: CallRecord) -> AsyncIterator[Result]:
         """A long run of seeds in chunks (`chunk_images`, or the most that fit
         `max_chunk_bytes`), each a request of its own on the model resolved once; the labels
         and the format are checked against the whole run before the first chunk."""
@@ -209,42 +178,19 @@ class DataPlane:
         h, w = model.metadata.image_shape[1:]
         chunk = stream_chunks(len(seeds), chunk_images, self.max_images, h * w,
                               max_chunk_bytes)
-        deadline = _deadline(request.timeout)
-        with model.engine.calling():  # across the chunks: an unload waits for the stream
+        with model.batcher.calling():  # across the chunks: a retired model waits for it
             for start in range(0, len(seeds), chunk):
                 part = replace(request, seeds=seeds[start:start + chunk],
                                labels=labels[start:start + chunk] if len(labels) > 1 else labels)
-                yield await self.run(self._plan(model, part, deadline, call), call)
-
-    # --- the steps, in order
-
-    def _plan(self, model: ServedModel, request: Request, deadline: float | None,
-              call) -> Plan:
-        meta, where = model.metadata, f"model {model.name!r}"
-        psi = as_psi(request.psi)
-        walk, latents, seeds = request.walk, None, []
-        if walk is not None:
-            walk = Walk(*as_seeds([walk.a, walk.b], 2), as_frames(walk.frames, self.max_images),
-                        as_method(walk.method))
-            kind = Kind.INTERPOLATION
-            labels = walk_labels(walk.a, walk.b, walk.frames, request.labels, meta.num_classes,
-                                 where)
-        elif request.latents is not None and len(request.latents):
-            if len(request.seeds):
-                raise ContractError("send seeds or latents, not both")
-            kind = Kind.LATENT
-            latents = as_latents(request.latents, meta.latent_dim, self.max_images)
-            if meta.num_classes and not len(request.labels):
-                raise ContractError(f"{where} is class-conditional: send one label for all "
-                                    "latents or one per latent")
-            labels = labels_for(range(len(latents)), request.labels, meta.num_classes, where)
-        else:
-            kind = Kind.SEED
-            seeds = as_seeds(request.seeds, self.max_images)
-            labels = labels_for(seeds, request.labels, meta.num_classes, where)
-        if call is not None:
-            call.kind = kind.value
-        return Plan(model, kind, seeds, labels, psi, request.format, deadline, latents, walk)
+                plan = make_plan(model, part, self.max_images, call.deadline)
+                call.kind = plan.kind.value
+                try:
+                    result = await self.run(plan, call)
+                except ShuttingDown as exc:
+                    raise ShuttingDown(f"{exc} ({start} of {len(seeds)} images were sent: "
+                                       f"ask again for the seeds from {seeds[start]} on)"
+                                       ) from None
+                yield result
 
     def _latents(self, plan: Plan) -> np.ndarray:
         """float32 [N, latent_dim]: the seeds', the walk's or the caller's, truncated by psi."""
@@ -258,23 +204,6 @@ class DataPlane:
         else:
             latents = self.latents(plan.seeds, dim)
         return truncate(latents, plan.psi)
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.perf_counter() + timeout
-
-
-def _encode(plan: Plan, images: np.ndarray) -> Result:
-    result = Result(plan.model.name, plan.model.version, plan.kind, plan.seeds, plan.labels,
-                    images, plan.format, plan.psi, plan.latent_rule)
-    if plan.format is Format.PNG:
-        result.pngs = [encode_png(img[0]) for img in images]
-    elif plan.format is Format.PNG_GRID:  # a walk is one strip; seeds a near-square grid
-        result.grid_columns = len(images) if plan.walk else math.ceil(math.sqrt(len(images)))
-        result.picture = encode_png(make_grid(images, result.grid_columns))
-    elif plan.format is Format.GIF:
-        result.picture = encode_gif(images)
-    return result
 
 
 class LatentCache:

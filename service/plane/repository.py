@@ -7,10 +7,10 @@ under explicit model control, loading and unloading them while the server serves
       fashion/1/model.onnx
 
 `reload()` (SIGHUP) builds every served model again and swaps them all, the same way.
-`load(name)` builds every version's engine (the file is read and checked, the sessions warmed)
+`load(name)` builds every version's batcher (the file is read and checked, the sessions warmed)
 beside the served models, then swaps the registry in one assignment: no call waits, and a
 file that cannot be served is an error that leaves what is served untouched. `unload(name)`
-swaps it out (new calls get NOT_FOUND), then waits for the calls still using its engines
+swaps it out (new calls get NOT_FOUND), then waits for the calls still using its batchers
 before closing them. Both block: the doors run them on a worker thread.
 """
 
@@ -23,14 +23,14 @@ from typing import Callable
 
 from service.errors import ModelLoadError, ModelNotFound, NotAllowed
 from service.plane.batching import Batcher
-from service.plane.models import ModelRegistry
+from service.plane.registry import ModelRegistry
 
 MODEL_FILE = "model.onnx"
 
 
 def build_registry(paths: list[tuple[str, str, Path]],
                    build: Callable[[str, str, Path], Batcher]) -> ModelRegistry:
-    """A registry of every (name, version, file), each engine built and warmed; if one fails,
+    """A registry of every (name, version, file), each batcher built and warmed; if one fails,
     those already built are closed (no worker threads are left behind) and it raises."""
     registry = ModelRegistry()
     try:
@@ -60,7 +60,7 @@ class ModelRepository:
         self.folder = folder
         self.explicit = explicit
         self.registry = registry
-        self._build = build  # (name, version, file) -> a warm engine
+        self._build = build  # (name, version, file) -> a warm batcher
         self._drain_seconds = drain_seconds
         self.on_change = on_change  # (name, served now): the health statuses follow
         self._lock = threading.Lock()  # one load or unload at a time
@@ -87,17 +87,17 @@ class ModelRepository:
             if not versions:
                 raise ModelNotFound(f"the repository {self.folder} has no model {name!r} "
                                     f"(expected {name}/<version>/{MODEL_FILE})")
-            engines = []
+            batchers = []
             try:
                 for version, path in versions:
-                    engines.append((version, self._build(name, version, path)))
+                    batchers.append((version, self._build(name, version, path)))
             except ModelLoadError as exc:
-                for _, engine in engines:
-                    engine.close()
+                for _, batcher in batchers:
+                    batcher.close()
                 raise ModelLoadError(f"cannot load {name!r}, still serving what was served: "
                                      f"{exc}") from None
             old = self.registry.versions(name)
-            self.registry.replace_with(self.registry.with_model(name, engines))
+            self.registry.replace_with(self.registry.with_model(name, batchers))
             self.on_change(name, True)
             self._close_when_unused(old)
 
@@ -105,7 +105,7 @@ class ModelRepository:
         """Build every served model again from its files beside the served ones, then swap
         them all in at once (SIGHUP): the `configured` ones and, under explicit control, those
         loaded through the API. A file that cannot be served raises and changes nothing; the
-        old engines close once their calls have finished."""
+        old batchers close once their calls have finished."""
         with self._lock:
             paths = list(configured)
             if self.explicit:
@@ -137,9 +137,9 @@ class ModelRepository:
                              "with --model-control explicit (and --model-repository DIR)")
 
     def _close_when_unused(self, models) -> None:
-        """Wait (at most the drain time) for the calls using these engines, then close them."""
+        """Wait (at most the drain time) for the calls using these batchers, then close them."""
         deadline = time.monotonic() + self._drain_seconds
-        while any(m.engine.calls for m in models) and time.monotonic() < deadline:
+        while any(m.batcher.calls for m in models) and time.monotonic() < deadline:
             time.sleep(0.01)
         for model in models:
-            model.engine.close()
+            model.batcher.close()

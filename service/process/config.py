@@ -61,7 +61,7 @@ class ServeConfig:
                                "for probes and HEALTHCHECKs that cannot speak TLS or show a "
                                "client certificate (TLS needs one); 0 picks a free one, -1 "
                                "(default) off; the image sets 50052")
-    metrics_host: str = setting("0.0.0.0", "Prometheus /metrics bind address")
+    metrics_host: str = setting("", "Prometheus /metrics bind address", shown_default="--host")
     metrics_port: int = setting(DEFAULT_METRICS_PORT,
                                 "Prometheus /metrics port; 0 picks a free one, -1 turns it off")
     # --- models
@@ -86,12 +86,17 @@ class ServeConfig:
                           choices=("auto", "cpu", "cuda"))
     # --- limits
     max_batch: int = setting(1024, "most seeds in one Generate request")
-    max_message_bytes: int = setting(64 << 20, "largest gRPC message sent or received, and "
-                                     "largest HTTP body; stream chunks are sized to fit",
+    max_message_bytes: int = setting(64 << 20, "largest gRPC message sent (stream chunks are "
+                                     "sized to fit) and most a request may be; requests are "
+                                     "held to what a valid one can need (--max-batch latents)",
                                      shown_default="64 MiB")
-    max_in_flight: int = setting(128, "calls handled or waiting at once, per protocol; more "
-                                 "are refused at once (RESOURCE_EXHAUSTED, HTTP 429) "
-                                 "instead of queueing")
+    max_in_flight: int = setting(128, "calls of one kind (inference; metadata; statistics; "
+                                 "model repository) handled at once over gRPC and HTTP "
+                                 "together; more are refused at once (RESOURCE_EXHAUSTED, "
+                                 "HTTP 429) instead of queueing. Health checks are never "
+                                 "limited")
+    read_timeout: float = setting(10.0, "seconds an HTTP caller may take to send a request's "
+                                  "body; a slower one gets 408 and its connection is closed")
     max_queued_images: int = setting(4096, "images per model waiting for onnxruntime; past it "
                                      "new requests are refused with RESOURCE_EXHAUSTED")
     # --- batching: concurrent requests for a model share onnxruntime runs (service/plane/batching.py)
@@ -140,6 +145,10 @@ class ServeConfig:
         return os.environ.get("DCGAN_AUTH_TOKEN", "")
 
     @property
+    def resolved_metrics_host(self) -> str:
+        return self.metrics_host or self.host
+
+    @property
     def resolved_encode_workers(self) -> int:
         return self.encode_workers or usable_cpus()
 
@@ -167,6 +176,8 @@ class ServeConfig:
     def problems(self) -> list[str]:
         """What is wrong with these settings, each saying what to fix."""
         problems = []
+        if not self.read_timeout > 0:
+            problems.append("--read-timeout must be a positive number of seconds")
         for name in ("max_batch", "max_queued_images", "max_in_flight"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")

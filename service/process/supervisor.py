@@ -132,7 +132,7 @@ def supervise(config: ServeConfig, argv: list[str]) -> int:
         raise
     log.info("listening grpc=%s:%d http=%s metrics=%s processes=%d", config.host, port,
              f"{config.host}:{http_port}" if http_port > 0 else "off",
-             f"{config.metrics_host}:{metrics_port}" if metrics_port else "off", len(workers))
+             f"{config.resolved_metrics_host}:{metrics_port}" if metrics_port else "off", len(workers))
     return _wait(workers, config)
 
 
@@ -142,10 +142,10 @@ def _serve_metrics(config: ServeConfig, workers: list[Worker]) -> int | None:
     registry = CollectorRegistry()
     registry.register(WorkerMetrics(workers))
     try:
-        server, _ = start_http_server(config.metrics_port, addr=config.metrics_host,
+        server, _ = start_http_server(config.metrics_port, addr=config.resolved_metrics_host,
                                       registry=registry)
     except OSError as exc:
-        raise ServiceError(f"cannot serve metrics on {config.metrics_host}:"
+        raise ServiceError(f"cannot serve metrics on {config.resolved_metrics_host}:"
                            f"{config.metrics_port}: {exc}") from None
     return server.server_port
 

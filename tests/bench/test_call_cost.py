@@ -13,7 +13,7 @@ from bench.call_cost import ROOT, zero_cost_model
 from bench.image import free_port
 from service.process.config import bundled_models
 from service.contract import default_labels, seeds_to_latents
-from service.plane.runtime import OnnxGenerator
+from service.runtime import OnnxGenerator
 
 
 def test_the_zero_cost_model_loads_like_the_real_one_and_makes_blank_images(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,7 +16,7 @@ from service.plane.batching import MIN_PIECE, Batcher, BatchLimits
 from service.client import images_from_response
 from service.contract import default_labels, seeds_to_latents
 from service.errors import DeadlineExceeded, Overloaded
-from service.plane.runtime import OnnxGenerator
+from service.runtime import OnnxGenerator
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +184,8 @@ def test_expired_and_cancelled_requests_are_dropped_unrun(runner):
         first = asyncio.ensure_future(batcher.submit(*_request(list(range(16)))))
         await _until(lambda: len(rec.runs) == 2)  # both workers hold a piece of it
         cancelled = asyncio.ensure_future(batcher.submit(*_request([2, 3])))
-        expired = asyncio.ensure_future(batcher.submit(*_request([4, 5]), timeout=0.05))
+        expired = asyncio.ensure_future(batcher.submit(*_request([4, 5]),
+                                                     deadline=time.perf_counter() + 0.05))
         kept = asyncio.ensure_future(batcher.submit(*_request([6])))
         await asyncio.sleep(0.1)  # all three queued; the deadline passes
         cancelled.cancel()
@@ -261,8 +263,8 @@ def waiting_server(request, tiny_onnx):
         host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
         http_port=-1, models=(("plain", str(tiny_onnx)),), device="cpu", batch_max_delay_ms=5,
         inference_workers=request.param))
-    engine = running.registry.get("plain").engine
-    assert (engine.max_run_images, engine.limits.max_queued_images) == (64, 4096)  # CPU defaults
+    batcher = running.registry.get("plain").batcher
+    assert (batcher.max_run_images, batcher.limits.max_queued_images) == (64, 4096)  # CPU defaults
     yield running
     running.stop(grace=1)
 

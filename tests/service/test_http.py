@@ -380,9 +380,12 @@ def test_overload_is_refused_at_once_not_queued(tiny_onnx):
         held = _held_infer(running.http_port)
         _wait_in_flight(running, "POST /v2/models/{name}/infer")
         started = time.monotonic()
-        status, headers, body = _call(_base(running) + "/v2/models/plain")
+        status, headers, body = _call(_base(running) + "/v2/models/plain/infer", "POST",
+                                      _infer_json([1]), JSON)
         assert status == 429 and b"--max-in-flight" in body
         assert time.monotonic() - started < 2  # refused, not queued behind the held one
+        # Metadata has capacity of its own: inference cannot use it up.
+        assert _call(_base(running) + "/v2/models/plain")[0] == 200
         assert _finish(held) == 200
         assert _call(_base(running) + "/v2/models/plain")[0] == 200
     finally:

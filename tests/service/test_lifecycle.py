@@ -116,7 +116,7 @@ def test_a_wrong_shaped_model_is_refused(tmp_path, tiny_onnx):
     path = tmp_path / "wrong.onnx"
     onnx.save(model, str(path))
     from service.errors import ModelLoadError
-    from service.plane.runtime import OnnxGenerator
+    from service.runtime import OnnxGenerator
     with pytest.raises(ModelLoadError, match=r"expected float \[N, 64\]"):
         OnnxGenerator(path)
 
@@ -225,7 +225,7 @@ def test_generated_stubs_match_the_proto():
 def test_the_serving_path_imports_no_torch():
     # Block torch outright: importing the server, client and runtime must not need it.
     code = ("import sys; sys.modules['torch'] = None; "
-            "import service.process.server, service.client, service.plane.runtime, service.plane.dataplane; "
+            "import service.process.server, service.client, service.runtime, service.plane.dataplane; "
             "print('ok')")
     proc = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True,
                           timeout=60)
@@ -249,11 +249,11 @@ def test_debug_level_logs_each_rpc_and_onnxruntime_telemetry_is_off(tiny_onnx):
     assert re.search(r"DEBUG dcgan-serve.access: Generate model=m code=OK images=2 [\d.]+ms",
                      log), log[-2000:]
     # The server opts out of onnxruntime's usage telemetry unless the operator set it.
-    probe = subprocess.run([PYTHON, "-c", "import os, service.plane.runtime; "
+    probe = subprocess.run([PYTHON, "-c", "import os, service.runtime; "
                             "print(os.environ['ORT_DISABLE_TELEMETRY'])"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "1", probe.stderr
-    probe = subprocess.run([PYTHON, "-c", "import os, service.plane.runtime; "
+    probe = subprocess.run([PYTHON, "-c", "import os, service.runtime; "
                             "print(os.environ['ORT_DISABLE_TELEMETRY'])"],
                            env={**env, "ORT_DISABLE_TELEMETRY": "0"}, capture_output=True,
                            text=True, timeout=60)

@@ -75,7 +75,7 @@ def _index(rows) -> set:
 
 def _direct(path, version: str) -> np.ndarray:
     """What a model file generates for seeds 5, 6, run in this process."""
-    from service.plane.runtime import OnnxGenerator
+    from service.runtime import OnnxGenerator
     from service.contract import seed_to_latent
     latents = np.stack([seed_to_latent(s, 100) for s in (5, 6)])
     return OnnxGenerator(path / "m" / version / "model.onnx").run(latents, None)
@@ -222,9 +222,9 @@ def test_a_reload_keeps_the_models_loaded_through_the_api(explicit):
     """SIGHUP builds every served model again: the configured one and, under explicit
     control, those loaded through the API; the old engines close once unused."""
     explicit.repository.load("m")
-    before = {(m.name, m.version): m.engine for m in explicit.registry}
+    before = {(m.name, m.version): m.batcher for m in explicit.registry}
     assert explicit.reload()
-    after = {(m.name, m.version): m.engine for m in explicit.registry}
+    after = {(m.name, m.version): m.batcher for m in explicit.registry}
     assert set(after) == set(before) == {("keep", explicit.registry.get("keep").version),
                                          ("m", "1"), ("m", "2")}
     assert all(after[key] is not before[key] for key in after)  # built again from the files

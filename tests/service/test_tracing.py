@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otl
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.errors import ServiceError
-from service.plane.tracing import Tracing
+from service.edge.tracing import Tracing
 from service.process.config import ServeConfig
 from service.process.server import create_server
 

@@ -12,7 +12,7 @@ import pytest
 
 from service.process.config import bundled_models
 from service.contract import MetadataKey, ModelMetadata
-from service.plane.runtime import OnnxGenerator
+from service.runtime import OnnxGenerator
 from tests.conftest import ROOT, SUBSET_DIR
 from training.evaluation import evaluate
 

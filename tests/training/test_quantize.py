@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto
 
 from service.contract import default_labels, seeds_to_latents
-from service.plane.runtime import OnnxGenerator
+from service.runtime import OnnxGenerator
 from tools.quantize_model import quantize
 
 

@@ -10,9 +10,9 @@
     dcgan_requests_in_flight{rpc}                      gauge
     dcgan_model_info{model, version, run, arch, dataset, provider}  info (value 1)
 
-The edge times each call (`track`); the data plane fills in the call's facts as it learns them
-(model, version, kind, images), and `track` records them when the call ends, so no door
-writes metrics.
+The edge counts each admitted call in flight and records every call when it ends (`record`),
+from the facts the data plane filled in as it learnt them (model, version, kind, images), so
+no door writes metrics.
 
 Label values are bounded: `model` is a served model's name or "_unknown", `code` a gRPC status
 name, `rpc` one of this service's methods.
@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from service.plane.calls import CallRecord
 
 # From 100 µs to 10 s: batch-1 runs take well under a millisecond on a CPU, big batches and
 # PNG grids take up to seconds.
@@ -68,7 +66,8 @@ class Metrics:
             "dcgan_model_reloads", "Model reloads (SIGHUP), by result", ["result"],
             registry=self.registry)
         self.in_flight = Gauge(
-            "dcgan_requests_in_flight", "RPCs being handled now", ["rpc"], registry=self.registry)
+            "dcgan_requests_in_flight", "Admitted RPCs being handled now", ["rpc"],
+            registry=self.registry)
         self.model_info = Info(
             "dcgan_model", "Served models and where they run", ["model", "version"],
             registry=self.registry)
@@ -91,26 +90,20 @@ class Metrics:
             wait.observe(waited)
         return observe
 
-    @contextmanager
-    def track(self, rpc: str):
-        """Time one call; the data plane sets `call.model`, `.version`, `.kind` and `.images`,
-        the edge `call.code`, as each learns them."""
-        call = CallRecord()
-        gauge = self._child(self.in_flight, rpc)
-        gauge.inc()
-        try:
-            yield call
-        finally:
-            gauge.dec()
-            seconds = time.perf_counter() - call.started
-            self._child(self.request_seconds, rpc, call.model, call.version,
-                        call.code).observe(seconds)
-            access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
-                             call.images, seconds * 1000)
-            if call.images:
-                self._child(self.images, call.model, call.version, call.kind).inc(call.images)
-                self._child(self.images_per_request, call.model,
-                            call.version).observe(call.images)
+    def in_flight_gauge(self, rpc: str):
+        """The in-flight gauge of one RPC or route: the edge counts its admitted calls."""
+        return self._child(self.in_flight, rpc)
+
+    def record(self, rpc: str, call) -> None:
+        """One call, ended (an edge.call.CallRecord): its time, status and images."""
+        seconds = time.perf_counter() - call.started
+        self._child(self.request_seconds, rpc, call.model, call.version,
+                    call.code).observe(seconds)
+        access_log.debug("%s model=%s code=%s images=%d %.2fms", rpc, call.model, call.code,
+                         call.images, seconds * 1000)
+        if call.images:
+            self._child(self.images, call.model, call.version, call.kind).inc(call.images)
+            self._child(self.images_per_request, call.model, call.version).observe(call.images)
 
     def _child(self, metric, *labels: str):
         """`metric.labels(*labels)`, remembered: prometheus-client checks and joins the label

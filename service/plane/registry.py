@@ -13,24 +13,24 @@ from dataclasses import dataclass
 from service.contract import ModelMetadata
 from service.errors import ModelNotFound
 from service.plane.batching import Batcher
-from service.plane.runtime import OnnxGenerator
+from service.runtime import OnnxGenerator
 
 
 @dataclass
 class ServedModel:
     name: str
     version: str      # as configured, or the file's own (its training run id)
-    engine: Batcher
+    batcher: Batcher
     is_default: bool  # the default model's default version
     is_default_version: bool  # the version a request naming this model but no version gets
 
     @property
-    def runner(self) -> OnnxGenerator:
-        return self.engine.runner
+    def generator(self) -> OnnxGenerator:
+        return self.batcher.generator
 
     @property
     def metadata(self) -> ModelMetadata:
-        return self.engine.runner.metadata
+        return self.batcher.generator.metadata
 
 
 class ModelRegistry:
@@ -39,13 +39,13 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
 
-    def add(self, name: str, engine: Batcher, version: str = "") -> ServedModel:
-        version = version or engine.runner.metadata.version
+    def add(self, name: str, batcher: Batcher, version: str = "") -> ServedModel:
+        version = version or batcher.generator.metadata.version
         versions = self._models.setdefault(name, {})
         if version in versions:
             raise ValueError(f"model {name!r} version {version!r} is already served")
         is_default = next(iter(self._models)) == name and not versions
-        model = versions[version] = ServedModel(name, version, engine, is_default,
+        model = versions[version] = ServedModel(name, version, batcher, is_default,
                                                 is_default_version=not versions)
         return model
 
@@ -61,7 +61,7 @@ class ModelRegistry:
 
     def close(self) -> None:
         for model in self:
-            model.engine.close()
+            model.batcher.close()
 
     def with_model(self, name: str, versions: list[tuple[str, Batcher]] = ()) -> "ModelRegistry":
         """A copy serving `versions` (default first) under `name` in place of what `name`
@@ -69,13 +69,13 @@ class ModelRegistry:
         fresh = ModelRegistry()
         for model in self:
             if model.name != name:
-                fresh.add(model.name, model.engine, model.version)
+                fresh.add(model.name, model.batcher, model.version)
             elif versions:  # keep the name's place in the order (the default model stays)
-                for version, engine in versions:
-                    fresh.add(name, engine, version)
+                for version, batcher in versions:
+                    fresh.add(name, batcher, version)
                 versions = ()
-        for version, engine in versions:
-            fresh.add(name, engine, version)
+        for version, batcher in versions:
+            fresh.add(name, batcher, version)
         return fresh
 
     def get(self, name: str = "", version: str = "") -> ServedModel:
