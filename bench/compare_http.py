@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.compare_servers import _RUNNER, _in_process, _tree_rss_mb, stop  # noqa: E402
+from bench.compare_servers import _RUNNER, _in_process, _tree_rss_mb, baseline_spec, stop  # noqa: E402
 from bench.image import free_port  # noqa: E402
 from bench.serve_bench import command_line, machine  # noqa: E402
 
@@ -176,17 +176,16 @@ def drive(target: Target, batch: int, clients: int, seconds: float, latent_dim: 
             "p99_ms": float(np.percentile(latencies, 99))}
 
 
-def targets(model: str, peers: Path | None, workdir: Path, baseline: Path | None = None
-            ) -> list[Target]:
+def targets(model: str, peers: Path | None, workdir: Path,
+            baselines: list[tuple[str, Path]] = ()) -> list[Target]:
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
              "--http-port", "{http}", "--metrics-port", "-1", "--device", "cpu",
              "--model", f"{MODEL}={model}"]
     found = [Target("in-process"), Target("dcgan-serve", serve, env),
              Target("dcgan-serve -p2", serve + ["--processes", "2"], env)]
-    if baseline is not None:
-        found.append(Target("baseline", serve, {"PYTHONPATH": str(baseline.resolve()),
-                                                "PYTHONUNBUFFERED": "1"}))
+    found += [Target(name, serve, {"PYTHONPATH": str(baseline.resolve()),
+                                   "PYTHONUNBUFFERED": "1"}) for name, baseline in baselines]
     if peers is None:
         return found
     bin_ = lambda name: peers / name / "bin"  # noqa: E731
@@ -211,8 +210,9 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", type=Path,
-                        help="another checkout of this project, run beside this one")
+    parser.add_argument("--baseline", type=baseline_spec, action="append", default=[],
+                        metavar="[NAME=]DIR", help="another checkout of this project, run "
+                        "beside this one (repeatable: 'baseline NAME')")
     parser.add_argument("--only", help="comma-separated target names to run (the "
                                        "in-process ceiling always runs)")
     parser.add_argument("--out", type=Path)

@@ -15,7 +15,8 @@ concurrent clients) in interleaved rounds, so the machine's noise hits all alike
                   over OTLP/gRPC to bench/otlp_sink.py (started with it, in its process tree);
                   "+trace 10%": one call in ten sampled (parentbased_traceidratio 0.1)
   baseline, baseline -p2   with `--baseline DIR`: the same two from another checkout (an
-                  earlier commit, e.g. `git worktree add DIR COMMIT`), to compare code changes
+                  earlier commit, e.g. `git worktree add DIR COMMIT`), to compare code changes;
+                  repeatable as `--baseline NAME=DIR` ("baseline NAME")
   handwritten     grpcio + onnxruntime by hand, V2 ModelInfer with latents (thread-pool
                   server; "handwritten aio": the same with grpc.aio)
   kserve, mlserver, pytriton   the peers (skipped when their venv is absent), V2 with latents
@@ -306,8 +307,14 @@ def _traced(name: str, serve: list[str], env: dict, sampling: dict) -> Target:
                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}", **sampling})
 
 
+def baseline_spec(text: str) -> tuple[str, Path]:
+    """`--baseline [NAME=]DIR`: the target "baseline" (or "baseline NAME") run from DIR."""
+    name, sep, folder = text.rpartition("=")
+    return ("baseline " + name if sep and name else "baseline"), Path(folder)
+
+
 def targets(model: str, peers: Path | None, workdir: Path,
-            baseline: Path | None = None) -> list[Target]:
+            baselines: list[tuple[str, Path]] = ()) -> list[Target]:
     serve = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "{port}",
              "--metrics-port", "-1", "--device", "cpu", "--model", f"{MODEL_NAME}={model}"]
     env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -325,10 +332,10 @@ def targets(model: str, peers: Path | None, workdir: Path,
                 {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                  "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
     ]
-    if baseline is not None:  # (an earlier checkout may not know --http-port)
+    for name, baseline in baselines:  # (an earlier checkout may not know --http-port)
         old = {"PYTHONPATH": str(baseline.resolve()), "PYTHONUNBUFFERED": "1"}
-        found += [Target("baseline", "generate", serve, old, baseline),
-                  Target("baseline -p2", "generate", serve + ["--processes", "2"], old,
+        found += [Target(name, "generate", serve, old, baseline),
+                  Target(name + " -p2", "generate", serve + ["--processes", "2"], old,
                          baseline)]
     found += [
         Target("handwritten", "v2", [sys.executable, str(PEERS / "handwritten_server.py"),
@@ -373,8 +380,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell")
     parser.add_argument("--only", help="comma-separated target names to run")
-    parser.add_argument("--baseline", type=Path,
-                        help="another checkout of this project to run beside this one")
+    parser.add_argument("--baseline", type=baseline_spec, action="append", default=[],
+                        metavar="[NAME=]DIR", help="another checkout of this project to run "
+                        "beside this one, as target 'baseline' (or 'baseline NAME'); "
+                        "repeatable")
     parser.add_argument("--load", choices=("python", "h2load"), default="python",
                         help="load generator (see above)")
     parser.add_argument("--out", type=Path, help="Markdown report (and .json beside it)")

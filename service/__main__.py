@@ -1,5 +1,5 @@
 import sys
 
-from service.process.server import main
+from service.process.main import main
 
 sys.exit(main())

@@ -33,35 +33,6 @@ FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "png": pb.IMAGE_FORMAT_PNG,
 METHODS = {"slerp": pb.INTERPOLATION_SLERP, "lerp": pb.INTERPOLATION_LERP}
 
 
-class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call."""
-
-    def __init__(self, token: str):
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details):
-        return _CallDetails(details.method, details.timeout,
-                            list(details.metadata or []) + [self._header], details.credentials,
-                            details.wait_for_ready, details.compression)
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
-        self.method, self.timeout, self.metadata = method, timeout, metadata
-        self.credentials, self.wait_for_ready = credentials, wait_for_ready
-        self.compression = compression
-
-
-def _with_token(channel: grpc.Channel, token: str) -> grpc.Channel:
-    return grpc.intercept_channel(channel, _TokenInterceptor(token))
-
-
 def images_from_response(response: pb.GenerateResponse) -> np.ndarray:
     """uint8 [N, H, W] from a RAW or PNG response (a PNG_GRID response holds one picture)."""
     if response.format == pb.IMAGE_FORMAT_PNG:
@@ -73,7 +44,8 @@ def images_from_response(response: pb.GenerateResponse) -> np.ndarray:
 
 
 class GeneratorClient:
-    """A thin, typed wrapper over the generated stub; `stub` is there for anything else."""
+    """A thin, typed wrapper over the generated stub; `stub` is there for anything else
+    (with `metadata=client.metadata` where the server asks for a token)."""
 
     def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = 30.0,
                  max_message_bytes: int = 64 << 20, channel: grpc.Channel | None = None,
@@ -89,8 +61,8 @@ class GeneratorClient:
                                                  certificate_chain=tls_cert)
             channel = grpc.secure_channel(address, creds, options=options)
         self.channel = channel or grpc.insecure_channel(address, options=options)
-        self.stub = pb_grpc.GeneratorServiceStub(_with_token(self.channel, token)
-                                                 if token else self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+        self.stub = pb_grpc.GeneratorServiceStub(self.channel)
 
     def __enter__(self):
         return self
@@ -109,7 +81,7 @@ class GeneratorClient:
                                      model_version=version, format=FORMATS[format], psi=psi)
         if latents is not None:
             request.latents = np.ascontiguousarray(latents, "<f4").tobytes()
-        return self.stub.Generate(request, timeout=self.timeout)
+        return self.stub.Generate(request, timeout=self.timeout, metadata=self.metadata)
 
     def generate(self, seeds: Sequence[int] = (), labels: Sequence[int] = (), model: str = "",
                  psi: float | None = None, latents: np.ndarray | None = None,
@@ -127,7 +99,7 @@ class GeneratorClient:
         return self.stub.Interpolate(pb.InterpolateRequest(
             seed_a=seed_a, seed_b=seed_b, frames=frames, method=METHODS[method],
             labels=list(labels), model=model, model_version=version, format=FORMATS[format],
-            psi=psi), timeout=self.timeout)
+            psi=psi), timeout=self.timeout, metadata=self.metadata)
 
     def interpolate(self, seed_a: int, seed_b: int, frames: int, method: str = "slerp",
                     labels: Sequence[int] = (), model: str = "", psi: float | None = None,
@@ -161,10 +133,11 @@ class GeneratorClient:
         else:
             request.range.start, request.range.count = start or 0, count or 0
         # No overall timeout: a 100k-image stream can legitimately take minutes.
-        return self.stub.GenerateStream(request)
+        return self.stub.GenerateStream(request, metadata=self.metadata)
 
     def list_models(self) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
+                                         metadata=self.metadata).models)
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -186,17 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="write PNGs for seeds")
     g.add_argument("--seed", action="append", required=True, metavar="SEEDS",
                    help="seed, range or list: 7, 0-15, 3,9,20-22 (repeatable)")
-    g.add_argument("--label", action="append", type=int, default=[], metavar="N",
-                   help="class for conditional models: one for all seeds or one per seed")
-    g.add_argument("--model", default="", help="model name (default: the server's default)")
-    g.add_argument("--model-version", default="",
-                   help="one of the model's served versions (default: its default)")
     g.add_argument("--out", default="generated", help="output folder (default generated/)")
     g.add_argument("--grid", action="store_true", help="write one grid.png instead of one per seed")
     g.add_argument("--stream", action="store_true",
                    help="use GenerateStream (for more seeds than one request allows)")
-    g.add_argument("--psi", type=argument_type(as_psi, "psi"),
-                   help="truncation in (0, 1]; unset (default) is 1, none")
     i = sub.add_parser("interpolate", help="write the frames from one seed's image to "
                                            "another's: frame_*.png, strip.png, "
                                            "interpolation.gif")
@@ -204,14 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("seed_b", type=int)
     i.add_argument("--frames", type=int, default=16, help="frames, both ends included")
     i.add_argument("--method", choices=sorted(METHODS), default="slerp")
-    i.add_argument("--label", type=int, action="append", default=[], metavar="N",
-                   help="one class for every frame (conditional models)")
-    i.add_argument("--psi", type=argument_type(as_psi, "psi"),
-                   help="truncation in (0, 1]; unset (default) is 1, none")
-    i.add_argument("--model", default="", help="model name (default: the server's default)")
-    i.add_argument("--model-version", default="",
-                   help="one of the model's served versions (default: its default)")
     i.add_argument("--out", default="interpolation", help="output folder")
+    for command in (g, i):
+        command.add_argument("--label", action="append", type=int, default=[], metavar="N",
+                             help="class for conditional models: one for all seeds (every "
+                                  "frame) or one per seed")
+        command.add_argument("--psi", type=argument_type(as_psi, "psi"),
+                             help="truncation in (0, 1]; unset (default) is 1, none")
+        command.add_argument("--model", default="",
+                             help="model name (default: the server's default)")
+        command.add_argument("--model-version", default="",
+                             help="one of the model's served versions (default: its default)")
     sub.add_parser("info", help="list the server's models")
     h = sub.add_parser("health", help="exit 0 if the server (or one model) is SERVING, else 1 "
                                       "(for container HEALTHCHECKs and scripts)")
@@ -286,7 +255,8 @@ def _generate(client: GeneratorClient, args) -> int:
             psi=args.psi, version=args.model_version)
         return _write(responses, Path(args.out), width)
     limit = client.stub.GetModelInfo(pb.GetModelInfoRequest(
-        model=args.model, model_version=args.model_version), timeout=client.timeout).max_batch
+        model=args.model, model_version=args.model_version), timeout=client.timeout,
+        metadata=client.metadata).max_batch
     if count > limit:
         raise ValueError(f"{count} seeds: the server takes at most {limit} in one request; "
                          "add --stream" + ("" if args.grid else " to have them in chunks"))

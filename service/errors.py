@@ -1,48 +1,42 @@
-"""The service's exceptions, raised where a problem is detected.
+"""The service's exceptions, raised where a problem is detected; the message says what to fix.
 
-None of these know about a transport: the edge (`service/edge/call.py`, `STATUS_FOR`) maps
-them to a gRPC status and its HTTP equivalent in one place; anything else is INTERNAL. A few
-carry the HTTP status that says more than the gRPC code's (`http_status`).
+None knows a transport: the edge maps them to a gRPC status and its HTTP equivalent in one
+place (`service/edge/call.py`, `STATUS_FOR`); anything else is INTERNAL. A few carry the HTTP
+status that says more than their gRPC code's (`http_status`).
 """
 
 
 class ServiceError(Exception):
-    """Base class: the message is what the caller is told, so it says what to fix."""
-
     http_status = 0  # 0: the HTTP status of the gRPC code the edge maps this to
 
 
 class InvalidRequest(ServiceError):
-    """The request is malformed or asks for something the model cannot do."""
+    """Malformed, or asks for something the model cannot do."""
 
 
 class Unsupported(InvalidRequest):
     """A body this server cannot read at all (its media type)."""
-
     http_status = 415
 
 
 class Unauthenticated(ServiceError):
-    """The caller sent no bearer token, or the wrong one."""
+    """No bearer token, or the wrong one."""
 
 
 class ModelNotFound(ServiceError):
-    """The request names a model this server does not serve."""
+    """Names a model (or version) this server does not serve."""
 
 
 class ModelLoadError(ServiceError):
-    """A model file cannot be served: missing, unreadable, not ONNX, wrong shape or metadata."""
+    """A model file that cannot be served: missing, not ONNX, wrong shape or metadata."""
 
 
 class DeviceUnavailable(ServiceError):
-    """The requested execution device (e.g. CUDA) cannot be used here."""
+    """The execution device asked for (CUDA) cannot be used here."""
 
 
 class NotAllowed(ServiceError):
-    """The server is not set up to do what was asked (e.g. load a model without model
-    control)."""
-
-    http_status = 409
+    """The server is not set up for it (a load without --model-control explicit)."""
 
 
 class DeadlineExceeded(ServiceError):
@@ -50,20 +44,18 @@ class DeadlineExceeded(ServiceError):
 
 
 class SlowBody(DeadlineExceeded):
-    """The caller took longer to send its request's body than the server waits."""
-
+    """The caller took longer to send its body than --read-timeout."""
     http_status = 408
 
 
 class Overloaded(ServiceError):
-    """The server is at a limit of calls or queued work; back off and retry."""
+    """At a limit of calls or queued work: back off and retry."""
 
 
 class TooLarge(Overloaded):
-    """A request larger than any valid one."""
-
+    """Larger than any valid request."""
     http_status = 413
 
 
 class ShuttingDown(ServiceError):
-    """The server, or the model a call runs on, is going away; retry (elsewhere)."""
+    """The server, or the model a call runs on, is going away: retry (elsewhere)."""

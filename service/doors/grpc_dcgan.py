@@ -12,8 +12,8 @@ from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
 from service.contract import MAX_SEED, ContractError
 from service.edge.call import CallRecord
-from service.plane.dataplane import DataPlane, ModelDescription
-from service.plane.plan import Format, Request, Result, Walk
+from service.plane.dataplane import (DataPlane, Format, ModelDescription, Request, Result,
+                                     Walk)
 
 _FORMATS = {
     pb.IMAGE_FORMAT_UNSPECIFIED: Format.RAW,

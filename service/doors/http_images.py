@@ -14,10 +14,9 @@ from importlib import resources
 from aiohttp import web
 
 from service.contract import SEED_SPEC, ContractError, SeedRanges, seed_ranges
-from service.edge.admission import Category
+from service.edge.call import Category
 from service.edge.http_edge import NUMBER, mounted, route
-from service.plane.dataplane import DataPlane
-from service.plane.plan import Format, Request, Walk
+from service.plane.dataplane import DataPlane, Format, Request, Walk
 
 # How long a browser or CDN may keep an image: a year when the URL names the model version
 # (those pixels never change), a day otherwise (a reload may bring a new version).
@@ -74,8 +73,8 @@ class ImageRoutes:
     async def grid(self, request, call):
         text = request.query.get("seeds", "")
         if not re.fullmatch(SEED_SPEC, text):
-            raise ContractError(f"?seeds={text!r} is not a seed list: e.g. grid.png?seeds=0-15 "
-                                "or seeds=3,9,20-22")
+            raise ContractError(f"?seeds= {'is missing' if not text else repr(text)}: send "
+                                "seeds as in grid.png?seeds=0-15 or seeds=3,9,20-22")
         return await self._picture(request, call, Format.PNG_GRID,
                                    seeds=SeedRanges(seed_ranges([text])))
 
@@ -114,7 +113,12 @@ def _walk(request: web.Request) -> Walk:
 
 
 def _label(request: web.Request) -> list[int]:
-    return [] if "label" not in request.query else [_int_query(request, "label")]
+    text = request.query.get("label")
+    if text is None:
+        return []
+    if not text.isascii() or not text.isdigit():
+        raise ContractError(f"label {text!r} is not a class number")
+    return [int(text)]
 
 
 def _psi(request: web.Request) -> str | float:
@@ -134,7 +138,7 @@ def _int_query(request: web.Request, name: str, default: int | None = None) -> i
         return default
     if text is None or not text.isascii() or not text.isdigit():
         raise ContractError(f"?{name}= {'is missing' if text is None else repr(text)}: "
-                            "send a whole number, e.g. ?a=3&b=13&frames=16&label=1")
+                            "send a whole number, e.g. ?a=3&b=13&frames=16")
     return int(text)
 
 

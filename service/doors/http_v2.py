@@ -16,11 +16,10 @@ from service.doors.v2_tensors import (EXTENSIONS, SERVER_NAME, UNLOAD_PARAMETERS
                                       check_repository_parameters, model_config,
                                       model_metadata, output_tensors, server_version,
                                       to_request, wanted_outputs)
-from service.edge.admission import Category
+from service.edge.call import Category
 from service.edge.http_edge import mounted, read_body, route
 from service.errors import InvalidRequest, Unsupported
-from service.plane.dataplane import DataPlane
-from service.plane.plan import Result
+from service.plane.dataplane import DataPlane, Result
 from service.plane.registry import ServedModel
 
 JSON_TYPE = "application/json"

@@ -46,7 +46,6 @@ WHY = {400: "bad input: the message says what to fix", 401: "missing or wrong be
        404: "no such model (or version)",
        405: "a method this path does not take: the Allow header lists those it does",
        408: "the body took longer than --read-timeout to arrive",
-       409: "loading and unloading need --model-control explicit",
        413: "a body larger than any valid request (or --max-message-bytes)",
        415: "a body that is neither JSON nor binary tensors",
        429: "over --max-in-flight or the model's queue limit: retry shortly",
@@ -186,46 +185,49 @@ _PNG = {"description": "PNG, grey, 8 bits", "content": {"image/png": {"schema": 
     "headers": {"ETag": {"schema": TEXT}, "Cache-Control": {"schema": TEXT}}}
 _GIF = {**_PNG, "description": "a looping animated GIF, one frame per image",
         "content": {"image/gif": {"schema": {"type": "string", "contentMediaType": "image/gif"}}}}
+_INFERRED = {"description": "the outputs", "content": {
+    "application/json": {"schema": _ref("InferResponse")},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+# Each route's summary and its 200: a schema's name, or the answer itself.
 OK = {
-    "GET /": ({"description": "HTML", "content": {"text/html": {"schema": TEXT}}},
-              "The playground page"),
-    "GET /openapi.json": (_json({"type": "object"}, "OpenAPI 3.1"), "This document"),
-    "GET /v2/health/live": (_json(_ref("Live"), "the process answers"), "Liveness"),
-    "GET /v2/health/ready": (_json(_ref("Ready"), "ready to serve"),
-                             "Readiness: 503 while draining"),
-    "GET /v2": (_json(_ref("ServerMetadata"), "name, version"), "Server metadata"),
-    "GET /v2/models/stats": (_json(_ref("ModelStatistics"), "every served model's"),
-                             "Statistics of every served model (Triton's extension)"),
-    "GET /v2/models/{name}": (_json(_ref("ModelMetadata"), "inputs and outputs"),
-                              "Model metadata: the tensors"),
-    "GET /v2/models/{name}/ready": (_json(_ref("Ready"), "ready"),
-                                    "Model readiness: 503 while draining"),
-    "GET /v2/models/{name}/config": (_json(_ref("ModelConfig"), "configuration"),
-                                     "Triton's model configuration"),
-    "GET /v2/models/{name}/stats": (_json(_ref("ModelStatistics"), "the model's"),
-                                    "The model's statistics (Triton's extension)"),
-    "POST /v2/repository/index": (_json(_ref("RepositoryIndex"), "what the repository holds "
-                                        "and what is served"),
-                                  "The model repository's models and their state"),
-    "POST /v2/repository/models/{name}/load": (
-        _json({"type": "object"}, "loaded"), "Load every version of a repository model beside "
-        "the served ones (--model-control explicit)"),
-    "POST /v2/repository/models/{name}/unload": (
-        _json({"type": "object"}, "unloaded, its calls finished"),
-        "Stop serving a model once its calls have finished (--model-control explicit)"),
-    "POST /v2/models/{name}/infer": ({"description": "the outputs", "content": {
-        "application/json": {"schema": _ref("InferResponse")},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        "Generate images for seeds (Open Inference Protocol)"),
-    "GET /v1/models": (_json(_ref("ModelList"), "the default first"), "The served models"),
-    "GET /v1/models/{name}/images/{seed}.png": (_PNG, "One image"),
-    "GET /v1/models/{name}/grid.png": (_PNG, "A grid of images, row-major, ceil(sqrt(N)) "
-                                             "columns"),
+    "GET /": ("The playground page", {"description": "HTML", "content": {
+        "text/html": {"schema": TEXT}}}),
+    "GET /openapi.json": ("This document", {"type": "object"}),
+    "GET /v2/health/live": ("Liveness", "Live"),
+    "GET /v2/health/ready": ("Readiness: 503 while draining", "Ready"),
+    "GET /v2": ("Server metadata", "ServerMetadata"),
+    "GET /v2/models/stats": ("Statistics of every served model (Triton's extension)",
+                             "ModelStatistics"),
+    "GET /v2/models/{name}": ("Model metadata: the tensors", "ModelMetadata"),
+    "GET /v2/models/{name}/ready": ("Model readiness: 503 while draining", "Ready"),
+    "GET /v2/models/{name}/config": ("Triton's model configuration", "ModelConfig"),
+    "GET /v2/models/{name}/stats": ("The model's statistics (Triton's extension)",
+                                    "ModelStatistics"),
+    "POST /v2/repository/index": ("The model repository's models and their state",
+                                  "RepositoryIndex"),
+    "POST /v2/repository/models/{name}/load": ("Load every version of a repository model "
+                                               "beside the served ones (--model-control "
+                                               "explicit)", {"type": "object"}),
+    "POST /v2/repository/models/{name}/unload": ("Stop serving a model once its calls have "
+                                                 "finished (--model-control explicit)",
+                                                 {"type": "object"}),
+    "POST /v2/models/{name}/infer": ("Generate images for seeds (Open Inference Protocol)",
+                                     _INFERRED),
+    "GET /v1/models": ("The served models, the default first", "ModelList"),
+    "GET /v1/models/{name}/images/{seed}.png": ("One image", _PNG),
+    "GET /v1/models/{name}/grid.png": ("A grid of images, row-major, ceil(sqrt(N)) columns",
+                                       _PNG),
     "GET /v1/models/{name}/interpolation.png": (
-        _PNG, "Frames from seed a's image to seed b's, as one strip (the latent-walk rule: the "
-              "ends are exactly the two seeds' images)"),
-    "GET /v1/models/{name}/interpolation.gif": (_GIF, "The same frames as an animated GIF"),
+        "Frames from seed a's image to seed b's, as one strip (the latent-walk rule: the ends "
+        "are exactly the two seeds' images)", _PNG),
+    "GET /v1/models/{name}/interpolation.gif": ("The same frames as an animated GIF", _GIF),
 }
+
+
+def _ok(answer) -> dict:
+    if isinstance(answer, str):  # a schema's name
+        return _json(_ref(answer), answer)
+    return answer if "description" in answer else _json(answer, "done")
 
 
 def parameters(path: str, handler, catalogue: dict) -> list[dict]:
@@ -258,8 +260,6 @@ def _statuses(method: str, path: str, handler, token: bool) -> list[int]:
         statuses |= {503, 504}
     if name.endswith("/infer"):
         statuses.add(415)
-    if "/repository/models/" in name:
-        statuses.add(409)
     return sorted(statuses)
 
 
@@ -269,8 +269,8 @@ def openapi_document(routes, version: str, max_images: int, token: bool) -> dict
     catalogue = _parameters(max_images)
     paths: dict = {}
     for method, path, handler in routes:
-        ok, summary = OK[handler.route]
-        responses = {"200": ok, **{str(s): _json(_ref("Error"), WHY[s])
+        summary, answer = OK[handler.route]
+        responses = {"200": _ok(answer), **{str(s): _json(_ref("Error"), WHY[s])
                                    for s in _statuses(method, path, handler, token)}}
         if handler.cacheable:
             responses["304"] = {"description": "unchanged since the ETag sent in "

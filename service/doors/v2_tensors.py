@@ -28,7 +28,7 @@ import numpy as np
 
 from service.edge.call import CallRecord
 from service.errors import InvalidRequest
-from service.plane.plan import Request, Result, Walk
+from service.plane.dataplane import Request, Result, Walk
 from service.plane.registry import ServedModel
 
 SERVER_NAME = "dcgan-digits"

@@ -1,9 +1,6 @@
-"""The served models by name and version: how every door finds the model a request names, in
-one place.
-
-A name may have several versions served side by side (`--model mnist:1=A --model mnist:2=B`):
-a request names a version or takes the name's default, the first one configured. The first
-name configured is the default model.
+"""The served models by name and version, and how a request's name finds one: several versions
+of a name may be served side by side (`--model mnist:1=A --model mnist:2=B`), the first one a
+name's default; the first name is the default model.
 """
 
 from __future__ import annotations
@@ -100,10 +97,6 @@ class ModelRegistry:
     def versions(self, name: str) -> list[ServedModel]:
         """Every served version of `name`, its default first (none if not served)."""
         return list(self._models.get(name, {}).values())
-
-    @property
-    def default(self) -> ServedModel:
-        return self.get()
 
     def __iter__(self):
         """Every served version of every model, the default first."""

@@ -6,12 +6,12 @@ under explicit model control, loading and unloading them while the server serves
       mnist/2/model.onnx           its default
       fashion/1/model.onnx
 
-`reload()` (SIGHUP) builds every served model again and swaps them all, the same way.
-`load(name)` builds every version's batcher (the file is read and checked, the sessions warmed)
-beside the served models, then swaps the registry in one assignment: no call waits, and a
-file that cannot be served is an error that leaves what is served untouched. `unload(name)`
-swaps it out (new calls get NOT_FOUND), then waits for the calls still using its batchers
-before closing them. Both block: the doors run them on a worker thread.
+`load(name)` builds every version's batcher beside the served models (the files read and
+checked, the sessions warmed), then swaps the registry in one assignment: no call waits, and
+a file that cannot be served leaves what is served untouched. `unload(name)` swaps it out
+(new calls get NOT_FOUND), then waits for the calls still using it (at most the drain time)
+before closing it; `reload()` (SIGHUP) does the same for every served model. They block: the
+data plane runs them on a worker thread.
 """
 
 from __future__ import annotations
@@ -87,15 +87,12 @@ class ModelRepository:
             if not versions:
                 raise ModelNotFound(f"the repository {self.folder} has no model {name!r} "
                                     f"(expected {name}/<version>/{MODEL_FILE})")
-            batchers = []
             try:
-                for version, path in versions:
-                    batchers.append((version, self._build(name, version, path)))
+                fresh = build_registry([(name, v, path) for v, path in versions], self._build)
             except ModelLoadError as exc:
-                for _, batcher in batchers:
-                    batcher.close()
                 raise ModelLoadError(f"cannot load {name!r}, still serving what was served: "
                                      f"{exc}") from None
+            batchers = [(model.version, model.batcher) for model in fresh]
             old = self.registry.versions(name)
             self.registry.replace_with(self.registry.with_model(name, batchers))
             self.on_change(name, True)

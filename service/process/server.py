@@ -1,9 +1,6 @@
-"""`dcgan-serve`: load the models, start gRPC (+ health, reflection), HTTP and /metrics, stop gracefully.
-
-    create_server(config) -> RunningServer   builds and starts everything; tests bind port 0
-    serve(config)                            create_server, then block until SIGTERM/SIGINT
-    main()                                   flags/env -> ServeConfig -> serve (or, with
-                                             --processes N, supervisor.supervise); exit codes
+"""The server: load the models, start gRPC (+ health, reflection), HTTP and /metrics, stop
+gracefully. `create_server(config) -> RunningServer` builds and starts everything (tests bind
+port 0); `main.py` runs it until SIGTERM.
 
 A request's path: gRPC (grpc.aio) or HTTP (aiohttp), both on one event loop in the `rpc-loop`
 thread -> the edge (`service/edge/`: token, admission, deadline, metrics, errors) -> a door
@@ -22,12 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import gc
 import logging
-import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +42,7 @@ from service.doors.grpc_v2 import InferenceServicer
 from service.doors.http_images import ImageRoutes
 from service.doors.http_v2 import InferenceRoutes
 from service.doors.openapi import openapi_document
-from service.edge.admission import MAX_WATCHES, Admission, Category, limits
+from service.edge.call import MAX_WATCHES, Admission, Category, limits
 from service.edge.call import Edge
 from service.edge.grpc_edge import GrpcEdge, receive_limit
 from service.edge.health import (SERVICE_NAME as HEALTH_SERVICE, HealthPortServicer,
@@ -62,8 +56,7 @@ from service.plane.batching import Batcher, BatchLimits, make_batcher
 from service.plane.dataplane import DataPlane
 from service.plane.registry import ModelRegistry
 from service.plane.repository import ModelRepository, build_registry
-from service.process.config import ServeConfig, config_from_args
-from service.process.supervisor import supervise
+from service.process.config import ServeConfig
 from service.process.tls import http_ssl_context, server_credentials
 
 log = logging.getLogger("dcgan-serve")
@@ -193,7 +186,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     teardown = _Teardown()
     with teardown:  # a failed start stops what did start, newest first, and re-raises
         loop = _start_loop()
-        teardown.callback(_stop_loop, loop)
+        teardown.callback(loop.call_soon_threadsafe, loop.stop)
         tracing = _tracing_from_env()
         if tracing is not None:  # stopped after the servers: exports the last calls' spans
             teardown.callback(tracing.shutdown)
@@ -232,11 +225,14 @@ def create_server(config: ServeConfig) -> RunningServer:
                           config.max_batch, config.latent_cache)
         edge = Edge(metrics, statistics, admission, token, tracing)
         health = HealthServicer(list_names=not token)
-        server, port = _on_loop(loop, _start_grpc(config, plane, edge, health,
-                                                  receive_limit(config.max_batch,
-                                                                make.max_latent_dim,
-                                                                config.max_message_bytes)))
+        server, port = _on_loop(loop, _grpc_on(
+            config, config.port, "--port", edge, _add_services(config, plane, health),
+            [("grpc.max_send_message_length", config.max_message_bytes),
+             ("grpc.max_receive_message_length", receive_limit(  # what a valid one can need
+                 config.max_batch, make.max_latent_dim, config.max_message_bytes))],
+            server_credentials(config)))
         teardown.callback(lambda: _on_loop(loop, server.stop(teardown.grace)))
+        _on_loop(loop, _serving(health, plane))  # last: every model is loaded and warm
 
         def changed(name: str, served: bool) -> None:  # a load or unload, on its thread
             status = health_pb2.HealthCheckResponse
@@ -246,11 +242,17 @@ def create_server(config: ServeConfig) -> RunningServer:
             describe_models(registry, metrics)
         repository.on_change = changed
         health_port = None
-        if config.health_port >= 0:  # its own admission: its Watch streams are its own
+        if config.health_port >= 0:
+            # Plaintext, the health service alone: Kubernetes' gRPC probes and the image's
+            # HEALTHCHECK cannot speak TLS or show a client certificate. Its own admission:
+            # its Watch streams never take the main port's.
             health_edge = Edge(metrics, statistics, Admission({Category.WATCH: (
                 MAX_HEALTH_CALLS, "MAX_HEALTH_CALLS")}))
-            health_server, health_port = _on_loop(loop, _start_health_port(config, health_edge,
-                                                                           health))
+            health_server, health_port = _on_loop(loop, _grpc_on(
+                config, config.health_port, "--health-port", health_edge,
+                lambda server: health_pb2_grpc.add_HealthServicer_to_server(
+                    HealthPortServicer(health), server),
+                [("grpc.max_receive_message_length", 4096)]))
             teardown.callback(lambda: _on_loop(loop, health_server.stop(0)))
         http_app, http_port = None, None
         if config.http_port >= 0:
@@ -292,55 +294,39 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
                                f"holds the port or pick another with {flag}") from None
 
 
-def _grpc_server(config: ServeConfig, edge: Edge, options: list) -> grpc.aio.Server:
-    # Off unless asked: a second server could otherwise bind the same port silently. The
-    # multi-process supervisor's workers share it on purpose.
-    return grpc.aio.server(interceptors=[GrpcEdge(edge)], options=[
+async def _grpc_on(config: ServeConfig, port: int, flag: str, edge: Edge, add, options: list,
+                   credentials=None) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server on `port`, every call through `edge`; `add(server)` adds its
+    services. SO_REUSEPORT is off unless asked: a second server could otherwise bind the same
+    port silently (the supervisor's workers share it on purpose)."""
+    server = grpc.aio.server(interceptors=[GrpcEdge(edge)], options=[
         *options, ("grpc.so_reuseport", 1 if config.reuse_port else 0)])
-
-
-def _listen(server: grpc.aio.Server, address: str, credentials, flag: str) -> int:
+    address = f"{config.host}:{port}"
     try:
-        return (server.add_secure_port(address, credentials) if credentials
+        port = (server.add_secure_port(address, credentials) if credentials
                 else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise ServiceError(f"cannot listen on {address}: {exc}; pick another port with "
                            f"{flag}") from None
-
-
-async def _start_grpc(config: ServeConfig, plane: DataPlane, edge: Edge,
-                      health: HealthServicer, max_receive: int) -> tuple[grpc.aio.Server, int]:
-    """Serve every gRPC service on the gRPC port, all through the edge; health turns
-    SERVING last. No request may be larger than what a valid one can need."""
-    server = _grpc_server(config, edge, [("grpc.max_send_message_length",
-                                          config.max_message_bytes),
-                                         ("grpc.max_receive_message_length", max_receive)])
-    port = _listen(server, f"{config.host}:{config.port}", server_credentials(config),
-                   "--port")
-    pb_grpc.add_GeneratorServiceServicer_to_server(
-        GeneratorServicer(plane, config.max_message_bytes), server)
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    add(server)
     await server.start()
-    serving = health_pb2.HealthCheckResponse.SERVING
+    return server, port
+
+
+def _add_services(config: ServeConfig, plane: DataPlane, health: HealthServicer):
+    def add(server: grpc.aio.Server) -> None:
+        pb_grpc.add_GeneratorServiceServicer_to_server(
+            GeneratorServicer(plane, config.max_message_bytes), server)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    return add
+
+
+async def _serving(health: HealthServicer, plane: DataPlane) -> None:
     for name in ("", SERVICE_NAME, *(model_health_name(m.name) for m in plane.registry)):
-        await health.set(name, serving)
-    return server, port
-
-
-async def _start_health_port(config: ServeConfig, edge: Edge, health: HealthServicer
-                             ) -> tuple[grpc.aio.Server, int]:
-    """A second, plaintext gRPC server with nothing but the health service (the same statuses):
-    Kubernetes' gRPC probes and the image's HEALTHCHECK cannot speak TLS or present a client
-    certificate. It reveals only SERVING / NOT_SERVING, never names, and takes at most
-    MAX_HEALTH_CALLS Watch streams at once; its Check is never refused."""
-    server = _grpc_server(config, edge, [("grpc.max_receive_message_length", 4096)])
-    health_pb2_grpc.add_HealthServicer_to_server(HealthPortServicer(health), server)
-    port = _listen(server, f"{config.host}:{config.health_port}", None, "--health-port")
-    await server.start()
-    return server, port
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
 async def _start_http(config: ServeConfig, plane: DataPlane, edge: Edge, private: bool
@@ -394,55 +380,3 @@ def _start_loop() -> asyncio.AbstractEventLoop:
 def _on_loop(loop: asyncio.AbstractEventLoop, coro):
     """Run `coro` on `loop` (another thread's) and wait for its result here."""
     return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-
-def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
-    loop.call_soon_threadsafe(loop.stop)
-
-
-def serve(config: ServeConfig) -> None:
-    running = create_server(config)
-    # The handlers only note the signal: a handler runs on the main thread between two
-    # bytecodes, perhaps inside a lock it would then wait for (an Event's, say) for ever.
-    received: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: received.append(signum))
-    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck
-    # server is waiting on without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    while True:
-        # Wake up now and then rather than block for good: a signal that lands on one of
-        # grpc's or onnxruntime's threads only flags the main thread, whose Python handler
-        # then runs the next time it executes bytecode.
-        while not received:
-            time.sleep(0.25)
-        signum = received.pop(0)
-        if signum != signal.SIGHUP:
-            break
-        log.info("SIGHUP: reloading the model files")
-        threading.Thread(target=running.reload, name="reload", daemon=True).start()
-    log.info("%s: draining (up to %.1fs)", signal.Signals(signum).name, config.grace_seconds)
-    # A watchdog for the drain itself: should anything hang past the grace period, print
-    # every thread's stack and exit 1 rather than wait for a SIGKILL that explains nothing.
-    faulthandler.dump_traceback_later(config.grace_seconds + 15, exit=True)
-    running.stop()
-    log.info("stopped")
-
-
-def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(argv)
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if config.resolved_processes > 1:
-            return supervise(config, sys.argv[1:] if argv is None else argv)
-        serve(config)
-    except ServiceError as exc:  # bad model file, port in use, CUDA missing: say which
-        log.error("%s", exc)
-        print(f"dcgan-serve: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,9 +73,15 @@ def test_schemathesis_finds_nothing_the_document_and_the_server_disagree_on(
     if token:
         monkeypatch.setenv("DCGAN_AUTH_TOKEN", token)
     caplog.set_level(logging.ERROR)
+    # Under model control, with the served models in the repository: what Schemathesis
+    # unloads it may load again.
+    for name, model in (("cond", tiny_cond_onnx), ("plain", tiny_onnx)):
+        (tmp_path / "models" / name / "1").mkdir(parents=True)
+        (tmp_path / "models" / name / "1" / "model.onnx").write_bytes(model.read_bytes())
     running = create_server(ServeConfig(
         host="127.0.0.1", port=0, http_port=0, metrics_port=-1, device="cpu", max_batch=64,
-        models=(("cond", str(tiny_cond_onnx)), ("plain", str(tiny_onnx)))))
+        models=(("cond", str(tiny_cond_onnx)), ("plain", str(tiny_onnx))),
+        model_repository=str(tmp_path / "models"), model_control="explicit"))
     config = Path(__file__).with_name("schemathesis.toml")
     st = Path(sys.executable).with_name("st")
     try:
@@ -91,7 +97,8 @@ def test_schemathesis_finds_nothing_the_document_and_the_server_disagree_on(
     assert run.returncode == 0, summary
     assert re.search(r"Tested: 23\b", run.stdout), summary  # every operation
     assert not re.search(r"\b(failures?|errors?)\b in [0-9.]+s", run.stdout), summary
-    assert not [r for r in caplog.records if r.exc_info], "the server logged a traceback"
+    assert not [r.getMessage() for r in caplog.records if r.exc_info and r.name.startswith(
+        ("service", "dcgan-serve", "aiohttp", "grpc"))]
 
 
 def test_a_304_is_documented_exactly_where_an_etag_revalidates(api):
