@@ -332,11 +332,11 @@ def targets(model: str, peers: Path | None, workdir: Path,
                 {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                  "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
     ]
-    for name, baseline in baselines:  # (an earlier checkout may not know --http-port)
+    for name, baseline in baselines:  # (every checkout since 0f8887a knows --http-port)
         old = {"PYTHONPATH": str(baseline.resolve()), "PYTHONUNBUFFERED": "1"}
-        found += [Target(name, "generate", serve, old, baseline),
-                  Target(name + " -p2", "generate", serve + ["--processes", "2"], old,
-                         baseline)]
+        found += [Target(name, "generate", serve + http_off, old, baseline),
+                  Target(name + " -p2", "generate", serve + http_off + ["--processes", "2"],
+                         old, baseline)]
     found += [
         Target("handwritten", "v2", [sys.executable, str(PEERS / "handwritten_server.py"),
                                      model, "{port}"], env),

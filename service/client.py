@@ -1,14 +1,11 @@
 """The Python client library and the `dcgan-client` CLI.
 
-    from service.client import GeneratorClient
     with GeneratorClient("127.0.0.1:50051") as client:
         images = client.generate([0, 1, 2], labels=[7])     # uint8 [3, 28, 28]
         for chunk in client.generate_stream(start=0, count=100_000):
             ...                                             # uint8 [k, 28, 28] per chunk
-        frames = client.interpolate(3, 13, frames=16)       # uint8 [16, 28, 28]
 
     dcgan-client generate --seed 0-15 --label 7 --grid --out digits/
-    dcgan-client info
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Settings declared once: a dataclass field with its default and help makes the flag, the
-environment variable, the `--help` line and the row of the documentation table.
-
-    @dataclass(frozen=True)
-    class Config:
-        port: int = setting(50051, "gRPC port; 0 picks a free one")
-
-    parser = argparse.ArgumentParser(); add_flags(parser, Config, env_prefix="DCGAN_")
-    config = from_args(Config, parser.parse_args())       # flag > DCGAN_PORT > default
-    print(markdown_table(Config, env_prefix="DCGAN_"))   # what docs/configuration.md holds
-
-Both `ServeConfig` (service/process/config.py) and `TrainConfig` (training/config.py) use it.
+environment variable, the `--help` line and the docs' table row (`add_flags`, `from_args`,
+`markdown_table`; a flag wins over the variable, the variable over the default). Both
+`ServeConfig` and training's `TrainConfig` use it.
 """
 
 from __future__ import annotations

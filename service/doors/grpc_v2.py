@@ -1,11 +1,6 @@
-"""The KServe Open Inference Protocol (V2) over gRPC: a converter, tensors -> data plane -> tensors.
-
-Beside the project's own API, so that tools built for the standard protocol (`tritonclient`,
-KServe's custom-predictor deployments) work against this server unmodified. The same seeds
-give the same pixels as `Generate`: both go through the same data plane. The tensors, and
-the checks on their names, types and shapes, are `v2_tensors`'s, shared with the REST door
-(`http_v2.py`); the edge (`service/edge/grpc_edge.py`) wraps every handler here as it wraps
-the dcgan API.
+"""The Open Inference Protocol (KServe V2) over gRPC, for the tools built for it (`tritonclient`,
+KServe): a converter, tensors -> data plane -> tensors, the tensors' checks shared with the
+REST door (`v2_tensors.py`). The same seeds give `Generate`'s pixels.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""Pictures by URL, for browsers, `curl` and `<img>` tags: a converter, query -> data plane -> PNG or GIF.
-
-Beside them the playground page (static/playground.html) and /openapi.json. Each picture is
-named by the data plane before anything runs (`Plan.digest`, the strong ETag), so a matching If-None-Match is answered 304 without generating. Cache-Control is long
-(a year, immutable, when `?version=` pins the model) and `private` when the server asks for a
-bearer token, so a shared cache never hands one caller's picture to another.
+"""Pictures by URL, for browsers, `curl` and `<img>` tags (a converter: query -> data plane ->
+PNG or GIF), beside the playground page and /openapi.json. Each picture is named before
+anything runs (`Plan.digest`, the strong ETag), so a matching If-None-Match is a 304 without
+generating. Cache-Control: a year, immutable, when `?version=` pins the model, a day
+otherwise; `private` when the server asks for a token.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from importlib import resources
 
 from aiohttp import web
@@ -50,7 +50,7 @@ class ImageRoutes:
 
     @route("GET /v1/models", Category.METADATA)
     async def list_models(self, request, call):
-        described = [vars(self.plane.describe(m)) for m in self.plane.registry]
+        described = [asdict(self.plane.describe(m)) for m in self.plane.registry]
         return web.json_response({"models": [
             {**d, "default": d.pop("is_default"), "default_version": d.pop("is_default_version")}
             for d in described]})

@@ -1,12 +1,9 @@
-"""The OpenAPI 3.1 document of the HTTP front door, served at /openapi.json.
-
-Made from the routes it describes (`http_v2.InferenceRoutes.routes`,
-`http_images.ImageRoutes.routes`): each operation's query parameters, 304, 401 and security
-come from its handler's `http_edge.route` declaration; the schemas are written here, to say
-exactly what the server accepts. Schemathesis checks the live document against the server
-(tests/service/test_openapi.py); what JSON Schema cannot say (a tensor's shape against its
-values, how many seeds a range stands for, a class against the named model) is said in the
-descriptions, and the server answers 400 for it.
+"""The OpenAPI 3.1 document of the HTTP front door (/openapi.json), made from the routes it
+describes: their query parameters, 304, 401 and security from each `route` declaration, the
+schemas written here to say exactly what the server takes. Schemathesis checks the live
+document against the server (tests/service/test_openapi.py); what JSON Schema cannot say (a
+tensor's shape against its values, a seed range's count, a class of the named model) is in
+the descriptions, and the server answers 400 for it.
 """
 
 from __future__ import annotations

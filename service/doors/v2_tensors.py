@@ -1,20 +1,11 @@
-"""The Open Inference Protocol's (KServe V2) tensors for this service, whatever the transport.
+"""The Open Inference Protocol's (KServe V2) tensors for this service, whatever the transport:
+the gRPC and REST doors turn their messages into `InputTensor`s and back and share the rest
+here, so both take and refuse the same inputs with the same messages.
 
-The gRPC door (`grpc_v2.py`) and the REST door (`http_v2.py`) turn their messages into
-`InputTensor`s and back, and share the rest here: tensors -> the data plane's `Request`, and
-its `Result` -> output tensors. Both take the same inputs, give the same outputs and refuse bad
-ones with the same messages; what the values may be (counts, ranges, psi) is the contract's,
-checked by the data plane as for every door:
-
-    input  "seeds"   UINT64 or INT64, shape [N] or [N, 1]
-    input  "labels"  INT64 or INT32, shape [N] or [1]    conditional models only, optional
-    input  "latents" FP32 [N, latent_dim]                 optional, instead of seeds
-    input  "psi"     FP32 [1]                             optional truncation in (0, 1]
-    input  "frames"  INT64 or INT32 [1]                   optional: with exactly two seeds,
-                                                          that many frames from one to the other
-    parameter "interpolation": "slerp" (default) or "lerp", with "frames"
-    output "images"  UINT8 [N, 1, H, W]
-    output "labels"  INT64 [N]                           conditional models only
+    input  seeds UINT64|INT64 [N] or [N, 1]; or latents FP32 [N, latent_dim]
+           labels INT64|INT32 [N] or [1] (conditional models); psi FP32 [1];
+           frames INT64|INT32 [1] with exactly two seeds (parameter interpolation: slerp|lerp)
+    output images UINT8 [N, 1, H, W]; labels INT64 [N] (conditional models)
 """
 
 from __future__ import annotations

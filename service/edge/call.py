@@ -1,14 +1,10 @@
 """One call's life at the edge, whichever transport brought it.
 
-    with edge.handling("Generate", Category.INFERENCE) as call:
-        ...   # the door converts, the data plane fills in `call` as it learns
-
-`Edge.handling` is the one place that, in this order, times the call (`CallRecord`, from
-which the metrics, statistics and trace are made when it ends), refuses a caller without the
-bearer token (`denied`, decided by the transport before any body is read), admits it by
-its category (`Admission`, below), and records the status of whatever escapes. The transports
-(`grpc_edge.py`, `http_edge.py`) answer with that status, mapped here once (`STATUS_FOR`,
-`HTTP_STATUS`); anything unmapped is a bug: INTERNAL, logged, not sent.
+`Edge.handling` is the one place that times a call (`CallRecord`, from which its metrics,
+statistics and trace are made when it ends), refuses a caller without the token (decided by
+the transport before any body is read), admits it by category (`Admission`) and records the
+status of whatever escapes. The transports answer with that status, mapped here once
+(`STATUS_FOR`, `HTTP_STATUS`); anything unmapped is a bug: INTERNAL, logged, not sent.
 """
 
 from __future__ import annotations
@@ -223,6 +219,7 @@ class Edge:
         self.admission = admission
         self.tracing = tracing
         self._token = token.encode()
+        self.asks_for_token = bool(token)
 
     def authorized(self, category: Category, credentials: str | None) -> bool:
         """Whether a caller sending `credentials` (its Authorization value) may make a call

@@ -1,15 +1,11 @@
-"""The edge for gRPC: one interceptor that every call of every service on a port goes through.
+"""The edge for gRPC: every call of every service on a port goes through `GrpcEdge`.
 
-It decides before grpc reads the request. The method's category (`CATEGORIES`) says whether
-the caller needs the bearer token; a caller without it gets a request-streaming handler that
-never asks for the body, so grpc never reads or parses it: a refusal costs the same whatever
-the caller sends. Everyone else gets the method's own handler, wrapped once (at its first
-call) in `Edge.handling`, with a request decoder that never raises (grpc alone would answer
-UNKNOWN and log a traceback per bad frame). The doors' handlers take `(request, context,
-call)`; health and reflection keep their own `(request, context)`.
-
-The receive limit follows from the largest valid request (`receive_limit`), so a caller with
-the token cannot make the server hold much more than a valid request either.
+Every method's handler is wrapped once in `Edge.handling`, with a decoder that never raises
+(grpc would answer UNKNOWN and log a traceback per bad frame), and each call's handler is
+chosen when it arrives, before grpc reads its body: a caller without the token (for the
+method's category, `CATEGORIES`) gets a request-streaming handler that never asks for the
+body, so a refusal costs the same whatever is sent. The doors' handlers take `(request,
+context, call)`.
 """
 
 from __future__ import annotations
@@ -51,23 +47,31 @@ def receive_limit(max_images: int, latent_dim: int, max_message_bytes: int) -> i
     return min(max_message_bytes, valid)
 
 
-class GrpcEdge(grpc.aio.ServerInterceptor):
+class GrpcEdge(grpc.GenericRpcHandler):
+    """The servicers `add`ed to it, served on a port (`add_generic_rpc_handlers`), every call
+    through `edge`."""
+
     def __init__(self, edge: Edge):
         self.edge = edge
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(self, continuation, details):
-        wrapped = self._handlers.get(details.method)
-        if wrapped is None:
-            handler = await continuation(details)
-            if handler is None:
-                return None  # grpc answers UNIMPLEMENTED
-            wrapped = self._handlers[details.method] = _wrap(self.edge, details.method,
-                                                             handler)
+    def add(self, add_to_server, servicer) -> None:
+        """Serve `servicer` as the generated `add_*_to_server` would, through the edge."""
+        recorder = _HandlerRecorder()
+        add_to_server(servicer, recorder)
+        for name, handler in recorder.handlers.items():
+            method = f"/{recorder.service}/{name}"
+            self._handlers[method] = _wrap(self.edge, method, handler)
+
+    def service(self, details):
+        """The handler of a call that has arrived, chosen before grpc reads its body."""
+        pair = self._handlers.get(details.method)
+        if pair is None:
+            return None  # grpc answers UNIMPLEMENTED
+        if not self.edge.asks_for_token:
+            return pair[0]
         category = CATEGORIES.get(details.method, Category.METADATA)
-        if category.open or self.edge.authorized(category, _credentials(details)):
-            return wrapped[0]
-        return wrapped[1]
+        return pair[0] if self.edge.authorized(category, _credentials(details)) else pair[1]
 
 
 def _credentials(details) -> str | None:
@@ -75,6 +79,16 @@ def _credentials(details) -> str | None:
         if key == "authorization":
             return value
     return None
+
+
+class _HandlerRecorder:
+    """Stands in for the server to catch the handlers a generated function registers."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, handlers
 
 
 def _wrap(edge: Edge, method: str, handler: grpc.RpcMethodHandler):

@@ -1,16 +1,10 @@
-"""The edge for HTTP: every route of the aiohttp app goes through `route`, as every gRPC call
-goes through `GrpcEdge`.
-
-    @route("POST /v2/models/{name}/infer", Category.INFERENCE)
-    async def infer(self, request, call): ...   # a door's converter
-
-In order: the bearer token (from the headers, before any of the body is read), admission by
-the route's category, the query keys the route takes (any other is refused, so a typo is not
-silently ignored), the caller's deadline (a `Request-Timeout` header or `?timeout=` seconds;
-the call is cancelled when it passes, as grpc cancels one), then the handler. A handler that
-takes a body reads it with `read_body`: bounded in size and in the time the caller may take
-to send it. Errors are `{"error": "..."}` with the HTTP status of the gRPC code the other
-doors answer. `openapi.py` documents each route from the same declaration.
+"""The edge for HTTP: every route goes through `route`, as every gRPC call goes through
+`GrpcEdge`: the token (before any of the body is read), admission by the route's category,
+the query keys the route takes (any other is refused, so a typo is not ignored), the
+caller's deadline (`Request-Timeout` or `?timeout=` seconds: the call is cancelled when it
+passes), then the door's handler, which reads a body with `read_body` (bounded in size and in
+the time the caller may take). Errors are `{"error": "..."}` with the HTTP status of the gRPC
+code the other doors answer.
 """
 
 from __future__ import annotations

@@ -1,21 +1,15 @@
-"""Prometheus metrics of the service, in their own registry (so tests can run several servers).
+"""Prometheus metrics of the service, in a registry of its own (tests run several servers).
 
-    dcgan_request_duration_seconds{rpc, model, version, code}  histogram, whole RPC as the
-                                                       server sees it
-    dcgan_inference_duration_seconds{model, version}   histogram, one onnxruntime session.run
-    dcgan_batch_size{model, version}                   histogram, images per executed run
-    dcgan_batch_queue_wait_seconds{model, version}     histogram, queue wait before a run
-    dcgan_images_generated_total{model, version, kind} counter; kind: seed, interpolation, latent
-    dcgan_images_per_request{model, version}           histogram, images per generating call
-    dcgan_requests_in_flight{rpc}                      gauge
-    dcgan_model_info{model, version, run, arch, dataset, provider}  info (value 1)
+    dcgan_request_duration_seconds{rpc, model, version, code}  every call, whole
+    dcgan_requests_in_flight{rpc}                      admitted calls being handled
+    dcgan_inference_duration_seconds{model, version}   one onnxruntime run
+    dcgan_batch_size{model, version}                   images per run
+    dcgan_batch_queue_wait_seconds{model, version}     the oldest request's wait, per run
+    dcgan_images_generated_total{model, version, kind} kind: seed, interpolation, latent
+    dcgan_images_per_request{model, version}           images per generating call
+    dcgan_model_info{model, version, run, arch, dataset, provider}
 
-The edge counts each admitted call in flight and records every call when it ends (`record`),
-from the facts the data plane filled in as it learnt them (model, version, kind, images), so
-no door writes metrics.
-
-Label values are bounded: `model` is a served model's name or "_unknown", `code` a gRPC status
-name, `rpc` one of this service's methods.
+Labels are bounded: a served model or "_unknown", a status name, one of this API's methods.
 """
 
 from __future__ import annotations

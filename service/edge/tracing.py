@@ -1,23 +1,10 @@
-"""OpenTelemetry traces of calls and runs, configured by the standard OTEL_* variables.
+"""OpenTelemetry traces of calls and runs, configured by the SDK's own OTEL_* variables.
 
-    tracing = Tracing.from_env()    # None unless OTEL_TRACES_EXPORTER names an exporter
-
-Off (the default) it is None: nothing is imported, and the edge and the batcher skip their
-one `if` each. On, every call gets a server span, continuing the caller's trace from its W3C
-`traceparent` (gRPC metadata or HTTP header), and, when it ends, children made from what the
-call recorded on its `CallTrace` as it went:
-
-    admission        call start -> its latents handed to the model's batcher
-    queue wait       handed over -> the first run that took them started
-    onnxruntime run  that run (the executed batch size is an attribute; a link to the run's span)
-    encode           PNG, grid or GIF encoding, when there is some
-
-One run serves many calls, so each run also gets a span of its own, in a trace of its own,
-with the executed batch size and a link to every call it served.
-
-Every setting is the SDK's own: the exporter (`otlp`, `console`, or a plugin's name; `otlp`
-speaks gRPC, or HTTP/protobuf with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=http/protobuf), its
-endpoint, OTEL_SERVICE_NAME (default dcgan-serve), the sampler, the batch processor's delays.
+`Tracing.from_env()` is None (nothing imported, one `is None` test per call) unless
+OTEL_TRACES_EXPORTER names an exporter. On, each call gets a server span continuing the
+caller's W3C `traceparent`, and when it ends children made from what it recorded: admission
+(arrival -> into the batcher), queue wait, the onnxruntime run (linked to the run's own span,
+which links every call it served) and encode. docs/tracing.md shows a real trace.
 """
 
 from __future__ import annotations

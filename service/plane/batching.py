@@ -1,31 +1,19 @@
 """Dynamic batching: concurrent requests for one model share onnxruntime runs.
 
-Each served model has one `Batcher`, built by `make_batcher`, over its queue (`run_queue.py`). Requests queue in it from the server's
-event loop; where each batch runs is decided in two places, `submit` and `_dispatch`:
+Each served model has one `Batcher` (`make_batcher`) over its queue (`run_queue.py`). Where a
+run happens is decided in `submit` and `_dispatch`, by rules measured in docs/decisions.md:
 
-* **A lone caller runs at once, on the event loop's thread**, on the lone generator, whose
-  session uses every core of the process: no hand-off to a thread and back, which at batch 1 costs about as much
-  as the run itself. A request is a lone caller's when it is small, finds nothing else queued
-  or running, the last run served one caller too, and it arrived longer after that run ended
-  than the run took (requests that come faster than runs end are load).
-* **Under load, runs go to worker threads**, one per core, each on a single-threaded session
-  (two single-threaded runs side by side beat one two-threaded run on these small
-  generators). The first worker takes everything queued when it is free; the others join
-  only when MIN_PIECE images or more wait, and then each takes its share: a trickle of tiny
-  requests runs faster in one worker's growing batches than split between workers that then
-  wait on each other and on the loop for the GIL. A big request that finds every worker idle
-  is cut into a piece per worker, so it uses every core; under load requests stay whole.
-* **With one worker** (what `--processes` gives each process when there is a core apiece)
-  a thread buys no parallelism, only hand-offs, so small batches always run on the loop, and
-  under load the loop lets calls still on their way join the batch for up to LOAD_WINDOW_S.
+* a lone caller's small request runs at once on the event loop's thread, on a session with
+  every core (a hand-off to a thread costs about what a batch-1 run does);
+* under load, runs go to worker threads (one per core, single-threaded sessions); helpers
+  join the first worker only when MIN_PIECE images or more wait, and a big request that
+  finds every worker idle is cut into a piece per worker;
+* with one worker (`--processes` with a core apiece) small batches run on the loop, which
+  lets calls still on their way join for up to LOAD_WINDOW_S.
 
-Big requests (BIG_REQUEST images or more) always run on the worker threads: a long run must
-not stop the event loop. Requests whose caller went away or whose deadline passed are dropped
-before their run. The measurements behind these rules are in docs/decisions.md.
-
-Why the images stay identical: each seed's latent is computed before batching, and the
-exported generator computes every row independently (eval-mode BatchNorm, no cross-row ops),
-so a row gets the same bytes whatever batch it runs in (the tests check this exactly).
+Big requests never run on the loop. Requests whose caller left or whose deadline passed are
+dropped before their run. A row gets the same bytes whatever batch it runs in: latents are
+made before batching and the exported generator computes each row on its own (tested).
 """
 
 from __future__ import annotations

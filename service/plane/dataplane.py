@@ -1,23 +1,12 @@
-"""The data plane: the models, behind every door, each request's work done once.
+"""The data plane: the models behind every door, each request's work done once.
 
-    plane = DataPlane(registry, repository, statistics, admission, encoder, max_images=1024)
-    result = await plane.infer(Request(seeds=[7, 8], labels=[3]), call)
-
-A door (the dcgan gRPC API, the Open Inference Protocol over gRPC and REST, the image URLs)
-only converts: its message becomes a `Request`, the `Result` its message. The rest
-happens here, in this order:
-
-    prepare   resolve the model (name, version) -> check every value through the contract
-              -> a `Plan`, which names its result (`Plan.digest`: the image URLs answer 304
-              from it, running nothing)
-    run       latents (seed rule and cache, walk, truncation) -> the model's batcher ->
-              encoding (PNG, grid, GIF, off the event loop) -> the call's facts
-
-Everything else a door may ask of the models is here too: their descriptions and versions,
-readiness, Triton's statistics, and the repository (index, load, unload). `call` is the
-edge's record of the call (`edge.call.CallRecord`): the plane fills in what it learns (model,
-version, kind, images, the time of each step) and reads its deadline. Problems are raised
-where they are detected (`service.errors`, `ContractError`); the edge maps them to statuses.
+A door only converts: its message becomes a `Request`, the `Result` its message. Here,
+`prepare` resolves the model and checks every value through the contract into a `Plan`
+(whose `digest` names the result before anything runs: the image URLs' ETag), and `run`
+makes the latents, submits them to the model's batcher and encodes the images off the event
+loop. The models' descriptions, versions, readiness, statistics and repository are asked of
+it too. `call` is the edge's `CallRecord`: the plane reads its deadline and fills in what it
+learns (model, version, kind, images, each step's time).
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
-"""The model repository: a folder of models by name and version, as Triton lays it out, and,
-under explicit model control, loading and unloading them while the server serves.
+"""The model repository: a folder of models as Triton lays it out (NAME/VERSION/model.onnx, the
+highest version a name's default), and, under explicit model control, loading and unloading
+them while the server serves.
 
-    models/                        --model-repository models
-      mnist/1/model.onnx           a name's versions are folders of numbers; the highest is
-      mnist/2/model.onnx           its default
-      fashion/1/model.onnx
-
-`load(name)` builds every version's batcher beside the served models (the files read and
-checked, the sessions warmed), then swaps the registry in one assignment: no call waits, and
-a file that cannot be served leaves what is served untouched. `unload(name)` swaps it out
-(new calls get NOT_FOUND), then waits for the calls still using it (at most the drain time)
-before closing it; `reload()` (SIGHUP) does the same for every served model. They block: the
-data plane runs them on a worker thread.
+A load builds every version's batcher beside the served models, then swaps the registry in
+one assignment (no call waits; a file that cannot be served changes nothing). An unload swaps
+the name out, then closes it once its calls have finished (at most the drain time); a reload
+(SIGHUP) does both for every served model. They block: the plane runs them on a thread.
 """
 
 from __future__ import annotations

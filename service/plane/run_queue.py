@@ -1,8 +1,5 @@
-"""The queue of one model's batcher: callers' latents waiting for onnxruntime, taken in runs.
-
-`batching.Batcher` decides where and when each run happens; this class holds what it decides
-on (what waits, what runs, how the last run went) under one lock, cuts runs from the head of
-the queue (`take`) and runs them (`execute`); `deliver` hands each caller its rows.
+"""The queue of one model's batcher: what waits and what runs, under one lock. `take` cuts runs
+from its head, `execute` runs one, `deliver` hands each caller its rows; `Batcher` decides.
 """
 
 from __future__ import annotations

@@ -173,50 +173,51 @@ class ServeConfig:
             paths = [(name, "", path) for name, path in bundled_models()]
         return paths
 
-    def problems(self) -> list[str]:
-        """What is wrong with these settings, each saying what to fix."""
-        problems = []
-        if not self.read_timeout > 0:
-            problems.append("--read-timeout must be a positive number of seconds")
-        for name in ("max_batch", "max_queued_images", "max_in_flight"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("batch_max_images", "batch_max_delay_ms", "processes", "latent_cache",
-                     "encode_workers", "inference_workers"):
-            if getattr(self, name) < 0:
-                problems.append(f"--{name.replace('_', '-')} must not be negative")
-        for flag, value in (("--http-port", self.http_port),
-                            ("--health-port", self.health_port)):
-            if value < -1:
-                problems.append(f"{flag} must be a port number, 0 (any free port) or -1 (off)")
-        ports = [p for p in (self.port, self.http_port, self.health_port, self.metrics_port)
-                 if p > 0]
-        if len(set(ports)) != len(ports):
-            problems.append(f"the gRPC, HTTP, health and metrics ports must differ, got "
-                            f"{ports}: pick a different one for each")
-        if self.max_message_bytes < 1 << 16:
-            problems.append("--max-message-bytes must be at least 65536")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            problems.append("--tls-cert and --tls-key go together")
-        if self.tls_client_ca and not self.tls_cert:
-            problems.append("--tls-client-ca needs --tls-cert and --tls-key")
-        if self.tls_cert and self.health_port == -1:
-            problems.append("--tls-cert needs --health-port: probes (Kubernetes' gRPC probes, "
-                            "the image's HEALTHCHECK) speak plaintext and cannot reach a TLS "
-                            "port; set --health-port 50052 (as the image does) or 0 for any "
-                            "free port")
-        if self.model_repository and not Path(self.model_repository).is_dir():
-            problems.append(f"--model-repository {self.model_repository} is not a folder")
-        if self.model_control == "explicit" and not self.model_repository:
-            problems.append("--model-control explicit needs --model-repository DIR")
-        if self.model_control == "explicit" and self.resolved_processes > 1:
-            problems.append("--model-control explicit needs --processes 1: a load or unload "
-                            "reaches the one worker process that answers it, not the others")
-        names = [name for name, _ in self.models]
-        if len(set(names)) != len(names):
-            problems.append(f"model names must be unique, got {names}: to serve several "
-                            "files under one name, give each a version (NAME:1=A, NAME:2=B)")
-        return problems
+
+def problems(config: ServeConfig) -> list[str]:
+    """What is wrong with these settings, each saying what to fix."""
+    problems = []
+    if not config.read_timeout > 0:
+        problems.append("--read-timeout must be a positive number of seconds")
+    for name in ("max_batch", "max_queued_images", "max_in_flight"):
+        if getattr(config, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("batch_max_images", "batch_max_delay_ms", "processes", "latent_cache",
+                 "encode_workers", "inference_workers"):
+        if getattr(config, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must not be negative")
+    for flag, value in (("--http-port", config.http_port),
+                        ("--health-port", config.health_port)):
+        if value < -1:
+            problems.append(f"{flag} must be a port number, 0 (any free port) or -1 (off)")
+    ports = [p for p in (config.port, config.http_port, config.health_port, config.metrics_port)
+             if p > 0]
+    if len(set(ports)) != len(ports):
+        problems.append(f"the gRPC, HTTP, health and metrics ports must differ, got "
+                        f"{ports}: pick a different one for each")
+    if config.max_message_bytes < 1 << 16:
+        problems.append("--max-message-bytes must be at least 65536")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key")
+    if config.tls_cert and config.health_port == -1:
+        problems.append("--tls-cert needs --health-port: probes (Kubernetes' gRPC probes, "
+                        "the image's HEALTHCHECK) speak plaintext and cannot reach a TLS "
+                        "port; set --health-port 50052 (as the image does) or 0 for any "
+                        "free port")
+    if config.model_repository and not Path(config.model_repository).is_dir():
+        problems.append(f"--model-repository {config.model_repository} is not a folder")
+    if config.model_control == "explicit" and not config.model_repository:
+        problems.append("--model-control explicit needs --model-repository DIR")
+    if config.model_control == "explicit" and config.resolved_processes > 1:
+        problems.append("--model-control explicit needs --processes 1: a load or unload "
+                        "reaches the one worker process that answers it, not the others")
+    names = [name for name, _ in config.models]
+    if len(set(names)) != len(names):
+        problems.append(f"model names must be unique, got {names}: to serve several "
+                        "files under one name, give each a version (NAME:1=A, NAME:2=B)")
+    return problems
 
 
 def _name_version(spec: str) -> tuple[str, str]:
@@ -262,6 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> ServeConfig:
     parser = build_parser()
     config = from_args(ServeConfig, parser.parse_args(argv), ENV_PREFIX)
-    if problems := config.problems():
-        parser.error("; ".join(problems))
+    if found := problems(config):
+        parser.error("; ".join(found))
     return config

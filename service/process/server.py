@@ -1,18 +1,8 @@
-"""The server: load the models, start gRPC (+ health, reflection), HTTP and /metrics, stop
-gracefully. `create_server(config) -> RunningServer` builds and starts everything (tests bind
-port 0); `main.py` runs it until SIGTERM.
-
-A request's path: gRPC (grpc.aio) or HTTP (aiohttp), both on one event loop in the `rpc-loop`
-thread -> the edge (`service/edge/`: token, admission, deadline, metrics, errors) -> a door
-(`service/doors/`: a converter) -> the data plane (`service/plane/`) -> the model's batcher ->
-onnxruntime (`service/runtime.py`).
-The caller of create_server (the main thread in `serve`) keeps signals, reload and stop.
-Everything create_server starts goes on one teardown list as it starts; `stop` (or a failed
-start) unwinds that list, newest first.
-
-Health turns SERVING only after every model has loaded and warmed up; on SIGTERM it turns
-NOT_SERVING (HTTP's /v2/health/ready 503), new calls are refused, and in-flight calls of
-either protocol get `grace_seconds` to finish.
+"""The server: `create_server(config) -> RunningServer` loads the models and starts gRPC (+
+health, reflection), HTTP and /metrics on one event loop in the `rpc-loop` thread (tests bind
+port 0); `main.py` runs it until SIGTERM. What it starts goes on one teardown list, unwound
+newest first by `stop` or a failed start. Health turns SERVING once every model is loaded and
+warm; on SIGTERM NOT_SERVING, new calls are refused and admitted ones get `grace_seconds`.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
@@ -250,8 +240,8 @@ def create_server(config: ServeConfig) -> RunningServer:
                 MAX_HEALTH_CALLS, "MAX_HEALTH_CALLS")}))
             health_server, health_port = _on_loop(loop, _grpc_on(
                 config, config.health_port, "--health-port", health_edge,
-                lambda server: health_pb2_grpc.add_HealthServicer_to_server(
-                    HealthPortServicer(health), server),
+                lambda edge: edge.add(health_pb2_grpc.add_HealthServicer_to_server,
+                                      HealthPortServicer(health)),
                 [("grpc.max_receive_message_length", 4096)]))
             teardown.callback(lambda: _on_loop(loop, health_server.stop(0)))
         http_app, http_port = None, None
@@ -296,11 +286,11 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
 
 async def _grpc_on(config: ServeConfig, port: int, flag: str, edge: Edge, add, options: list,
                    credentials=None) -> tuple[grpc.aio.Server, int]:
-    """A started gRPC server on `port`, every call through `edge`; `add(server)` adds its
+    """A started gRPC server on `port`, every call through `edge`; `add(grpc_edge)` adds its
     services. SO_REUSEPORT is off unless asked: a second server could otherwise bind the same
     port silently (the supervisor's workers share it on purpose)."""
-    server = grpc.aio.server(interceptors=[GrpcEdge(edge)], options=[
-        *options, ("grpc.so_reuseport", 1 if config.reuse_port else 0)])
+    server = grpc.aio.server(options=[*options,
+                                      ("grpc.so_reuseport", 1 if config.reuse_port else 0)])
     address = f"{config.host}:{port}"
     try:
         port = (server.add_secure_port(address, credentials) if credentials
@@ -308,19 +298,22 @@ async def _grpc_on(config: ServeConfig, port: int, flag: str, edge: Edge, add, o
     except RuntimeError as exc:
         raise ServiceError(f"cannot listen on {address}: {exc}; pick another port with "
                            f"{flag}") from None
-    add(server)
+    grpc_edge = GrpcEdge(edge)
+    add(grpc_edge)
+    server.add_generic_rpc_handlers((grpc_edge,))
     await server.start()
     return server, port
 
 
 def _add_services(config: ServeConfig, plane: DataPlane, health: HealthServicer):
-    def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_GeneratorServiceServicer_to_server(
-            GeneratorServicer(plane, config.max_message_bytes), server)
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    def add(edge: GrpcEdge) -> None:
+        edge.add(pb_grpc.add_GeneratorServiceServicer_to_server,
+                 GeneratorServicer(plane, config.max_message_bytes))
+        edge.add(v2_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane))
+        edge.add(health_pb2_grpc.add_HealthServicer_to_server, health)
+        edge.add(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                 reflection.aio.ReflectionServicer((SERVICE_NAME, V2_SERVICE_NAME,
+                                                    HEALTH_SERVICE, reflection.SERVICE_NAME)))
     return add
 
 

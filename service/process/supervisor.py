@@ -1,22 +1,8 @@
-"""Multi-process mode (`dcgan-serve --processes N`): N processes share the gRPC and HTTP ports.
-
-One Python process serves RPCs under one GIL; on several cores small requests are limited by
-that, not by onnxruntime. Here a light supervisor process (no models, no onnxruntime) starts N
-ordinary `dcgan-serve` workers that all bind the same ports with SO_REUSEPORT, so the kernel
-spreads incoming connections over them, and:
-
-  * serves /metrics itself, merging the workers' metrics with a `worker` label added (each
-    worker's own /metrics listens on a private loopback port), so one scrape sees them all and
-    `sum by (...)` queries work unchanged;
-  * gives each worker its share of the cores (usable cores / N threads for its runs), so N
-    workers never start more onnxruntime threads than there are cores;
-  * forwards SIGTERM/SIGINT (each worker drains as a single server does) and SIGHUP (reload);
-  * stops everything and exits 1 if a worker dies, so the orchestrator restarts the whole.
-
-SO_REUSEPORT balances connections, not calls: a client holding one connection talks to one
-worker; several clients spread over all of them. (In one Python process grpc shares a
-connection between channels to the same target unless a channel is given the option
-`("grpc.use_local_subchannel_pool", 1)`.)
+"""`dcgan-serve --processes N`: N ordinary servers share the gRPC and HTTP ports (SO_REUSEPORT),
+each with its own GIL, models and cores / N threads, under a light supervisor that has no
+models: it serves /metrics, merging the workers' own (a `worker` label added), forwards
+SIGTERM and SIGHUP, and stops everything (exit 1) if a worker dies. The kernel spreads
+connections, not calls: one client connection talks to one worker.
 """
 
 from __future__ import annotations
