@@ -1,8 +1,6 @@
-"""The Open Inference Protocol (KServe V2) over REST: a converter, JSON or binary tensors -> data plane -> tensors.
-
-The tensors' names, types and shapes are `v2_tensors`'s, shared with the gRPC door; what is
-here is the framing of the body and of the answer: JSON, or Triton's binary tensor extension
-(`Inference-Header-Content-Length`).
+"""The Open Inference Protocol (KServe V2) over REST: a converter, tensors -> data plane ->
+tensors. The tensors' checks are `v2_tensors`'s, shared with the gRPC door; here is the framing
+of bodies and answers: JSON, or Triton's binary extension (`Inference-Header-Content-Length`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from service.edge.call import Category
 from service.edge.http_edge import mounted, read_body, route
 from service.errors import InvalidRequest, Unsupported
 from service.plane.dataplane import DataPlane, Result
-from service.plane.registry import ServedModel
 
 JSON_TYPE = "application/json"
 BINARY_HEADER = "Inference-Header-Content-Length"  # Triton's binary tensor data extension
@@ -69,34 +66,32 @@ class InferenceRoutes:
 
     @route("GET /v2/models/{name}", Category.METADATA)
     async def model_metadata(self, request, call):
-        model = self._model(request, call)
+        model = self.plane.model(*_named(request), call)
         return web.json_response(model_metadata(model, self.plane.versions(model.name)))
 
     @route("GET /v2/models/{name}/ready", Category.METADATA)
     async def model_ready(self, request, call):
-        # an unknown model is a 404, as Triton and KServe answer
-        ready = self.plane.ready(request.match_info["name"], request.match_info.get("version", ""))
+        ready = self.plane.ready(*_named(request))  # an unknown model is a 404, as Triton's
         return web.json_response({"name": request.match_info["name"], "ready": ready},
                                  status=200 if ready else 503)
 
     @route("GET /v2/models/{name}/config", Category.METADATA)
     async def model_config(self, request, call):
-        return web.json_response(model_config(self._model(request, call)))
+        return web.json_response(model_config(self.plane.model(*_named(request), call)))
 
     @route("GET /v2/models/{name}/stats", Category.STATISTICS)
     async def model_statistics(self, request, call):
-        return web.json_response(self.plane.statistics(
-            request.match_info["name"], request.match_info.get("version", ""), call))
+        return web.json_response(self.plane.statistics(*_named(request), call))
 
     # --- the model repository ------------------------------------------------------------------
 
     @route("POST /v2/repository/index", Category.REPOSITORY)
     async def repository_index(self, request, call):
-        options = await _json_body(request, 'a JSON object such as {"ready": true}')
-        if not isinstance(options.get("ready", False), bool):
+        ready = (await _small_json(request, '{"ready": true}')).get("ready", False)
+        if not isinstance(ready, bool):
             raise InvalidRequest('the body must be empty or a JSON object such as '
                                  '{"ready": true}')
-        return web.json_response(self.plane.index(options.get("ready", False)))
+        return web.json_response(self.plane.index(ready))
 
     @route("POST /v2/repository/models/{name}/load", Category.REPOSITORY)
     async def load_model(self, request, call):
@@ -117,7 +112,7 @@ class InferenceRoutes:
 
     @route("POST /v2/models/{name}/infer", Category.INFERENCE)
     async def infer(self, request, call):
-        model = self._model(request, call)
+        model = self.plane.model(*_named(request), call)
         # The largest valid body: every value of the most latents one request may carry.
         limit = min(self.max_body_bytes, (1 << 16) + BYTES_PER_VALUE * self.plane.max_images
                     * (model.metadata.latent_dim + 2))
@@ -140,14 +135,14 @@ class InferenceRoutes:
             as_binary = set(wanted)
         # The URL's name and version, not the model found above: a reload in between must not
         # turn this request into a version mismatch.
-        result = await self.plane.infer(to_request(
-            request.match_info["name"], request.match_info.get("version", ""), inputs,
-            parameters, call), call)
+        result = await self.plane.infer(to_request(*_named(request), inputs, parameters, call),
+                                        call)
         return _infer_response(header, result, wanted, as_binary)
 
-    def _model(self, request: web.Request, call) -> ServedModel:
-        return self.plane.model(request.match_info["name"],
-                                request.match_info.get("version", ""), call)
+
+def _named(request: web.Request) -> tuple[str, str]:
+    """The model name and version the path names ("": the default version)."""
+    return request.match_info["name"], request.match_info.get("version", "")
 
 
 # --- the body ---------------------------------------------------------------------------------
@@ -187,15 +182,15 @@ def _json(text: bytes, what: str) -> dict:
     return value
 
 
-async def _json_body(request: web.Request, what: str) -> dict:
-    """A small JSON object body (an empty body is {})."""
-    body = await read_body(request, SMALL_BODY_BYTES, f"send {what}")
-    return _json(body, what) if body.strip() else {}
+async def _small_json(request: web.Request, example: str) -> dict:
+    """A repository body: empty ({}) or a small JSON object like `example`."""
+    body = await read_body(request, SMALL_BODY_BYTES, f"send {example}")
+    return _json(body, f"empty or a JSON object such as {example}") if body.strip() else {}
 
 
 async def _repository_parameters(request: web.Request) -> dict:
     """The `parameters` of a load or unload body: empty or {"parameters": {...}}."""
-    body = await _json_body(request, 'nothing, or {"parameters": {}}')
+    body = await _small_json(request, '{"parameters": {}}')
     _known_fields(body, ("parameters",), "a load or unload request")
     return _parameters(body, "the request")
 
