@@ -96,8 +96,10 @@ async def read_body(request: web.Request, limit: int,
     if (request.content_length or 0) > limit:
         raise too_large
     body = bytearray()
+    # A body that has all arrived (most do, with their headers) needs no timer.
+    timeout = None if request.content.is_eof() else request.app[READ_TIMEOUT]
     try:
-        async with asyncio.timeout(request.app[READ_TIMEOUT]):
+        async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(1 << 16):
                 body += chunk
                 if len(body) > limit:  # chunked or compressed bodies have no length up front
