@@ -1,19 +1,8 @@
-"""What the training package and the service must agree on, in one place.
-
-Both `dcgan-train sample` and the gRPC service import this module, so a seed gives the same
-pixels whichever one you ask. It owns:
-
-* the **seed → latent rule** (versioned: a model records the rule it was exported for);
-* the **latent-walk rule** (versioned): interpolation between two latents and truncation;
-* the **label rule** for class-conditional models (none, one for all seeds, or one per seed;
-  a seed without a label gets seed mod classes);
-* the **canonical type of every request value** (`as_seeds`, `as_latents`, `as_psi`,
-  `as_frames`, `as_method`, `labels_for`): each door, the CLI and `evaluate` parse through
-  these, so a value means the same number whichever way it was sent;
-* the **ONNX metadata keys** the exporter writes and the service reads;
-* the **output encoding** of exported graphs.
-
-It depends on numpy only (the serving image has no torch).
+"""What the training package and the service must agree on, in one place (numpy only), so a
+seed gives the same pixels whichever one you ask: the seed -> latent rule and the latent-walk
+rule (both versioned), the label rule, the canonical type of every request value (`as_*`,
+`labels_for`: every door, the CLI and `evaluate` parse through these), the ONNX metadata keys
+and the exported graphs' output encoding.
 """
 
 from __future__ import annotations
@@ -52,10 +41,8 @@ def seeds_to_latents(seeds: Iterable[int], latent_dim: int) -> np.ndarray:
 
 
 def default_labels(seeds: Iterable[int], num_classes: int) -> np.ndarray:
-    """The label a conditional model uses for a seed when the caller gives none: seed mod classes.
-
-    Documented and deterministic, and a range of consecutive seeds covers every class evenly.
-    """
+    """A seed's class when the caller gives none: seed mod classes (consecutive seeds cover
+    every class evenly)."""
     return np.fromiter((int(s) % num_classes for s in seeds), dtype=np.int64)
 
 
@@ -83,11 +70,9 @@ class ContractError(ValueError):
 
 
 def as_psi(value) -> float:
-    """psi's one canonical value: the float32 nearest `value`, as a Python float, in (0, 1].
-
-    float32 because that is what the dcgan proto and the V2 tensor carry; HTTP queries, JSON
-    and command lines are rounded to it here, so every door truncates by the same number.
-    """
+    """psi's one canonical value, in (0, 1]: the float32 nearest `value` (what the dcgan proto
+    and the V2 tensor carry: queries, JSON and command lines are rounded to it here, so every
+    door truncates by the same number), as a Python float."""
     if value == 1:  # the default, on every call: no truncation
         return 1.0
     try:  # text and JSON numbers are read as a double first, as every JSON parser does
@@ -213,12 +198,8 @@ def truncate(latents: np.ndarray, psi: float) -> np.ndarray:
 
 def labels_for(seeds: Sequence[int], labels: Sequence[int], num_classes: int,
                model: str = "this model") -> np.ndarray | None:
-    """The label rule: no labels (each seed gets its default), one for every seed, or one per
-    seed; int64 [N] for a conditional model, None for an unconditional one.
-
-    Raises ContractError for labels an unconditional model cannot take, a wrong count, or a
-    class out of range.
-    """
+    """The label rule: none (each seed its default), one for every seed, or one per seed;
+    int64 [N] for a conditional model, None for an unconditional one."""
     if not num_classes:
         if len(labels):
             raise ContractError(f"{model} is not class-conditional: send no labels")
@@ -242,17 +223,12 @@ def labels_for(seeds: Sequence[int], labels: Sequence[int], num_classes: int,
 
 # --- exported graph ---------------------------------------------------------------------------
 
-#: Graph input names and the output name of every exported generator.
 INPUT_LATENT = "z"  # float32 [N, latent_dim]
 INPUT_LABEL = "label"  # int64 [N], only in class-conditional models
 OUTPUT_IMAGES = "images"  # uint8 [N, 1, H, W]
-
-#: The graph does the post-processing itself (scale to 0..255, round, clip, cast), so a server
-#: copies its output bytes as they are.
+#: The graph scales, rounds, clips and casts itself: a server copies its output bytes as they are.
 OUTPUT_ENCODING = "uint8-gray-nchw"
-
-#: Version of the metadata layout below; bump when a key changes meaning.
-METADATA_FORMAT = "1"
+METADATA_FORMAT = "1"  # the layout below; bumped when a key changes meaning
 
 
 class MetadataKey:
@@ -299,20 +275,14 @@ class ModelMetadata:
 
     def to_props(self) -> dict[str, str]:
         """The `metadata_props` to write into an ONNX file."""
-        return {
-            MetadataKey.FORMAT: METADATA_FORMAT,
-            MetadataKey.ARCH: self.arch,
-            MetadataKey.DATASET: self.dataset,
-            MetadataKey.LATENT_DIM: str(self.latent_dim),
-            MetadataKey.NUM_CLASSES: str(self.num_classes),
-            MetadataKey.CLASS_NAMES: ",".join(self.class_names),
-            MetadataKey.IMAGE_SHAPE: ",".join(str(d) for d in self.image_shape),
-            MetadataKey.OUTPUT_ENCODING: OUTPUT_ENCODING,
-            MetadataKey.SEED_RULE: SEED_RULE,
-            MetadataKey.RUN_ID: self.run_id,
-            MetadataKey.VERSION: self.version,
-            MetadataKey.TRAINED_STEPS: str(self.trained_steps),
-        }
+        key = MetadataKey
+        return {key.FORMAT: METADATA_FORMAT, key.ARCH: self.arch, key.DATASET: self.dataset,
+                key.LATENT_DIM: str(self.latent_dim), key.NUM_CLASSES: str(self.num_classes),
+                key.CLASS_NAMES: ",".join(self.class_names),
+                key.IMAGE_SHAPE: ",".join(str(d) for d in self.image_shape),
+                key.OUTPUT_ENCODING: OUTPUT_ENCODING, key.SEED_RULE: SEED_RULE,
+                key.RUN_ID: self.run_id, key.VERSION: self.version,
+                key.TRAINED_STEPS: str(self.trained_steps)}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str]) -> "ModelMetadata":

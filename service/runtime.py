@@ -60,6 +60,8 @@ def choose_providers(device: str) -> list[str]:
     if device == "cpu":
         return [_CPU]
     if cuda_available():
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from their pip packages, if there
+            ort.preload_dlls()
         return [_CUDA, _CPU]
     if device == "cuda":
         raise DeviceUnavailable(

@@ -26,8 +26,6 @@ from service.errors import (DeadlineExceeded, DeviceUnavailable, InvalidRequest,
                             ModelLoadError, ModelNotFound, NotAllowed, Overloaded,
                             ShuttingDown, Unauthenticated)
 
-__all__ = ["CallRecord", "Category", "Edge", "status_for", "http_status_for"]
-
 UNKNOWN_MODEL = "_unknown"
 
 STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
@@ -76,26 +74,18 @@ Traced = Callable[[], tuple[str, Mapping[str, str], dict]]
 
 
 # --- admission: who gets in ---------------------------------------------------------------------
-#
-# Every call has a category, and each category its own access and capacity. The categories
-# are Triton's (`--grpc-restricted-protocol` / `--http-restricted-api`), so operations traffic
-# never competes with inference, and what a caller without the token may reach is decided
-# before anything is spent on it:
-#
-#     health        grpc.health Check, V2 ServerLive/ServerReady, GET /v2/health/*: open,
-#                   never limited (a probe always gets through)
-#     page          the playground and /openapi.json: open, never limited
-#     health-watch  grpc.health Watch streams: at most MAX_WATCHES at once
-#     metadata, statistics, model-repository, inference
-#                   the token; --max-in-flight calls each at once, beyond it refused at once
-#
-# Inference calls are also refused once draining has begun, and the drain waits for them.
 
 #: health Watch streams served at once, per port: each holds a task, so they are bounded.
 MAX_WATCHES = 16
 
 
 class Category(enum.Enum):
+    """A call's kind, as Triton's restricted protocols group them, so operations traffic never
+    competes with inference: health (Check, V2 live and ready) and page (the playground, the
+    API document) are open and never limited; health-watch streams are MAX_WATCHES at once;
+    the others need the token and have --max-in-flight calls each. Inference is also refused
+    while draining, and the drain waits for it."""
+
     HEALTH = "health"
     PAGE = "page"
     WATCH = "health-watch"
@@ -124,9 +114,6 @@ class Admission:
         self._changed = threading.Condition()
         self.draining = False
         self._last_call = time.monotonic()
-
-    def in_flight(self, category: Category) -> int:
-        return self._counts[category]
 
     @contextlib.contextmanager
     def admitted(self, category: Category):

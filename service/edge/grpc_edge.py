@@ -35,16 +35,11 @@ CATEGORIES: dict[str, Category] = {
     "/grpc.health.v1.Health/Watch": Category.WATCH,
 }
 
-# What a field of a valid request can take on the wire: a float32 in `bytes` or packed, a
-# varint seed or label (at most 10 bytes), and room for everything else.
-_FLOAT_BYTES, _VARINT_BYTES, _ROOM = 4, 10, 64 << 10
-
-
 def receive_limit(max_images: int, latent_dim: int, max_message_bytes: int) -> int:
-    """The largest message a valid request can need: `max_images` latents of `latent_dim`
-    floats (the biggest request) with a seed and a label each, within --max-message-bytes."""
-    valid = _ROOM + max_images * (latent_dim * _FLOAT_BYTES + 2 * _VARINT_BYTES)
-    return min(max_message_bytes, valid)
+    """The largest message a valid request can need, within --max-message-bytes: 64 KiB of room
+    and `max_images` latents of `latent_dim` float32s, each with a seed and a label (varints
+    of at most 10 bytes)."""
+    return min(max_message_bytes, (64 << 10) + max_images * (latent_dim * 4 + 2 * 10))
 
 
 class GrpcEdge(grpc.GenericRpcHandler):
@@ -64,21 +59,15 @@ class GrpcEdge(grpc.GenericRpcHandler):
             self._handlers[method] = _wrap(self.edge, method, handler)
 
     def service(self, details):
-        """The handler of a call that has arrived, chosen before grpc reads its body."""
+        """The handler of a call that has arrived, chosen before grpc reads its body (None:
+        grpc answers UNIMPLEMENTED)."""
         pair = self._handlers.get(details.method)
-        if pair is None:
-            return None  # grpc answers UNIMPLEMENTED
-        if not self.edge.asks_for_token:
-            return pair[0]
+        if pair is None or not self.edge.asks_for_token:
+            return pair and pair[0]
+        sent = next((v for k, v in details.invocation_metadata or () if k == "authorization"),
+                    None)
         category = CATEGORIES.get(details.method, Category.METADATA)
-        return pair[0] if self.edge.authorized(category, _credentials(details)) else pair[1]
-
-
-def _credentials(details) -> str | None:
-    for key, value in details.invocation_metadata or ():
-        if key == "authorization":
-            return value
-    return None
+        return pair[0] if self.edge.authorized(category, sent) else pair[1]
 
 
 class _HandlerRecorder:
@@ -107,7 +96,7 @@ def _wrap(edge: Edge, method: str, handler: grpc.RpcMethodHandler):
     def arguments(request, context, call) -> tuple:
         call.expire_in(context.time_remaining())
         if isinstance(request, MalformedRequest):
-            raise InvalidRequest(f"the request is not a valid message: {request.error}")
+            raise InvalidRequest(f"the request is not a valid message: {request}")
         return (request, context, call) if takes_call else (request, context)
 
     if inspect.isasyncgenfunction(behavior):
@@ -158,20 +147,14 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await context.abort(code, str(exc))
 
 
-class MalformedRequest:
-    """What a request that is not a valid protobuf message decodes to."""
-
-    def __init__(self, error: str):
-        self.error = error
+class MalformedRequest(str):
+    """What a request that is not a valid protobuf message decodes to: the parser's error."""
 
 
 def _safe(decode):
-    if decode is None:
-        return None
-
     def safe_decode(data: bytes):
         try:
             return decode(data)
         except DecodeError as exc:
-            return MalformedRequest(str(exc))
-    return safe_decode
+            return MalformedRequest(exc)
+    return decode and safe_decode
