@@ -12,6 +12,7 @@ which installs podman, runc and mmdebstrap) it fails instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -57,6 +58,19 @@ def container(engine):
         yield dict(name=name, port=port, metrics_port=metrics_port, first_answer=first_answer)
     finally:
         img.remove(engine, name)
+
+
+def test_the_readme_build_keeps_the_health_check(engine):
+    """podman's default OCI format has no HEALTHCHECK: the README's podman build asks for the
+    docker format, as the image test's own build does, and the built image carries it."""
+    readme = (ROOT / "README.md").read_text()
+    [podman_build] = re.findall(r"^podman build [^&\n]*", readme, re.M)
+    assert "--format docker" in podman_build, podman_build
+    if engine.command == "podman":
+        found = engine.run("image", "inspect", "--format", "{{json .Config.Healthcheck}}",
+                           img.IMAGE).stdout
+        test = json.loads(found)["Test"]  # the Dockerfile's, as built
+        assert test[0] == "CMD" and "dcgan-client" in test[-1] and test[-1].endswith(" health")
 
 
 def _exec(engine, name, *command) -> subprocess.CompletedProcess:

@@ -1,7 +1,9 @@
-"""deploy/: the Kubernetes manifests validate strictly against the Kubernetes schemas (the
-kubernetes-validate package carries them, offline), and their parts fit together and fit the
-image: selectors find the pods, probes and monitors name real ports, every DCGAN_* variable is
-a real setting, and the GPU variant asks for a GPU and insists on CUDA.
+"""deploy/: every kustomization builds with the real tool (`kubectl kustomize`, kustomize v5,
+as `kubectl apply -k` would build it) and what it builds validates strictly against the
+Kubernetes schemas (the kubernetes-validate package carries them, offline); the parts fit
+together and fit the image: selectors find the pods, probes and monitors name real ports,
+every DCGAN_* variable is a real setting, and the GPU variant asks for a GPU and insists on
+CUDA. Every `kubectl ... -k DIR` the docs give builds as written.
 
 Custom resources are checked against their projects' own schemas: KEDA's ScaledObject with
 @kubernetes-models/keda (generated from KEDA's CRD: its TypeScript type rejects unknown fields
@@ -37,13 +39,49 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 CUSTOM_KINDS = {"Kustomization", "ServiceMonitor", "InferenceService", "ScaledObject"}
 
 
-def _documents(pattern: str) -> list[dict]:
-    return [doc for path in sorted(DEPLOY.glob(pattern))
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+KUSTOMIZATIONS = sorted(p.parent.relative_to(ROOT).as_posix()
+                        for p in DEPLOY.glob("**/kustomization.yaml"))
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("kubectl is not installed (it builds the kustomizations)")
+        pytest.skip("kubectl is not installed (it builds the kustomizations)")
+    return kubectl
+
+
+def _built(folder: str) -> list[dict]:
+    """What `kubectl apply -k folder` would send: the kustomization built by kubectl."""
+    run = subprocess.run([_kubectl(), "kustomize", str(ROOT / folder)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return [doc for doc in yaml.safe_load_all(run.stdout) if doc]
 
 
 def _all() -> list[dict]:
-    return _documents("kubernetes/**/*.yaml") + _documents("kserve/*.yaml")
+    return [doc for folder in KUSTOMIZATIONS for doc in _built(folder)]
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+def test_every_kustomization_builds_with_kubectl(folder):
+    assert _built(folder)
+
+
+def test_every_documented_kubectl_k_command_builds_as_written():
+    """`kubectl apply -k DIR` in the README, docs/ and the manifests' own comments: the build
+    half of it runs here as written (no API server runs on these machines, so the apply half,
+    `--dry-run=client` included, cannot: it asks the server what kinds exist)."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted(DEPLOY.glob("**/*.yaml"))]
+    folders = {m for path in texts for m in re.findall(r"kubectl [\w -]*-k (deploy/[\w/-]+)",
+                                                       path.read_text())}
+    assert {"deploy/kubernetes/cpu", "deploy/kubernetes/keda", "deploy/kubernetes/custom-metrics",
+            "deploy/kubernetes/gpu", "deploy/kubernetes/tls", "deploy/kubernetes/training",
+            "deploy/kserve/always-on", "deploy/kserve/serverless"} == folders, folders
+    for folder in sorted(folders):
+        assert _built(folder), folder
 
 
 def _by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -62,7 +100,7 @@ def test_core_resources_validate_strictly(version):
 
 
 def test_the_validator_catches_a_misspelt_field():
-    deployment = copy.deepcopy(_by_kind(_documents("kubernetes/deployment.yaml"), "Deployment")[0])
+    deployment = copy.deepcopy(_by_kind(_built("deploy/kubernetes/cpu"), "Deployment")[0])
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -70,9 +108,9 @@ def test_the_validator_catches_a_misspelt_field():
 
 
 def test_kustomizations_list_every_manifest_beside_them():
-    for kustomization in DEPLOY.glob("kubernetes/**/kustomization.yaml"):
+    for kustomization in DEPLOY.glob("**/kustomization.yaml"):
         listed = {r for r in yaml.safe_load(kustomization.read_text())["resources"]
-                  if not r.startswith("..")}  # an overlay's base is a folder above
+                  if not r.startswith("..")}  # an overlay's base is a folder beside it
         present = {p.name for p in kustomization.parent.glob("*.yaml")} - {kustomization.name}
         assert listed == present, kustomization
 
@@ -90,9 +128,9 @@ def _containers(doc: dict) -> list[dict]:
     return spec["containers"]
 
 
-@pytest.mark.parametrize("folder", ["kubernetes", "kubernetes/gpu", "kubernetes/tls"])
+@pytest.mark.parametrize("folder", ["kubernetes/cpu", "kubernetes/gpu", "kubernetes/tls"])
 def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
-    docs = _documents(f"{folder}/*.yaml")
+    docs = _built(f"deploy/{folder}")
     deployment = _by_kind(docs, "Deployment")[0]
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -135,7 +173,7 @@ def test_services_probes_and_monitors_fit_the_deployment(folder, monkeypatch):
 
 
 def test_the_tls_example_probes_a_port_that_answers_without_a_client_certificate():
-    deployment = _by_kind(_documents("kubernetes/tls/*.yaml"), "Deployment")[0]
+    deployment = _by_kind(_built("deploy/kubernetes/tls"), "Deployment")[0]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -156,7 +194,7 @@ def test_the_tls_example_probes_a_port_that_answers_without_a_client_certificate
 
 
 def test_the_gpu_variant_asks_for_a_gpu_and_insists_on_cuda():
-    deployment = _by_kind(_documents("kubernetes/gpu/*.yaml"), "Deployment")[0]
+    deployment = _by_kind(_built("deploy/kubernetes/gpu"), "Deployment")[0]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -165,7 +203,7 @@ def test_the_gpu_variant_asks_for_a_gpu_and_insists_on_cuda():
 
 
 def test_the_kserve_example_is_a_custom_predictor_on_the_v2_grpc_port():
-    service = _documents("kserve/inferenceservice.yaml")[0]
+    service = _built("deploy/kserve/always-on")[0]
     assert service["apiVersion"] == "serving.kserve.io/v1beta1"
     assert service["kind"] == "InferenceService"
     container = _containers(service)[0]
@@ -201,7 +239,8 @@ def _kserve_problems(docs: list[dict]) -> list[list[str]]:
 
 
 def test_inference_services_fit_kserves_own_types_strictly():
-    services = _by_kind(_documents("kserve/*.yaml"), "InferenceService")
+    services = _by_kind(_built("deploy/kserve/always-on") + _built("deploy/kserve/serverless"),
+                        "InferenceService")
     assert len(services) >= 2
     # The check can fail: a misspelt field and a quoted number are both caught.
     broken = copy.deepcopy(services[-1])
@@ -214,7 +253,7 @@ def test_inference_services_fit_kserves_own_types_strictly():
 
 
 def test_the_serverless_inference_service_scales_to_zero_on_the_grpc_port():
-    service = _documents("kserve/serverless.yaml")[0]
+    service = _built("deploy/kserve/serverless")[0]
     assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
     predictor = service["spec"]["predictor"]
     assert predictor["minReplicas"] == 0 and predictor["maxReplicas"] > 1
@@ -225,6 +264,27 @@ def test_the_serverless_inference_service_scales_to_zero_on_the_grpc_port():
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
            "spec": {"containers": [container]}}
     kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+# What Knative's queue-proxy binds in every pod of a Knative service, beside the user's
+# container in the same network namespace (knative/serving, pkg/networking/constants.go:
+# BackendHTTPPort, BackendHTTP2Port, QueueAdminPort, AutoscalingQueueMetricsPort,
+# UserQueueMetricsPort).
+KNATIVE_RESERVED = {8012, 8013, 8022, 9090, 9091}
+
+
+def test_the_serverless_recipe_binds_no_port_knative_owns(monkeypatch):
+    [service] = _built("deploy/kserve/serverless")
+    [container] = service["spec"]["predictor"]["containers"]
+    dockerfile = "\n".join(line for line in (ROOT / "Dockerfile").read_text().splitlines()
+                           if not line.lstrip().startswith("#"))
+    image_env = dict(re.findall(r"(DCGAN_\w+)=([\w./-]+)", dockerfile))  # its ENV lines
+    for name, value in {**image_env, **{e["name"]: e["value"] for e in container["env"]}}.items():
+        monkeypatch.setenv(name, value)
+    config = config_from_args([])  # as the server in that container reads its settings
+    bound = {config.port, config.http_port, config.health_port, config.metrics_port} - {-1}
+    declared = {p["containerPort"] for p in container["ports"]}
+    assert declared <= bound and not bound & KNATIVE_RESERVED, bound & KNATIVE_RESERVED
 
 
 KEDA_SCHEMA = ROOT / "tests" / "deploy" / "keda_schema"
@@ -273,7 +333,7 @@ def _keda_problems(folder: Path, docs: list[dict]) -> list[str]:
 
 
 def test_the_keda_scaled_object_fits_kedas_crd_and_replaces_the_cpu_hpa(keda_schema):
-    docs = _documents("kubernetes/keda/*.yaml")
+    docs = _built("deploy/kubernetes/keda")
     scaled = _by_kind(docs, "ScaledObject")
     assert len(scaled) == 1
     assert _keda_problems(keda_schema, scaled) == []
@@ -284,31 +344,22 @@ def test_the_keda_scaled_object_fits_kedas_crd_and_replaces_the_cpu_hpa(keda_sch
     assert any("minReplicaCont" in p for p in problems), problems
     problems = _keda_problems(keda_schema, [untyped])
     assert any("required property type" in p for p in problems), problems
-    # It scales the base's Deployment, and the overlay deletes the base's CPU HPA (KEDA makes
-    # its own, and two HPAs on one Deployment fight).
+    # It scales the base's Deployment, which the built overlay holds without the base's CPU
+    # HPA (KEDA makes its own, and two HPAs on one Deployment fight).
     spec = scaled[0]["spec"]
-    base = _documents("kubernetes/*.yaml")
-    assert spec["scaleTargetRef"]["name"] == _by_kind(base, "Deployment")[0]["metadata"]["name"]
-    overlay = yaml.safe_load((DEPLOY / "kubernetes" / "keda" / "kustomization.yaml").read_text())
-    assert overlay["resources"][0] == "../"
-    deleted = [yaml.safe_load(p["patch"]) for p in overlay["patches"]]
-    assert [(d["$patch"], d["kind"], d["metadata"]["name"]) for d in deleted] == \
-        [("delete", "HorizontalPodAutoscaler", h["metadata"]["name"])
-         for h in _by_kind(base, "HorizontalPodAutoscaler")]
+    base = _built("deploy/kubernetes/cpu")
+    assert _by_kind(base, "HorizontalPodAutoscaler")
+    assert not _by_kind(docs, "HorizontalPodAutoscaler")
+    assert spec["scaleTargetRef"]["name"] == _by_kind(docs, "Deployment")[0]["metadata"]["name"]
+    assert len(docs) == len(base)  # everything else of the base, the ScaledObject instead
     trigger = spec["triggers"][0]
     assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
     # The query itself runs on a real Prometheus in tests/deploy/test_prometheus.py.
 
 
 def test_the_custom_metrics_overlay_builds_a_valid_hpa_on_the_adapters_metric():
-    import jsonpatch
-    base = _by_kind(_documents("kubernetes/*.yaml"), "HorizontalPodAutoscaler")[0]
-    overlay = yaml.safe_load(
-        (DEPLOY / "kubernetes" / "custom-metrics" / "kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../"]
-    [patch] = overlay["patches"]
-    assert patch["target"] == {"kind": "HorizontalPodAutoscaler", "name": base["metadata"]["name"]}
-    hpa = jsonpatch.apply_patch(base, yaml.safe_load(patch["patch"]))  # as kustomize does
+    base = _by_kind(_built("deploy/kubernetes/cpu"), "HorizontalPodAutoscaler")[0]
+    [hpa] = _by_kind(_built("deploy/kubernetes/custom-metrics"), "HorizontalPodAutoscaler")
     for version in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(hpa, version, strict=True)
     [metric] = hpa["spec"]["metrics"]
@@ -328,7 +379,7 @@ def test_the_training_job_runs_torchrun_across_its_pods_on_a_shared_volume():
     from training.cli import build_parser
     from service.settings import from_args
     from training.config import TrainConfig
-    docs = _documents("kubernetes/training/*.yaml")
+    docs = _built("deploy/kubernetes/training")
     job = _by_kind(docs, "Job")[0]
     [service] = _by_kind(docs, "Service")
     [claim] = _by_kind(docs, "PersistentVolumeClaim")
@@ -362,3 +413,11 @@ def test_the_training_job_runs_torchrun_across_its_pods_on_a_shared_volume():
     assert config.data_dir.startswith(mount["mountPath"] + "/")
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10001
     assert "AS train" in (ROOT / "Dockerfile").read_text()
+    # It trains the shipped recipe: the README's training command, but for where it writes,
+    # what it prints and how it checkpoints.
+    readme = re.search(r"dcgan-train (train [^\n]*)", (ROOT / "README.md").read_text())[1]
+    shipped = from_args(TrainConfig, build_parser().parse_args(readme.split()))
+    operational = {"out", "data_dir", "progress", "checkpoint_every", "continue_run", "threads"}
+    differ = {k for k, v in vars(config).items() if k not in operational
+              and v != getattr(shipped, k)}
+    assert not differ, {k: (getattr(config, k), getattr(shipped, k)) for k in differ}
