@@ -8,6 +8,7 @@ which is why the CLI and the service give identical pixels.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class OnnxGenerator:
         self.path = Path(path)
         providers = choose_providers(options.device)
         self.session = _open_session(self.path, options, providers)
+        # What the pixels depend on besides the inputs: the file's bytes (ETags name them).
+        self.digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.providers = self.session.get_providers()
         if options.device == "cuda" and _CUDA not in self.providers:
             raise DeviceUnavailable(f"{self.path}: onnxruntime could not start the CUDA provider "

@@ -1,8 +1,8 @@
 """Pictures by URL, for browsers, `curl` and `<img>` tags (a converter: query -> data plane ->
 PNG or GIF), beside the playground page and /openapi.json. Each picture is named before
-anything runs (`Plan.digest`, the strong ETag), so a matching If-None-Match is a 304 without
-generating. Cache-Control: a year, immutable, when `?version=` pins the model, a day
-otherwise; `private` when the server asks for a token.
+anything runs (`Plan.digest`, from the model file's bytes and the inputs: the strong ETag), so
+a matching If-None-Match is a 304 without generating; caches revalidate every use (`no-cache`),
+`private` when the server asks for a token. HEAD answers every GET route.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from service.edge.call import Category
 from service.edge.http_edge import NUMBER, mounted, route
 from service.plane.dataplane import DataPlane, Format, Request, Walk
 
-# How long a browser or CDN may keep an image: a year when the URL names the model version
-# (those pixels never change), a day otherwise (a reload may bring a new version).
-CACHE_PINNED = "max-age=31536000, immutable"
-CACHE_UNPINNED = "max-age=86400"
+# A cache may keep a picture but asks each time whether it is still the one (a 304, nothing
+# generated): no URL's bytes are fixed for good, since a reload or a repository load may
+# serve another file under the same name and version.
+CACHE = "no-cache"
 PICTURE_QUERY = ("label", "psi", "version")
 WALK_QUERY = ("a", "b", "frames", "method", *PICTURE_QUERY)
 
@@ -94,8 +94,7 @@ class ImageRoutes:
         plan = self.plane.prepare(Request(
             request.match_info["name"], version, labels=_label(request),
             psi=_psi(request), format=fmt, **what), call)
-        headers = {"ETag": f'"{plan.digest}"', "Cache-Control": f"{self.scope}, "
-                   f"{CACHE_PINNED if version else CACHE_UNPINNED}"}
+        headers = {"ETag": f'"{plan.digest}"', "Cache-Control": f"{self.scope}, {CACHE}"}
         if plan.latent_rule:
             headers["Latent-Rule"] = plan.latent_rule
         if f'"{plan.digest}"' in _etags(request.headers.get("If-None-Match", "")):

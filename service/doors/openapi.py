@@ -287,6 +287,11 @@ def openapi_document(routes, version: str, max_images: int, token: bool) -> dict
                 f"(binary_data / binary_data_output). At most {max_images} images per request; "
                 "each tensor's shape is its values' count, labels are the model's classes.")
         paths.setdefault(path, {})[method.lower()] = operation
+        if method == "GET":  # the same answer without its body
+            paths[path]["head"] = {**operation, "summary": f"{summary}: its headers alone",
+                                   "responses": {code: {k: v for k, v in r.items()
+                                                        if k != "content"}
+                                                 for code, r in responses.items()}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "dcgan-digits HTTP API", "version": version,

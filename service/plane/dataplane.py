@@ -94,11 +94,12 @@ class Plan:
 
     @functools.cached_property
     def digest(self) -> str:
-        """A name for the result: the pixels and their encoding depend on these values alone,
-        so equal digests mean equal bytes (the image URLs' strong ETag)."""
+        """A name for the result: the pixels and their encoding depend on the model file's
+        bytes and these values alone, so equal digests mean equal bytes (the image URLs'
+        strong ETag), and a file replaced under the same name and version changes it."""
         what = (self.seeds if self.kind is Kind.SEED else
                 vars(self.walk) if self.walk else hashlib.sha256(self.latents).hexdigest())
-        key = json.dumps([self.model.name, self.model.version, SEED_RULE, self.latent_rule,
+        key = json.dumps([self.model.generator.digest, SEED_RULE, self.latent_rule,
                           self.format.value, self.kind.value, what,
                           None if self.labels is None else self.labels.tolist(), self.psi])
         return hashlib.sha256(key.encode()).hexdigest()[:32]

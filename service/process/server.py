@@ -334,8 +334,9 @@ async def _start_http(config: ServeConfig, plane: DataPlane, edge: Edge, private
     app = web.Application(client_max_size=config.max_message_bytes,
                           middlewares=[aiohttp_refusals])
     app[EDGE], app[READ_TIMEOUT] = edge, config.read_timeout
-    for method, path, handler in routes:
-        app.router.add_route(method, path, handler)
+    for method, path, handler in routes:  # a GET answers HEAD too (allow_head)
+        app.router.add_route(method, path, handler) if method != "GET" \
+            else app.router.add_get(path, handler)
     # aiohttp's own access log is off: the edge logs each call at DEBUG, as for gRPC. A caller
     # that disconnects cancels its handler, so its queued images are dropped unrun. The rest
     # of a body left unread (a refusal) is read and dropped for at most a second, so the

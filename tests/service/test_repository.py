@@ -232,3 +232,30 @@ def test_a_reload_keeps_the_models_loaded_through_the_api(explicit):
         response = pb_grpc.GeneratorServiceStub(channel).Generate(
             pb.GenerateRequest(model="m", model_version="1", seeds=[5, 6]), timeout=10)
     assert response.count == 2
+
+
+def _get(url: str, method: str = "GET", **headers) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_an_etag_follows_the_file_behind_a_version_and_head_answers(explicit, repository,
+                                                                  other_onnx):
+    """Replace m/1's file and load m again: the same URL (version pinned) names other bytes,
+    so it has another ETag, and the old one no longer gets a 304; no picture is `immutable`,
+    and HEAD gives a picture's headers without its body."""
+    explicit.repository.load("m")
+    url = f"http://127.0.0.1:{explicit.http_port}/v1/models/m/grid.png?seeds=0-3&version=1"
+    status, before, png = _get(url)
+    assert status == 200 and "immutable" not in before["Cache-Control"]
+    assert _get(url, **{"If-None-Match": before["ETag"]})[0] == 304
+    status, head, body = _get(url, "HEAD")
+    assert status == 200 and body == b"" and head["ETag"] == before["ETag"]
+    shutil.copy(other_onnx, repository / "m" / "1" / "model.onnx")
+    explicit.repository.load("m")
+    status, after, other_png = _get(url, **{"If-None-Match": before["ETag"]})
+    assert status == 200 and after["ETag"] != before["ETag"] and other_png != png
