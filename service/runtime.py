@@ -92,8 +92,8 @@ class OnnxGenerator:
             raise ModelLoadError(f"{self.path}: {exc}") from None
         _check_signature(self.path, self.session, self.metadata)
         self.warm_up()
-        log.info("loaded %s (%s, %s) on %s", self.path, self.metadata.arch,
-                 self.metadata.dataset, ",".join(self.providers))
+        log.debug("loaded %s (%s, %s) on %s", self.path, self.metadata.arch,
+                  self.metadata.dataset, ",".join(self.providers))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -31,10 +31,11 @@ class CallTrace:
 
 
 class Tracing:
-    def __init__(self, provider) -> None:
+    def __init__(self, provider, described: str = "on") -> None:
         from opentelemetry import propagate, trace
         from opentelemetry.context import Context
         self._provider = provider
+        self.described = described  # where the spans go, for the start-up line
         self._root = Context()  # a run's span starts a trace of its own
         self._tracer = provider.get_tracer("dcgan-serve")
         self._extract = propagate.extract  # W3C trace context by default; OTEL_PROPAGATORS
@@ -57,7 +58,9 @@ class Tracing:
         provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
         for name in names:
             provider.add_span_processor(BatchSpanProcessor(_exporter(name, environ)()))
-        return cls(provider)
+        endpoint = (environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                    or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "its default endpoint")
+        return cls(provider, ",".join(names) + (f" to {endpoint}" if "otlp" in names else ""))
 
     def shutdown(self) -> None:
         """Export what is still queued, then stop."""

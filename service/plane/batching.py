@@ -142,9 +142,14 @@ class Batcher:
             self._scheduled, self._yields, self._seen = True, 0, 0
             self._loop.call_soon(self._dispatch)
         images = await request.future
-        if call is not None:  # (its pieces may have run side by side, finishing in any order)
-            call.queue_s += min(start for start, _ in request.runs) - request.queued_at
-            call.infer_s += sum(end - start for start, end in request.runs)
+        if call is not None:  # its pieces may have run side by side: the time they covered
+            runs = sorted(request.runs)
+            call.queue_s += runs[0][0] - request.queued_at
+            covered, until = 0.0, runs[0][0]
+            for start, end in runs:
+                covered += max(0.0, end - max(start, until))
+                until = max(until, end)
+            call.infer_s += covered
         return images
 
     @contextlib.contextmanager

@@ -228,12 +228,11 @@ class DataPlane:
         return not self._admission.draining
 
     def statistics(self, name: str, version: str, call: CallRecord) -> dict:
-        """Triton's statistics of `name` at `version` (empty: every served model, every
-        served version); an unknown name or version is ModelNotFound."""
-        if name:
-            served = [self.model(name, version, call)]
-        else:
-            served = list(self.registry)
+        """Triton's statistics of `name` at `version`: without a version every served version
+        of it, without a name every served model; an unknown one is ModelNotFound."""
+        served = [self.model(name, version, call)] if name else list(self.registry)
+        if name and not version:
+            served = self.registry.versions(served[0].name)
         return self._statistics.report([(model.name, model.version) for model in served])
 
     def index(self, ready_only: bool) -> list[dict]:

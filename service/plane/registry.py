@@ -1,6 +1,8 @@
 """The served models by name and version, and how a request's name finds one: several versions
 of a name may be served side by side (`--model mnist:1=A --model mnist:2=B`), the first one a
-name's default; the first name is the default model.
+name's default. The default model is the first one served (at start, or the first loaded when
+the server starts with none) and stays so: while it is unloaded, a request that names no
+model is NOT_FOUND, until it is loaded again.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ class ServedModel:
 class ModelRegistry:
     """The loaded models: name -> versions, each name's default version first."""
 
-    def __init__(self) -> None:
+    def __init__(self, default_name: str | None = None) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
+        self.default_name = default_name
 
     def add(self, name: str, batcher: Batcher, version: str = "") -> ServedModel:
         version = version or batcher.generator.metadata.version
         versions = self._models.setdefault(name, {})
         if version in versions:
             raise ValueError(f"model {name!r} version {version!r} is already served")
-        is_default = next(iter(self._models)) == name and not versions
+        self.default_name = self.default_name or name
+        is_default = name == self.default_name and not versions
         model = versions[version] = ServedModel(name, version, batcher, is_default,
                                                 is_default_version=not versions)
         return model
@@ -53,7 +57,7 @@ class ModelRegistry:
         a request that already picked an old model finishes on it.
         """
         old = list(self)
-        self._models = other._models
+        self._models, self.default_name = other._models, other.default_name
         return old
 
     def close(self) -> None:
@@ -63,7 +67,7 @@ class ModelRegistry:
     def with_model(self, name: str, versions: list[tuple[str, Batcher]] = ()) -> "ModelRegistry":
         """A copy serving `versions` (default first) under `name` in place of what `name`
         serves here (nothing, when `versions` is empty: `name` unloaded)."""
-        fresh = ModelRegistry()
+        fresh = ModelRegistry(self.default_name)
         for model in self:
             if model.name != name:
                 fresh.add(model.name, model.batcher, model.version)
@@ -79,14 +83,17 @@ class ModelRegistry:
         """The model called `name` (empty: the default), at `version` (empty: its default)."""
         if not self._models:
             raise ModelNotFound("no model is loaded: load one (RepositoryModelLoad)")
-        if not name:
-            versions = next(iter(self._models.values()))
-        elif (versions := self._models.get(name)) is None:
+        if not name and self.default_name not in self._models:
+            raise ModelNotFound(f"the default model {self.default_name!r} is not loaded: name "
+                                f"one of {', '.join(self._models)}, or load it again")
+        if (versions := self._models.get(name or self.default_name)) is None:
             raise ModelNotFound(f"no model named {name!r}: this server serves "
                                 f"{', '.join(self._models)} (or leave model empty for the "
                                 "default)")
         if not version:
             return next(iter(versions.values()))
+        if version.isdigit() and version not in versions:  # "007" is version 7, as Triton reads it
+            version = str(int(version))
         if (model := versions.get(version)) is None:
             model = next(iter(versions.values()))
             raise ModelNotFound(f"model {model.name!r} has no version {version!r}: it serves "

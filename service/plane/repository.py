@@ -22,11 +22,11 @@ from service.plane.registry import ModelRegistry
 MODEL_FILE = "model.onnx"
 
 
-def build_registry(paths: list[tuple[str, str, Path]],
-                   build: Callable[[str, str, Path], Batcher]) -> ModelRegistry:
+def build_registry(paths: list[tuple[str, str, Path]], build: Callable[[str, str, Path], Batcher],
+                   default_name: str | None = None) -> ModelRegistry:
     """A registry of every (name, version, file), each batcher built and warmed; if one fails,
     those already built are closed (no worker threads are left behind) and it raises."""
-    registry = ModelRegistry()
+    registry = ModelRegistry(default_name)
     try:
         for name, version, path in paths:
             registry.add(name, build(name, version, path), version)
@@ -37,13 +37,14 @@ def build_registry(paths: list[tuple[str, str, Path]],
 
 
 def repository_models(folder: Path) -> dict[str, list[tuple[str, Path]]]:
-    """name -> [(version, file)], the highest version first, of what `folder` holds."""
+    """name -> [(version, file)], the highest version first, of what `folder` holds. A version
+    folder's name is a number, as Triton reads it: "007" is version "7"."""
     found = {}
     for model in sorted(p for p in folder.iterdir() if p.is_dir()):
-        versions = [(v.name, v / MODEL_FILE) for v in model.iterdir()
-                    if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()]
+        versions = {str(int(v.name)): v / MODEL_FILE for v in sorted(model.iterdir())
+                    if v.is_dir() and v.name.isdigit() and (v / MODEL_FILE).is_file()}
         if versions:
-            found[model.name] = sorted(versions, key=lambda item: -int(item[0]))
+            found[model.name] = sorted(versions.items(), key=lambda item: -int(item[0]))
     return found
 
 
@@ -58,6 +59,7 @@ class ModelRepository:
         self._drain_seconds = drain_seconds
         self.on_change = on_change  # (name, served now): the health statuses follow
         self._lock = threading.Lock()  # one load or unload at a time
+        self._failed: dict[str, str] = {}  # name -> why its last load failed
 
     def index(self, ready_only: bool = False) -> list[dict]:
         """Every model the repository holds and every one served, with its state."""
@@ -67,7 +69,7 @@ class ModelRepository:
         if self.folder is not None:
             for name, versions in repository_models(self.folder).items():
                 rows += [{"name": name, "version": version, "state": "UNAVAILABLE",
-                          "reason": "unloaded"}
+                          "reason": self._failed.get(name, "unloaded")}
                          for version, _ in versions if (name, version) not in served]
         rows.sort(key=lambda row: (row["name"], row["version"]))
         return [row for row in rows if row["state"] == "READY" or not ready_only]
@@ -84,8 +86,10 @@ class ModelRepository:
             try:
                 fresh = build_registry([(name, v, path) for v, path in versions], self._build)
             except ModelLoadError as exc:
+                self._failed[name] = f"load failed: {exc}"
                 raise ModelLoadError(f"cannot load {name!r}, still serving what was served: "
                                      f"{exc}") from None
+            self._failed.pop(name, None)
             batchers = [(model.version, model.batcher) for model in fresh]
             old = self.registry.versions(name)
             self.registry.replace_with(self.registry.with_model(name, batchers))
@@ -106,9 +110,11 @@ class ModelRepository:
                 paths += [(name, version, path) for name in loaded
                           if name not in configured_names and name in found
                           for version, path in found[name]]
-            fresh = build_registry(paths, self._build)
+            fresh = build_registry(paths, self._build, self.registry.default_name)
             old = list(self.registry)
             self.registry.replace_with(fresh)
+            for name in dict.fromkeys(m.name for m in [*old, *fresh]):  # health follows
+                self.on_change(name, bool(fresh.versions(name)))
         threading.Thread(target=self._close_when_unused, args=(old,), daemon=True).start()
 
     def unload(self, name: str) -> None:

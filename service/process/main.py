@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.resolved_processes > 1:
             return supervise(config, sys.argv[1:] if argv is None else argv)
         serve(config)
-    except ServiceError as exc:  # bad model file, port in use, CUDA missing: say which
-        log.error("%s", exc)
+    except ServiceError as exc:  # bad model file, port in use, CUDA missing: say which, once
         print(f"dcgan-serve: error: {exc}", file=sys.stderr)
         return 1
     return 0

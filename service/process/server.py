@@ -95,12 +95,11 @@ class RunningServer:
         swap them in at once. On any failure the old models keep serving; the failure is
         logged and counted (`dcgan_model_reloads_total{result="failure"}`)."""
         try:
-            self.repository.reload(self.config.model_paths())
+            self.repository.reload(self.config.model_paths())  # each model described anew
         except ServiceError as exc:
             self.metrics.reloads.labels(result="failure").inc()
             log.error("reload failed, still serving the previous models: %s", exc)
             return False
-        describe_models(self.registry, self.metrics)
         self.metrics.reloads.labels(result="success").inc()
         log.info("reloaded %d model(s)", len(self.registry))
         return True
@@ -158,14 +157,16 @@ class BatcherMaker:
         return batcher
 
 
-def describe_models(registry: ModelRegistry, metrics: Metrics) -> None:
-    for model in registry:
+def describe_models(models, metrics: Metrics) -> None:
+    """One log line per model served (at start, on a load or a reload), and its info metric."""
+    for model in models:
         meta = model.metadata
         metrics.describe_model(model.name, model.version, meta.version, meta.arch,
                                meta.dataset, model.generator.providers)
-        log.info("model %r%s: %s %s, version %s%s, on %s, %s", model.name,
-                 " (default)" if model.is_default else "", meta.arch, meta.dataset,
-                 model.version, "" if model.version == meta.version else f" (run {meta.version})",
+        log.info("model %r%s: %s, %s %s, version %s%s, on %s, %s", model.name,
+                 " (default)" if model.is_default else "", model.generator.path, meta.arch,
+                 meta.dataset, model.version,
+                 "" if model.version == meta.version else f" (run {meta.version})",
                  ",".join(model.generator.providers), model.batcher.describe())
 
 
@@ -224,12 +225,15 @@ def create_server(config: ServeConfig) -> RunningServer:
         teardown.callback(lambda: _on_loop(loop, server.stop(teardown.grace)))
         _on_loop(loop, _serving(health, plane))  # last: every model is loaded and warm
 
-        def changed(name: str, served: bool) -> None:  # a load or unload, on its thread
+        def changed(name: str, served: bool) -> None:  # a load, unload or reload, on its thread
             status = health_pb2.HealthCheckResponse
             asyncio.run_coroutine_threadsafe(health.set(
                 model_health_name(name), status.SERVING if served else status.NOT_SERVING),
                 loop).result(timeout=10)
-            describe_models(registry, metrics)
+            if served:
+                describe_models(registry.versions(name), metrics)
+            else:
+                log.info("model %r unloaded", name)
         repository.on_change = changed
         health_port = None
         if config.health_port >= 0:
@@ -255,12 +259,14 @@ def create_server(config: ServeConfig) -> RunningServer:
     # collections no longer walk it, which would stop every call for milliseconds.
     gc.collect()
     gc.freeze()
-    log.info("listening grpc=%s:%d http=%s metrics=%s tls=%s auth=%s health=%s", config.host,
+    log.info("listening grpc=%s:%d http=%s metrics=%s tls=%s auth=%s health=%s tracing=%s",
+             config.host,
              port, f"{config.host}:{http_port}" if http_app else "off",
              f"{config.resolved_metrics_host}:{metrics_port}" if metrics_port else "off",
              ("mutual" if config.tls_client_ca else "on") if config.tls_cert else "off",
              "bearer" if token else "off",
-             f"{config.host}:{health_port} (plaintext)" if health_port else "on the gRPC port")
+             f"{config.host}:{health_port} (plaintext)" if health_port else "on the gRPC port",
+             tracing.described if tracing else "off")
     return running
 
 

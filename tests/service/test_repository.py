@@ -259,3 +259,76 @@ def test_an_etag_follows_the_file_behind_a_version_and_head_answers(explicit, re
     explicit.repository.load("m")
     status, after, other_png = _get(url, **{"If-None-Match": before["ETag"]})
     assert status == 200 and after["ETag"] != before["ETag"] and other_png != png
+
+
+def test_triton_reads_versions_as_numbers_and_loads_as_triton_does(explicit, repository):
+    """A version folder is a number ("007" is version 7); a load's overrides (a config, files)
+    are refused by name, not ignored; the index says why a load failed; unload_dependents,
+    which tritonclient always sends, is taken."""
+    import tritonclient.http as triton_http
+    from tritonclient.utils import InferenceServerException
+    (repository / "m" / "2").rename(repository / "m" / "007")
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{explicit.http_port}")
+    assert ("m", "7", "UNAVAILABLE") in _index(http.get_model_repository_index())
+    http.load_model("m")
+    seeds = triton_http.InferInput("seeds", [2], "UINT64")
+    seeds.set_data_from_numpy(np.array([5, 6], dtype=np.uint64))
+    for version in ("7", "007"):
+        np.testing.assert_array_equal(http.infer("m", [seeds], model_version=version)
+                                      .as_numpy("images"), _direct(repository, "007"))
+    for override in ({"config": '{"backend": "onnxruntime"}'},
+                     {"files": {"file:1/model.onnx": b"\0"}}):
+        with pytest.raises(InferenceServerException) as err:
+            http.load_model("m", **override)
+        assert err.value.status() == "400" and "is not supported" in err.value.message()
+    with pytest.raises(InferenceServerException):
+        http.load_model("bad")
+    [bad] = [r for r in http.get_model_repository_index() if r["name"] == "bad"]
+    assert bad["state"] == "UNAVAILABLE" and bad["reason"].startswith("load failed:")
+    http.unload_model("m", unload_dependents=True)
+    assert not http.is_model_ready("m")
+
+
+def test_statistics_of_a_model_cover_every_version(repository):
+    import tritonclient.http as triton_http
+    running = create_server(ServeConfig(
+        host="127.0.0.1", port=0, http_port=0, metrics_port=-1, device="cpu",
+        models=(("m:1", str(repository / "m" / "1" / "model.onnx")),
+                ("m:2", str(repository / "m" / "2" / "model.onnx")))))
+    try:
+        http = triton_http.InferenceServerClient(f"127.0.0.1:{running.http_port}")
+        seeds = triton_http.InferInput("seeds", [2], "UINT64")
+        seeds.set_data_from_numpy(np.array([5, 6], dtype=np.uint64))
+        http.infer("m", [seeds], model_version="2")
+        stats = http.get_inference_statistics("m")["model_stats"]
+        assert {(s["version"], s["inference_count"]) for s in stats} == {("1", 0), ("2", 2)}
+        [one] = http.get_inference_statistics("m", "2")["model_stats"]
+        assert one["inference_count"] == 2
+    finally:
+        running.stop(grace=1)
+
+
+def test_the_default_model_is_the_first_served_and_health_follows_a_reload(explicit):
+    """One rule: the default is the first model served and stays so; while it is unloaded, a
+    call naming no model is NOT_FOUND saying so. A reload serves the configured model again,
+    and its health turns SERVING with it."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    explicit.repository.load("m")
+    with grpc.insecure_channel(f"127.0.0.1:{explicit.port}") as channel:
+        stub = pb_grpc.GeneratorServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(name: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=f"model/{name}"),
+                                timeout=5).status
+        assert stub.Generate(pb.GenerateRequest(seeds=[1]), timeout=10).model == "keep"
+        explicit.repository.unload("keep")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(pb.GenerateRequest(seeds=[1]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "the default model 'keep' is not loaded" in err.value.details()
+        assert stub.Generate(pb.GenerateRequest(model="m", seeds=[1]), timeout=10).count == 1
+        assert status("keep") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert explicit.reload()  # the configured model is served again
+        assert status("keep") == health_pb2.HealthCheckResponse.SERVING
+        assert stub.Generate(pb.GenerateRequest(seeds=[1]), timeout=10).model == "keep"
