@@ -35,12 +35,29 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def encode_gif(images: np.ndarray, frame_ms: int = 80) -> bytes:
-    """A looping animated GIF of uint8 images [N, 1, H, W]; grey levels are kept exactly."""
-    frames = [Image.fromarray(img[0], mode="L") for img in images]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=frame_ms, loop=0)
-    return buf.getvalue()
+    """A looping animated GIF of uint8 images [N, 1, H, W], one frame each, grey levels kept
+    exactly. Pillow's animated writer merges identical neighbouring frames (a walk between
+    equal latents would lose frames), so each frame is encoded alone, on the same 256-grey
+    palette, and their image blocks are joined behind one header."""
+    header, frames = b"", []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image[0], mode="L").save(buffer, format="GIF", optimize=False)
+        data = buffer.getvalue()
+        start = 13 + 3 * 256  # GIF header, logical screen, the 256-grey colour table
+        if header and data[6:start] != header[6:start]:
+            raise ValueError("GIF frames with different palettes")
+        header = header or b"GIF89a" + data[6:start]
+        while data[start] == 0x21:  # skip extensions: label, then sub-blocks to a 0 length
+            start += 2
+            while data[start]:
+                start += data[start] + 1
+            start += 1
+        frames.append(data[start:data.rindex(b";")])  # image descriptor and its data
+    delay = max(1, round(frame_ms / 10)).to_bytes(2, "little")  # in hundredths of a second
+    loop = b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # repeat for ever
+    control = b"!\xf9\x04\x00" + delay + b"\x00\x00"
+    return header + loop + b"".join(control + frame for frame in frames) + b";"
 
 
 def save_walk(images: np.ndarray, out_dir: Path, frame_ms: int = 80) -> list[Path]:

@@ -195,9 +195,14 @@ def test_http_interpolation_strip_gif_psi_and_latents(server, stub):
                                        "&label=5&psi=0.7")
     assert status == 200 and headers["Content-Type"] == "image/gif"
     animation = Image.open(io.BytesIO(gif))
+    assert animation.n_frames == 6
     for i in range(6):
         animation.seek(i)
         assert np.asarray(animation.convert("L")).tobytes() == walk[i].tobytes()
+    # A walk of N frames is a GIF of N frames, identical neighbours included (from a seed to
+    # itself every frame is the same picture).
+    _, _, same = _get(base + "/v1/models/cond/interpolation.gif?a=5&b=5&frames=3")
+    assert Image.open(io.BytesIO(same)).n_frames == 3
     status, one, grid = _get(base + "/v1/models/plain/grid.png?seeds=0-3&psi=0.5")
     assert decode_png(grid).tobytes() == make_grid(
         _generate(stub, model="plain", seeds=[0, 1, 2, 3], psi=0.5)[:, None]).tobytes()
