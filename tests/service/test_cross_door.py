@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.api.dcgan.v1 import generator_pb2 as pb
@@ -106,12 +106,41 @@ def cases(draw):
     return model, kind, what, labels, psi
 
 
+@pytest.fixture(scope="module")
+def psi_a_float32_cannot_hold():
+    """A case where psi as a float64 and psi as the float32 every door carries give other
+    pixels, found on the models these tests run (a pinned one went stale when the models were
+    retrained): (model, seeds, labels, psi)."""
+    from service.contract import default_labels, seeds_to_latents
+    from service.runtime import OnnxGenerator
+    for name in ("mnist", "fashion-mnist"):
+        generator = OnnxGenerator(BUNDLED[name])
+        for psi in (0.8, 0.7, 0.3, 0.9, 0.6):
+            for start in range(0, 4096, 512):
+                seeds = list(range(start, start + 512))
+                latents, labels = seeds_to_latents(seeds, 100), default_labels(seeds, 10)
+                as_float64 = (latents.astype(np.float64) * psi).astype(np.float32)
+                as_float32 = (latents.astype(np.float64) * float(np.float32(psi))
+                              ).astype(np.float32)
+                differ = np.flatnonzero((generator.run(as_float64, labels)
+                                         != generator.run(as_float32, labels)).any((1, 2, 3)))
+                if differ.size:
+                    return name, [seeds[differ[0]]], [int(labels[differ[0]])], psi
+    pytest.fail("no seed of 0..4095 tells float64 psi from float32 psi on these models")
+
+
+def test_a_psi_a_float32_cannot_hold_gives_the_same_pixels_from_every_door(
+        doors, tmp_path_factory, psi_a_float32_cannot_hold):
+    """What a user saw before psi had one type: gRPC's float32 0.8 against the URLs' and the
+    CLI's float64 0.8 gave other pixels."""
+    model, seeds, labels, psi = psi_a_float32_cannot_hold
+    test_every_door_gives_the_same_pixels.hypothesis.inner_test(
+        doors, tmp_path_factory, (model, "seeds", seeds, labels, psi))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(case=cases())
-# What a user saw before psi had one type: gRPC's float32 0.8 against the URLs' and the CLI's
-# float64 0.8 gave other pixels for seeds 57 and 82.
-@example(case=("mnist", "seeds", list(range(48, 96)), [2], 0.8))
 def test_every_door_gives_the_same_pixels(doors, tmp_path_factory, case):
     model, kind, what, labels, psi = case
     if kind == "walk":
