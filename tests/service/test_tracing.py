@@ -6,6 +6,7 @@ and each run's span links to every call it served."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import urllib.request
 from concurrent import futures
@@ -17,6 +18,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otl
 
 from service.api.dcgan.v1 import generator_pb2 as pb
 from service.api.dcgan.v1 import generator_pb2_grpc as pb_grpc
+from service.api.inference import grpc_predict_v2_pb2 as v2
+from service.api.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.errors import ServiceError
 from service.edge.tracing import Tracing
 from service.process.config import ServeConfig
@@ -115,6 +118,22 @@ def test_calls_and_runs_are_traced_through_otlp(receiver, tiny_onnx, monkeypatch
             f"http://127.0.0.1:{running.http_port}/v1/models/m/images/7.png",
             headers={"traceparent": _traceparent(0xC1C1, 0xC1)})
         assert urllib.request.urlopen(http_request, timeout=10).status == 200
+        # The Open Inference Protocol over both transports, traced the same way.
+        callers[0xE1] = (0xE1E1, "v2 grpc")
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            infer = v2.ModelInferRequest(model_name="m", inputs=[
+                v2.ModelInferRequest.InferInputTensor(name="seeds", datatype="UINT64", shape=[2],
+                                                      contents={"uint64_contents": [4, 5]})])
+            v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                infer, metadata=[("traceparent", _traceparent(0xE1E1, 0xE1))], timeout=10)
+        callers[0xF1] = (0xF1F1, "v2 rest")
+        rest = urllib.request.Request(
+            f"http://127.0.0.1:{running.http_port}/v2/models/m/infer",
+            data=json.dumps({"inputs": [{"name": "seeds", "datatype": "UINT64", "shape": [2],
+                                         "data": [4, 5]}]}).encode(),
+            headers={"traceparent": _traceparent(0xF1F1, 0xF1),
+                     "Content-Type": "application/json"})
+        assert urllib.request.urlopen(rest, timeout=10).status == 200
         with pytest.raises(grpc.RpcError):  # a refused call is traced, with its status
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 pb_grpc.GeneratorServiceStub(channel).Generate(
@@ -148,13 +167,18 @@ def test_calls_and_runs_are_traced_through_otlp(receiver, tiny_onnx, monkeypatch
         for step in children[call.span_id]:
             assert call.start_time_unix_nano <= step.start_time_unix_nano \
                 <= step.end_time_unix_nano <= call.end_time_unix_nano, (what, step.name)
-        if what == "http":
-            assert call.name == "GET /v1/models/{name}/images/{seed}.png"
-            assert attributes["http.request.method"] == "GET"
+        if what in ("http", "v2 rest"):
+            method, route = ("GET", "/v1/models/{name}/images/{seed}.png") if what == "http" \
+                else ("POST", "/v2/models/{name}/infer")
+            assert call.name == f"{method} {route}" and attributes["http.route"] == route
+            assert attributes["http.request.method"] == method
             assert attributes["http.response.status_code"] == 200
         else:
-            assert call.name == "dcgan.v1.GeneratorService/Generate"
-            assert attributes["rpc.system"] == "grpc" and attributes["rpc.method"] == "Generate"
+            service, method = ("inference.GRPCInferenceService", "ModelInfer") \
+                if what == "v2 grpc" else ("dcgan.v1.GeneratorService", "Generate")
+            assert call.name == f"{service}/{method}"
+            assert attributes["rpc.system"] == "grpc" and attributes["rpc.method"] == method
+            assert attributes["rpc.service"] == service
             assert attributes["rpc.grpc.status_code"] == 0
     refused = _attributes(calls[0xD1])
     assert refused["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
