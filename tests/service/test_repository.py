@@ -131,42 +131,62 @@ def test_tritonclient_indexes_loads_and_unloads_models(explicit, repository,
 
 def test_load_and_unload_under_traffic_lose_no_call(explicit, repository):
     """Callers on the loaded model and on another one while the model is loaded again and
-    again, then unloaded: every call is answered with the right pixels, or, for the model
-    once unloaded, NOT_FOUND; nothing else."""
+    again, then unloaded: short calls, and streams long enough to span a swap (each holds the
+    batcher it started on until it ends). Every call is answered with the right pixels, or,
+    for the model once unloaded, NOT_FOUND; nothing else."""
+    import time
+
     import tritonclient.http as triton_http
     http = triton_http.InferenceServerClient(f"127.0.0.1:{explicit.http_port}")
     http.load_model("m")
     expected = _direct(repository, "1")[:, 0]
+    stream_seeds = list(range(5, 7)) * 300  # 600 images, 8 a chunk
     with grpc.insecure_channel(f"127.0.0.1:{explicit.port}") as channel:
         keep = images_from_response(pb_grpc.GeneratorServiceStub(channel).Generate(
             pb.GenerateRequest(model="keep", seeds=[5, 6], labels=[1]), timeout=10))
     outcomes: list[tuple[str, str]] = []
+    streams: list[tuple[float, float]] = []  # when each stream that finished ran
     unloading = threading.Event()
     stop = threading.Event()
 
+    def call(stub, model: str) -> np.ndarray:
+        if model == "m stream":
+            return np.concatenate([images_from_response(r) for r in stub.GenerateStream(
+                pb.GenerateStreamRequest(model="m", model_version="1", chunk_size=8,
+                                         list=pb.SeedList(seeds=stream_seeds)), timeout=60)])
+        request = (pb.GenerateRequest(model="m", model_version="1", seeds=[5, 6])
+                   if model == "m" else
+                   pb.GenerateRequest(model="keep", seeds=[5, 6], labels=[1]))
+        return images_from_response(stub.Generate(request, timeout=30))
+
     def caller(model: str) -> None:
+        want = {"m": expected, "m stream": np.concatenate([expected] * 300), "keep": keep}[model]
         with grpc.insecure_channel(f"127.0.0.1:{explicit.port}") as channel:
             stub = pb_grpc.GeneratorServiceStub(channel)
-            request = (pb.GenerateRequest(model="m", model_version="1", seeds=[5, 6])
-                       if model == "m" else
-                       pb.GenerateRequest(model="keep", seeds=[5, 6], labels=[1]))
             while not stop.is_set():
                 before_unload = not unloading.is_set()
+                started = time.monotonic()
                 try:
-                    images = images_from_response(stub.Generate(request, timeout=30))
-                    right = np.array_equal(images, expected if model == "m" else keep)
+                    right = np.array_equal(call(stub, model), want)
                     outcomes.append((model, "OK" if right else "WRONG PIXELS"))
+                    if model == "m stream":
+                        streams.append((started, time.monotonic()))
                 except grpc.RpcError as exc:
-                    late = exc.code() == grpc.StatusCode.NOT_FOUND and model == "m" \
+                    late = exc.code() == grpc.StatusCode.NOT_FOUND and model != "keep" \
                         and not before_unload
                     outcomes.append((model, "NOT_FOUND" if late else exc.code().name))
 
-    callers = [threading.Thread(target=caller, args=(m,)) for m in ("m", "m", "keep")]
+    callers = [threading.Thread(target=caller, args=(m,))
+               for m in ("m", "m", "keep", "m stream", "m stream")]
     for thread in callers:
         thread.start()
+    swaps = []  # when each swap began
     for _ in range(3):
+        time.sleep(0.3)
+        swaps.append(time.monotonic())
         http.load_model("m")  # again, from the files: swapped in, the old engines drained
     unloading.set()
+    swaps.append(time.monotonic())
     http.unload_model("m")
     stop.set()
     for thread in callers:
@@ -174,8 +194,12 @@ def test_load_and_unload_under_traffic_lose_no_call(explicit, repository):
     counts = {}
     for model, outcome in outcomes:
         counts[(model, outcome)] = counts.get((model, outcome), 0) + 1
-    assert set(counts) <= {("m", "OK"), ("m", "NOT_FOUND"), ("keep", "OK")}, counts
+    assert set(counts) <= {("m", "OK"), ("m", "NOT_FOUND"), ("m stream", "OK"),
+                           ("m stream", "NOT_FOUND"), ("keep", "OK")}, counts
     assert counts[("m", "OK")] > 10 and counts[("keep", "OK")] > 10, counts
+    # Streams ran through swaps: begun before one, answered whole after it began.
+    spanned = [(a, b) for a, b in streams if any(a < t < b for t in swaps)]
+    assert spanned, (streams, swaps)
 
 
 def test_without_model_control_loading_is_refused_with_the_fix(server):
