@@ -168,6 +168,30 @@ def test_fd_kid_precision_recall_agree_with_torchmetrics_and_prdc(mnist):
     assert 0.3 < theirs["precision"] < 1 and 0.3 < theirs["recall"] < 1  # a real comparison
 
 
+def test_kid_subsets_and_their_spread_agree_with_torchmetrics(mnist):
+    """Over many random subsets smaller than the sets, our KID and torchmetrics' draw other
+    rows (numpy's generator against torch's) but estimate the same thing: the means agree
+    within their standard errors, and the spreads (the figure reported beside KID) agree."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+    from training.evaluation import kernel_inception_distance
+    clf, _, test, ref = mnist
+    fake_images = _bundled_model_images(1000)
+    fake, _ = features_and_probs(clf, fake_images)
+    n, subsets, size = min(len(ref), len(fake)), 200, 100
+    torch.manual_seed(0)
+    kid = KernelInceptionDistance(feature=_ClassifierFeatures(clf), subsets=subsets,
+                                  subset_size=size)
+    kid.update(torch.from_numpy(test.images[:n, None].copy()), real=True)
+    kid.update(torch.from_numpy(fake_images[:n].copy()), real=False)
+    theirs_mean, theirs_std = (v.item() for v in kid.compute())
+    ours_mean, ours_std = kernel_inception_distance(ref[:n], fake[:n], subsets=subsets,
+                                                    subset_size=size)
+    error = np.hypot(ours_std, theirs_std) / np.sqrt(subsets)
+    assert abs(ours_mean - theirs_mean) < 4 * error, (ours_mean, theirs_mean, error)
+    assert 0.8 < ours_std / theirs_std < 1.25, (ours_std, theirs_std)
+    assert ours_std > 0.05 * abs(ours_mean)  # subsets really differ: a spread to compare
+
+
 def test_evaluate_reports_kid_and_precision_recall(tiny_cond_onnx, subset_dir):
     from training.evaluation import evaluate
     scores = evaluate(str(tiny_cond_onnx), n=300, data_dir=subset_dir)
