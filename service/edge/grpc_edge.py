@@ -23,7 +23,7 @@ from service.errors import InvalidRequest
 log = logging.getLogger(__name__)
 
 _DCGAN, _V2 = "/dcgan.v1.GeneratorService/", "/inference.GRPCInferenceService/"
-# Every method served, by category (admission.py); one missing here is metadata.
+# Every method served, by category (call.py, Admission); one missing here is metadata.
 CATEGORIES: dict[str, Category] = {
     **{_DCGAN + m: Category.INFERENCE for m in ("Generate", "GenerateStream", "Interpolate")},
     **{_V2 + m: Category.HEALTH for m in ("ServerLive", "ServerReady")},
@@ -34,6 +34,7 @@ CATEGORIES: dict[str, Category] = {
     "/grpc.health.v1.Health/Check": Category.HEALTH,
     "/grpc.health.v1.Health/Watch": Category.WATCH,
 }
+
 
 def receive_limit(max_images: int, latent_dim: int, max_message_bytes: int) -> int:
     """The largest message a valid request can need, within --max-message-bytes: 64 KiB of room

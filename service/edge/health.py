@@ -1,9 +1,9 @@
 """The standard gRPC health service (grpc.health.v1), as the edge serves it.
 
 SERVING for "", dcgan.v1.GeneratorService and model/<name> once every model has loaded;
-NOT_SERVING from the drain on. Check is open and never limited (admission.py); an unknown
-name is NOT_FOUND, which lists the names this server reports only where every caller may see
-them (no bearer token set, and not the plaintext health port).
+NOT_SERVING from the drain on. Check is open and never limited (`Admission`, call.py); an
+unknown name is NOT_FOUND, which lists the names this server reports only where every caller
+may see them (no bearer token set, and not the plaintext health port).
 """
 
 from __future__ import annotations
