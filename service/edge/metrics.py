@@ -8,6 +8,8 @@
     dcgan_images_generated_total{model, version, kind} kind: seed, interpolation, latent
     dcgan_images_per_request{model, version}           images per generating call
     dcgan_model_info{model, version, run, arch, dataset, provider}
+    dcgan_build_info{version, python, grpcio, grpcio_pinned, onnxruntime, protobuf}
+                                 a server on another grpcio than the pin: grpcio != grpcio_pinned
 
 Labels are bounded: a served model or "_unknown", a status name, one of this API's methods.
 """
@@ -65,6 +67,14 @@ class Metrics:
         self.model_info = Info(
             "dcgan_model", "Served models and where they run", ["model", "version"],
             registry=self.registry)
+
+        self.build_info = Info(
+            "dcgan_build", "What this server runs on; grpcio_pinned is the release the "
+            "project pins (another grpcio costs calls: docs/benchmarks/grpcio-versions-cpu.md)",
+            registry=self.registry)
+
+    def describe_build(self, labels: dict[str, str]) -> None:
+        self.build_info.info(labels)
 
     def describe_model(self, name: str, version: str, run: str, arch: str, dataset: str,
                        providers: list[str]) -> None:

@@ -46,6 +46,7 @@ from service.plane.batching import Batcher, BatchLimits, make_batcher
 from service.plane.dataplane import DataPlane
 from service.plane.registry import ModelRegistry
 from service.plane.repository import ModelRepository, build_registry
+from service.process.build_info import BuildInfo
 from service.process.config import ServeConfig
 from service.process.tls import http_ssl_context, server_credentials
 
@@ -173,6 +174,11 @@ def describe_models(models, metrics: Metrics) -> None:
 def create_server(config: ServeConfig) -> RunningServer:
     """Check the ports (a taken one fails at once), load the models, then start serving."""
     metrics, statistics, token = Metrics(), Statistics(), config.auth_token()
+    build = BuildInfo.current()
+    log.info("running %s", build.describe())
+    if warning := build.grpcio_warning():
+        log.warning("%s", warning)
+    metrics.describe_build(build.labels())
     admission = Admission(limits(config.max_in_flight))
     teardown = _Teardown()
     with teardown:  # a failed start stops what did start, newest first, and re-raises
