@@ -137,7 +137,7 @@ class Batcher:
         if lone:
             drop(dropped)  # its deadline had passed already
             if batch:
-                deliver(batch, *queue.execute(self.lone_generator, batch, on_loop=True))
+                deliver(batch, *queue.execute(self.lone_generator, batch))
         elif for_loop and not self._scheduled:
             self._scheduled, self._yields, self._seen = True, 0, 0
             self._loop.call_soon(self._dispatch)
@@ -196,7 +196,7 @@ class Batcher:
                 queue.wake_workers()
         drop(dropped)
         if batch:
-            deliver(batch, *queue.execute(self.generator, batch, on_loop=True))
+            deliver(batch, *queue.execute(self.generator, batch))
 
     # --- on the worker threads --------------------------------------------------------------------
 
@@ -213,12 +213,9 @@ class Batcher:
             if dropped:
                 self._hand_back(drop, dropped)
             if batch:
-                images, error = queue.execute(self.generator, batch)
-                # Not busy before its callers hear back: a lone caller's next request can
-                # arrive before this thread runs again, and must not find a worker busy.
+                self._hand_back(deliver, batch, *queue.execute(self.generator, batch))
                 with queue.cv:
                     queue.on_threads -= 1
-                self._hand_back(deliver, batch, images, error)
 
     def _hand_back(self, callback, *args) -> None:
         try:

@@ -69,22 +69,13 @@ class RunQueue:
         self.last_end = 0.0         # when the last run ended (time.perf_counter())
         self.last_run_s = 0.0       # and how long it took
         self.last_callers = 0       # and how many requests it served
-        self.last_on_loop = True    # and whether it ran on the event loop's thread
-        self.loop_run_s = math.inf  # the quickest run on the loop yet
 
     def found_idle(self) -> bool:
         """(Lock held.) Whether the one queued request is a lone caller's: the last run served
         one caller too, and this request arrived longer after it ended than it took. Requests
-        that come in groups, or faster than runs end, are load: they share runs.
-
-        A lone caller's request that went to a worker thread ran there single-threaded, more
-        slowly than on the loop: its next one is measured against the quickest run on the
-        loop (a minimum: a run slowed by a preemption must not raise the bar), or the slower
-        run would keep the caller off the loop for good."""
-        took = self.last_run_s if self.last_on_loop else min(self.loop_run_s,
-                                                             self.last_run_s)
+        that come in groups, or faster than runs end, are load: they share runs."""
         return (len(self.requests) == 1 and self.last_callers <= 1
-                and self.requests[0].queued_at - self.last_end > took)
+                and self.requests[0].queued_at - self.last_end > self.last_run_s)
 
     def may_take(self) -> bool:
         """(Lock held.) Whether a worker should take work now: there is some the loop is not
@@ -159,10 +150,9 @@ class RunQueue:
         share = math.ceil(self.images / (workers if self.images >= MIN_PIECE else 1))
         return self.take(min(self.max_run_images, share), first_cut=self.max_run_images)
 
-    def execute(self, generator: OnnxGenerator, batch: list[Slice], on_loop: bool = False
+    def execute(self, generator: OnnxGenerator, batch: list[Slice]
                 ) -> tuple[np.ndarray | None, BaseException | None]:
-        """One onnxruntime run for the whole batch, on the event loop's thread or a worker's:
-        (images, None) or (None, the error)."""
+        """One onnxruntime run for the whole batch: (images, None) or (None, the error)."""
         first = batch[0].request
         gathering = time.perf_counter()
         try:
@@ -179,9 +169,6 @@ class RunQueue:
             self.last_end = time.perf_counter()
             self.last_run_s = self.last_end - started
             self.last_callers = len({id(s.request) for s in batch})
-            self.last_on_loop = on_loop
-            if on_loop:
-                self.loop_run_s = min(self.loop_run_s, self.last_run_s)
             for s in batch:
                 s.request.runs.append((started, self.last_end))
             self.observe(len(latents), started - min(s.request.queued_at for s in batch),

@@ -44,14 +44,12 @@ class Recorder:
         if not hold:
             self.release.set()
         self.runs: list[tuple[str, int]] = []
-        self.thread_delay = 0.0  # seconds a run on a worker thread takes longer
 
     def run(self, z, y):
         on_loop = threading.current_thread() is threading.main_thread()
         self.runs.append(("loop" if on_loop else "thread", len(z)))
         if not on_loop:
             self.release.wait(10)
-            time.sleep(self.thread_delay)
         return self.runner.run(z, y)
 
     @property
@@ -113,26 +111,6 @@ def test_a_lone_small_request_runs_on_the_event_loop_and_a_crowd_on_the_workers(
     # one run of the first worker back.
     assert rec.runs[0] == ("loop", 3)
     assert rec.where()[1:] == ["thread"] * 3 and rec.sizes[1:] == [8, 8, 4]
-
-
-def test_a_lone_caller_sent_to_a_worker_once_comes_back_to_the_loop(runner):
-    # A request sent the moment the last run ended is taken for load and goes to a worker,
-    # whose single-threaded session runs more slowly than the loop's. The caller's next
-    # requests, a round trip apart as a lone caller's are, must run on the loop again: judged
-    # against the worker's slower run, they stayed on the workers for good.
-    batcher, rec = _batcher(runner)
-    rec.thread_delay = 0.05
-
-    async def main():
-        await batcher.submit(*_request([1]))  # lone: on the loop
-        await batcher.submit(*_request([2]))  # at once after it: a worker's
-        for seed in (3, 4, 5):
-            await asyncio.sleep(0.01)  # a caller's round trip: longer than a run on the loop
-            await batcher.submit(*_request([seed]))
-
-    asyncio.run(main())
-    batcher.close()
-    assert rec.where() == ["loop", "thread", "loop", "loop", "loop"]
 
 
 def test_a_big_lone_request_is_cut_into_a_piece_per_worker(runner):
