@@ -18,7 +18,10 @@ digits anyway, so the scores use a small CNN trained on the dataset's own traini
 * **class coverage**: the share of each predicted class, its normalised entropy and the
   smallest share, with `mode_collapse` flagged when a class is nearly absent;
 * for conditional models, **label accuracy**: the share of images classified as the class
-  they were asked for.
+  they were asked for, and the **Classification Accuracy Score** (Ravuri & Vinyals, 2019): a
+  classifier of the same architecture trained from scratch on the generated images alone,
+  under the labels asked for, tested on the real test split, beside the same classifier
+  trained on as many real images.
 
 Images are generated for seeds 0..N-1 through the service's seed rule (labels seed mod 10 for
 conditional models), so the scores describe what the service serves. The KID and precision /
@@ -51,6 +54,9 @@ COLLAPSE_MIN_ENTROPY = 0.9
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 #: The k of the k-NN manifolds of precision and recall (the paper's and torch-fidelity's).
 PR_NEIGHBOURS = 3
+#: Epochs of the classifiers the Classification Accuracy Score trains (on generated images and
+#: on as many real ones): one recipe for both, so only the data differs.
+CAS_EPOCHS = 5
 
 
 class Classifier(nn.Module):
@@ -86,22 +92,20 @@ def load_classifier(dataset: str) -> Classifier:
     return clf.eval()
 
 
-def train_classifier(dataset: str, data_dir=None, epochs: int = 2, batch_size: int = 128,
-                     seed: int = 0, out: Path | None = None, train_subset: int | None = None
-                     ) -> dict:
-    """Train the evaluation classifier on the train split; report its test accuracy."""
+def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int,
+                   batch_size: int = 128, seed: int = 0) -> Classifier:
+    """A `Classifier` trained from scratch on uint8 images [N, 28, 28] (or [N, 1, 28, 28])
+    under int labels [N]."""
     torch.manual_seed(seed)
-    train = load_split(dataset, "train", data_dir)
-    test = load_split(dataset, "test", data_dir)
-    x = torch.from_numpy(train.images[:train_subset].copy()).unsqueeze(1)
-    y = torch.from_numpy(train.labels[:train_subset].copy())
-    clf = Classifier(len(DATASETS[dataset].class_names))
+    x = torch.from_numpy(np.array(images, dtype=np.uint8).reshape(len(images), 1, 28, 28))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    clf = Classifier(num_classes)
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         clf.train()
         order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x) - batch_size + 1, batch_size):
+        for i in range(0, max(len(x) - batch_size, 0) + 1, batch_size):
             rows = order[i:i + batch_size]
             _, logits = clf(x[rows].float() / 255.0)
             loss = F.cross_entropy(logits, y[rows])
@@ -109,14 +113,29 @@ def train_classifier(dataset: str, data_dir=None, epochs: int = 2, batch_size: i
             loss.backward()
             opt.step()
         log.info("classifier epoch %d: last loss %.4f", epoch + 1, loss.item())
-    clf.eval()
-    _, probs = features_and_probs(clf, test.images[:, None])
-    accuracy = float((probs.argmax(1) == test.labels).mean())
+    return clf.eval()
+
+
+def accuracy_on(clf: Classifier, images: np.ndarray, labels: np.ndarray) -> float:
+    _, probs = features_and_probs(clf, images.reshape(len(images), 1, 28, 28))
+    return float((probs.argmax(1) == labels).mean())
+
+
+def train_classifier(dataset: str, data_dir=None, epochs: int = 2, batch_size: int = 128,
+                     seed: int = 0, out: Path | None = None, train_subset: int | None = None
+                     ) -> dict:
+    """Train the evaluation classifier on the train split; report its test accuracy."""
+    train = load_split(dataset, "train", data_dir)
+    test = load_split(dataset, "test", data_dir)
+    images, labels = train.images[:train_subset], train.labels[:train_subset]
+    clf = fit_classifier(images, labels, len(DATASETS[dataset].class_names), epochs,
+                         batch_size, seed)
+    accuracy = accuracy_on(clf, test.images, test.labels)
     out = out or classifier_path(dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(clf.state_dict(), out)
     return {"dataset": dataset, "test_accuracy": accuracy, "path": str(out),
-            "train_images": len(x), "epochs": epochs}
+            "train_images": len(images), "epochs": epochs}
 
 
 @torch.no_grad()
@@ -232,20 +251,38 @@ def score_images(clf: Classifier, images: np.ndarray, reference_feats: np.ndarra
     return scores
 
 
+def classification_accuracy_score(images: np.ndarray, labels: np.ndarray, real: np.ndarray,
+                                  real_labels: np.ndarray, test, num_classes: int,
+                                  epochs: int = CAS_EPOCHS) -> dict:
+    """Classification Accuracy Score (Ravuri & Vinyals, 2019): a classifier trained on the
+    generated images alone, under the labels they were asked for, tested on the real test
+    split; beside it the same classifier, same recipe, trained on as many real images. Where
+    the generated images miss what tells the classes apart, the first falls below the second
+    even when FD and label accuracy look good."""
+    generated = fit_classifier(images, labels, num_classes, epochs)
+    on_real = fit_classifier(real, real_labels, num_classes, epochs)
+    return {"generated": round(accuracy_on(generated, test.images, test.labels), 4),
+            "real": round(accuracy_on(on_real, test.images, test.labels), 4),
+            "train_images": len(images), "epochs": epochs,
+            "test": f"{test.dataset} test split ({len(test)})"}
+
+
 # --- generating what to score -----------------------------------------------------------------
 
 def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = None,
-             device: str = "cpu", psi: float = 1.0, inception_weights: str | None = None
-             ) -> dict:
+             device: str = "cpu", psi: float = 1.0, inception_weights: str | None = None,
+             cas: bool = True) -> dict:
     """Score a checkpoint, an ONNX file, or `real` (the train split) against the test split;
     `psi` < 1 truncates the latents (the contract's latent-walk rule). With
-    `inception_weights`, also the conventional Inception FID and KID."""
+    `inception_weights`, also the conventional Inception FID and KID; with `cas`, the
+    Classification Accuracy Score of a labelled source (a conditional model, or `real`)."""
     from training.sampling import load_generator_source
     if model == "real":
         if dataset is None:
             raise ValueError("`evaluate real` needs --dataset")
         train = load_split(dataset, "train", data_dir)
         images, labels, meta = train.images[:n, None], None, {"model": "real train split"}
+        cas_labels = train.labels[:n]
     else:
         source = load_generator_source(model, device=device)
         dataset = dataset or source.dataset
@@ -258,8 +295,14 @@ def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = No
         images, labels = source.generate(range(n), psi=psi)
         meta = {"model": str(model), "arch": source.arch, "conditional": source.num_classes > 0,
                 "psi": psi}
+        cas_labels = labels
     ref_feats, _ = features_and_probs(clf, test.images[:, None])
     scores = score_images(clf, images, ref_feats, labels)
+    if cas and cas_labels is not None:
+        train = load_split(dataset, "train", data_dir)
+        scores["cas"] = classification_accuracy_score(
+            images, cas_labels, train.images[:n], train.labels[:n], test,
+            len(DATASETS[dataset].class_names))
     if inception is not None:
         real = inception_features(inception, test.images[:, None], device)
         fake = inception_features(inception, images, device)

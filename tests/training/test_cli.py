@@ -99,6 +99,10 @@ def test_train_export_sample_evaluate_with_the_documented_spellings(tmp_path):
     scores = json.loads(run("evaluate", str(tmp_path / "m.onnx"), "--data-dir", str(SUBSET_DIR),
                             "--samples", "200").stdout)
     assert scores["n"] == 200 and "fd" in scores and "label_accuracy" in scores
+    assert 0 <= scores["cas"]["generated"] <= 1 and scores["cas"]["train_images"] == 200
+    quick = json.loads(run("evaluate", str(tmp_path / "m.onnx"), "--data-dir", str(SUBSET_DIR),
+                           "--samples", "200", "--no-cas").stdout)
+    assert "cas" not in quick and quick["fd"] == scores["fd"]
 
 
 def _weights_after(tmp_path, name: str, processes: int, batch: int,

@@ -58,18 +58,35 @@ def test_label_accuracy_of_real_images_under_their_own_labels(mnist):
     assert shuffled["label_accuracy"] < 0.3
 
 
+def test_cas_learns_from_the_labels_asked_for(mnist):
+    # The Classification Accuracy Score trains on the generated images under the labels they
+    # were asked for: images of the right class score as the real baseline does, the same
+    # images under labels one class off teach the wrong class and score near zero.
+    _, train, test, _ = mnist
+    from training.evaluation import classification_accuracy_score
+    images, labels = train.images, train.labels
+    right = classification_accuracy_score(images, labels, images, labels, test, 10)
+    wrong = classification_accuracy_score(images, (labels + 1) % 10, images, labels, test, 10)
+    assert right["generated"] == right["real"] > 0.8  # the same data, the same recipe
+    assert wrong["generated"] < 0.1 < 0.8 < wrong["real"]
+    assert right["test"] == f"mnist test split ({len(test)})"
+    assert right["train_images"] == len(images) and right["epochs"] == 5
+
+
 def test_frechet_distance_of_a_set_with_itself_is_zero():
     feats = np.random.default_rng(1).normal(size=(500, 16))
     assert frechet_distance(feats, feats) == pytest.approx(0, abs=1e-6)
     assert frechet_distance(feats, feats + 1.0) == pytest.approx(16, rel=1e-6)
 
 
-def test_evaluate_an_onnx_file_end_to_end(tiny_cond_onnx, subset_dir):
+def test_evaluate_an_onnx_file_end_to_end(tiny_cond_onnx, tiny_onnx, subset_dir):
     from training.evaluation import evaluate
     scores = evaluate(str(tiny_cond_onnx), n=300, data_dir=subset_dir)
     assert scores["n"] == 300 and scores["dataset"] == "mnist" and scores["conditional"]
     assert scores["fd"] > 0 and 1 <= scores["inception_score"] <= 10
     assert 0 <= scores["label_accuracy"] <= 1 and len(scores["class_shares"]) == 10
+    assert 0 <= scores["cas"]["generated"] <= 1 and scores["cas"]["real"] > 0.5
+    assert "cas" not in evaluate(str(tiny_onnx), n=300, data_dir=subset_dir)  # no labels
 
 
 def test_evaluate_at_a_truncation_scores_the_truncated_images(tiny_cond_onnx, subset_dir):
