@@ -6,6 +6,7 @@
             ...                                             # uint8 [k, 28, 28] per chunk
 
     dcgan-client generate --seed 0-15 --label 7 --grid --out digits/
+    dcgan-client dataset --model mnist --per-class 6000 --out synthetic/   # MNIST's IDX files
 """
 
 from __future__ import annotations
@@ -172,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--label", action="append", type=int, default=[], metavar="N",
                              help="class for conditional models: one for all seeds (every "
                                   "frame) or one per seed")
+    d = sub.add_parser("dataset", help="write a labelled synthetic dataset in MNIST's IDX "
+                                       "format (gzip), resumable (see service/idx_dataset.py)")
+    d.add_argument("--per-class", type=int, required=True, metavar="N",
+                   help="train images per class")
+    d.add_argument("--test-per-class", type=int, metavar="M",
+                   help="test images per class (default N/6, as MNIST's 60,000 / 10,000)")
+    d.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    d.add_argument("--chunk-size", type=int, default=0,
+                   help="images per streamed message (default: the most that fit)")
+    d.add_argument("--out", default="synthetic", help="output folder (default synthetic/)")
+    for command in (g, i, d):
         command.add_argument("--psi", type=argument_type(as_psi, "psi"),
                              help="truncation in (0, 1]; unset (default) is 1, none")
         command.add_argument("--model", default="",
@@ -208,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.command == "interpolate":
                 return _interpolate(client, args)
+            if args.command == "dataset":
+                from service.idx_dataset import write_dataset
+                write_dataset(client, Path(args.out), args.per_class,
+                              args.test_per_class or max(1, args.per_class // 6), args.model,
+                              args.model_version, args.start, args.psi, args.chunk_size)
+                return 0
             return _generate(client, args)
     except grpc.RpcError as err:
         print(f"dcgan-client: {err.code().name}: {err.details()}", file=sys.stderr)

@@ -236,3 +236,26 @@ def tritonclient_grpc_python() -> str:
                               text=True, timeout=600)
         assert made.returncode == 0, made.stderr[-2000:]
     return str(python)
+
+
+#: The torch and torchvision pair whose wheels import together on these machines (x86_64,
+#: Python 3.11): torchvision pins its exact torch, and the project's torch 2.13 CPU build has no
+#: torchvision beside it. A CUDA build of ~5.5 GB, made once in tests/artifacts.
+TORCHVISION_INSTALL = ("torch==2.14.1", "torchvision==0.29.1")
+
+
+@pytest.fixture(scope="session")
+def torchvision_python() -> str:
+    """The Python of an environment with torchvision, for tests that check a file as
+    torchvision's own loaders read it (kept between runs in tests/artifacts)."""
+    import subprocess
+    home = ROOT / "tests" / "artifacts" / ".venv-torchvision"
+    python = home / "bin" / "python"
+    if not (home / "ready").exists():
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        for step in ([sys.executable, "-m", "venv", "--clear", str(home)],
+                     [str(python), "-m", "pip", "install", "-q", *TORCHVISION_INSTALL]):
+            made = subprocess.run(step, env=env, capture_output=True, text=True, timeout=1500)
+            assert made.returncode == 0, made.stderr[-2000:]
+        (home / "ready").write_text("")
+    return str(python)
