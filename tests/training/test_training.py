@@ -218,3 +218,19 @@ def test_tensorboard_events_hold_the_losses_and_grids(tmp_path):
     assert {"loss_d", "loss_g", "d_real"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss_g")] == [1, 2, 3, 4, 5]
     assert "samples" in events.Tags()["images"]
+
+
+def test_the_best_checkpoint_is_chosen_without_the_test_split(tmp_path):
+    # The card reports on the test split; the loop's evaluations pick best.pt against train
+    # images instead. A data folder holding only the train split proves the test split is
+    # never read: with it missing, training still evaluates and keeps its best checkpoint.
+    import shutil
+    data = tmp_path / "data" / "mnist"
+    data.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "SUBSET.json"):
+        shutil.copy(SUBSET_DIR / "mnist" / name, data / name)
+    run = train(tiny_config(tmp_path / "run", data_dir=str(tmp_path / "data"), steps=20,
+                            eval_every=10, eval_samples=200, conditional=True))
+    rows = list(csv.DictReader((run / "eval.csv").open()))
+    assert [r["step"] for r in rows] == ["10", "20"] and all(float(r["fd"]) > 0 for r in rows)
+    assert (run / "checkpoints" / "best.pt").is_file()
