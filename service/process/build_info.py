@@ -1,7 +1,7 @@
 """What this server runs on, said where an operator looks: the start-up log and the
 `dcgan_build_info` metric; and a warning when grpcio is not the release the project pins.
 
-Why grpcio gets a warning of its own: newer releases cost this server a third of its calls
+Why grpcio gets a warning of its own: every newer release costs this server 25-37 % of its calls
 (docs/benchmarks/grpcio-versions-cpu.md), and nothing else would tell. pip moves grpcio
 silently: installing a client library beside the server (`tritonclient[grpc]` wants grpcio
 >= 1.81.1) upgrades the server's grpcio with it, and every call gets slower.
