@@ -50,6 +50,11 @@ class TrainConfig:
     d_dropout: float | None = setting(None, "dropout in D", shown_default=P)
     ema_decay: float | None = setting(None, "decay of the EMA of G's weights that gets "
                                       "exported; 0 = off", shown_default=P)
+    aux_class_weight: float = setting(0.0, "AC-GAN (Odena et al., 2017): weight of a class "
+                                      "loss from a classifier head on D's features, on real "
+                                      "images for D and on fakes under their requested labels "
+                                      "for G; 0 = off (conditional only; under trial, issue "
+                                      "#41)")
     lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
                                       "the first half of the run, then down to 0)",
                                       choices=("constant", "linear"), shown_default=P)
@@ -115,6 +120,10 @@ class TrainConfig:
             problems.append(f"--d-dropout must be in [0, 1), got {self.d_dropout}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.aux_class_weight < 0:
+            problems.append(f"--aux-class-weight must be >= 0, got {self.aux_class_weight}")
+        if self.aux_class_weight and not self.conditional:
+            problems.append("--aux-class-weight needs --conditional (it is about classes)")
         if self.latent_dim <= 0:
             problems.append(f"--latent-dim must be positive, got {self.latent_dim}")
         if self.optimizer not in (None, "adam", "rmsprop"):

@@ -234,3 +234,20 @@ def test_the_best_checkpoint_is_chosen_without_the_test_split(tmp_path):
     rows = list(csv.DictReader((run / "eval.csv").open()))
     assert [r["step"] for r in rows] == ["10", "20"] and all(float(r["fd"]) > 0 for r in rows)
     assert (run / "checkpoints" / "best.pt").is_file()
+
+
+# --- the class-fidelity mechanism under trial (issue #41): a flag, off by default -------------
+
+def test_the_auxiliary_class_loss_trains_a_class_head_on_d(tmp_path):
+    with_aux = checkpoints.load(train(tiny_config(tmp_path / "aux", conditional=True, steps=5,
+                                                  aux_class_weight=1.0)))
+    plain = checkpoints.load(train(tiny_config(tmp_path / "plain", conditional=True, steps=5)))
+    head = {k: v for k, v in with_aux["discriminator"].items() if k.startswith("classify.")}
+    assert head and not any(k.startswith("classify.") for k in plain["discriminator"])
+    # The class loss reaches G too: the same seed, other generator weights.
+    assert not _weights_equal(with_aux["generator"], plain["generator"])
+
+
+def test_the_auxiliary_class_loss_needs_a_conditional_model():
+    with pytest.raises(ValueError, match="needs --conditional"):
+        tiny_config("unused", aux_class_weight=1.0).resolved()
