@@ -47,14 +47,13 @@ def write_dataset(client, out: Path, per_class: int, test_per_class: int, model:
     if not info.num_classes:
         raise ValueError(f"model {info.name!r} is unconditional: a labelled dataset needs a "
                          "class-conditional model")
-    k = info.num_classes
-    train = (start, k * per_class)
+    train, test = info.num_classes * per_class, info.num_classes * test_per_class
     spec = {"model": info.name, "version": info.version, "dataset": info.dataset,
             "seed_rule": info.seed_rule, "psi": 1.0 if psi is None else psi,
             "labels": "seed mod classes", "classes": list(info.class_names),
             "height": info.height, "width": info.width,
-            "seeds": {"train": {"start": train[0], "count": train[1]},
-                      "test": {"start": train[0] + train[1], "count": k * test_per_class}}}
+            "seeds": {"train": {"start": start, "count": train},
+                      "test": {"start": start + train, "count": test}}}
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if manifest is not None and manifest["spec"] != spec:

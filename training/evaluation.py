@@ -299,7 +299,8 @@ def evaluate(model: str, n: int = 10000, data_dir=None, dataset: str | None = No
     ref_feats, _ = features_and_probs(clf, test.images[:, None])
     scores = score_images(clf, images, ref_feats, labels)
     if cas and cas_labels is not None:
-        train = load_split(dataset, "train", data_dir)
+        if model != "real":  # `real` has it loaded already (read and hashed: 47 MB)
+            train = load_split(dataset, "train", data_dir)
         scores["cas"] = classification_accuracy_score(
             images, cas_labels, train.images[:n], train.labels[:n], test,
             len(DATASETS[dataset].class_names))
