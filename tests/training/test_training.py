@@ -236,7 +236,7 @@ def test_the_best_checkpoint_is_chosen_without_the_test_split(tmp_path):
     assert (run / "checkpoints" / "best.pt").is_file()
 
 
-# --- the class-fidelity mechanism under trial (issue #41): a flag, off by default -------------
+# --- AC-GAN (issue #41): an opt-in flag, off by default ------------------------------------------
 
 def test_the_auxiliary_class_loss_trains_a_class_head_on_d(tmp_path):
     with_aux = checkpoints.load(train(tiny_config(tmp_path / "aux", conditional=True, steps=5,
