@@ -53,8 +53,8 @@ class TrainConfig:
     aux_class_weight: float = setting(0.0, "AC-GAN (Odena et al., 2017): weight of a class "
                                       "loss from a classifier head on D's features, on real "
                                       "images for D and on fakes under their requested labels "
-                                      "for G; 0 = off (conditional only). Trades variety for "
-                                      "class fidelity: see docs/training.md")
+                                      "for G; 0 = off (conditional only). It trades variety "
+                                      "for class fidelity: docs/benchmarks/recipe-ablation.md")
     lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
                                       "the first half of the run, then down to 0)",
                                       choices=("constant", "linear"), shown_default=P)
