@@ -55,6 +55,9 @@ class TrainConfig:
                                       "images for D and on fakes under their requested labels "
                                       "for G; 0 = off (conditional only). It trades variety "
                                       "for class fidelity: docs/benchmarks/recipe-ablation.md")
+    aux_twin: bool = setting(False, "TAC-GAN (Gong et al., 2019): with --aux-class-weight, a "
+                             "twin class head learns the classes of fakes and G works against "
+                             "it, meant to win back the variety AC-GAN costs")
     lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
                                       "the first half of the run, then down to 0)",
                                       choices=("constant", "linear"), shown_default=P)
@@ -124,6 +127,8 @@ class TrainConfig:
             problems.append(f"--aux-class-weight must be >= 0, got {self.aux_class_weight}")
         if self.aux_class_weight and not self.conditional:
             problems.append("--aux-class-weight needs --conditional (it is about classes)")
+        if self.aux_twin and not self.aux_class_weight:
+            problems.append("--aux-twin needs --aux-class-weight (it is its twin head's weight)")
         if self.latent_dim <= 0:
             problems.append(f"--latent-dim must be positive, got {self.latent_dim}")
         if self.optimizer not in (None, "adam", "rmsprop"):

@@ -234,7 +234,8 @@ class _Models:
         torch.manual_seed(cfg.seed)  # initial weights from the run seed: the same on every rank
         g = build_generator(cfg.arch, cfg.latent_dim, num_classes, cfg.g_width).to(place.device)
         d = build_discriminator(cfg.arch, num_classes, cfg.d_width, cfg.d_dropout,
-                                classify=cfg.aux_class_weight > 0).to(place.device)
+                                classify=cfg.aux_class_weight > 0,
+                                twin=cfg.aux_twin).to(place.device)
         # channels_last: the convolutions run 12-17% faster on a CPU thread in this layout
         # (docs/decisions.md); the weights' values, and so checkpoints and exports, are the same.
         g.to(memory_format=torch.channels_last)
@@ -307,7 +308,7 @@ def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
         both_labels = torch.cat([real_labels, fake_labels]) if m.num_classes else None
         logits = m.d_train(torch.cat([real, fake.detach()]), both_labels, classes=bool(aux))
         if aux:
-            logits, classes = logits
+            logits, classes, twins = logits
         real_logits, fake_logits = logits.float().split(len(real))
         # One-sided label smoothing: D's target for real images is 1 - label_smoothing.
         real_target = torch.full_like(real_logits, 1.0 - cfg.label_smoothing)
@@ -316,6 +317,8 @@ def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
                                                        torch.zeros_like(fake_logits)))
         if aux:  # AC-GAN: D learns the classes from real images only
             loss_d = loss_d + aux * F.cross_entropy(classes[:len(real)].float(), real_labels)
+        if aux and twins is not None:  # TAC-GAN: the twin learns them from fakes only
+            loss_d = loss_d + aux * F.cross_entropy(twins[len(real):].float(), fake_labels)
     m.opt_d.zero_grad(set_to_none=True)
     m.scaler_d.scale(loss_d).backward()
     m.scaler_d.step(m.opt_d)
@@ -327,12 +330,15 @@ def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
     with autocast:
         fake_logits_after = m.d_train(fake, fake_labels, classes=bool(aux))
         if aux:
-            fake_logits_after, fake_classes = fake_logits_after
+            fake_logits_after, fake_classes, fake_twins = fake_logits_after
         fake_logits_after = fake_logits_after.float()
         loss_g = F.binary_cross_entropy_with_logits(fake_logits_after,
                                                     torch.ones_like(fake_logits_after))
         if aux:  # and G, to make images D classifies as the class they were asked for
             loss_g = loss_g + aux * F.cross_entropy(fake_classes.float(), fake_labels)
+        if aux and fake_twins is not None:  # but not so that the twin finds them easy: the
+            # AC-GAN term alone pulls each class toward its easiest images (Gong et al.)
+            loss_g = loss_g - aux * F.cross_entropy(fake_twins.float(), fake_labels)
     m.opt_g.zero_grad(set_to_none=True)
     m.scaler_g.scale(loss_g).backward()
     m.scaler_g.step(m.opt_g)

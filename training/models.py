@@ -122,25 +122,30 @@ def _mlp_g(in_dim: int, w: int) -> nn.Module:
 # --- discriminators ---------------------------------------------------------------------------
 
 class Discriminator(nn.Module):
-    """An architecture's feature body, a linear head, (conditional) a projection term, and
-    (`classify`, AC-GAN) a class head on the same features."""
+    """An architecture's feature body, a linear head, (conditional) a projection term,
+    (`classify`, AC-GAN) a class head on the same features and (`twin`, TAC-GAN) a second
+    class head that learns the classes of fakes."""
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int,
-                 classify: bool = False):
+                 classify: bool = False, twin: bool = False):
         super().__init__()
         self.body = body
         self.head = nn.Linear(feature_dim, 1)
         self.project = nn.Embedding(num_classes, feature_dim) if num_classes else None
         self.classify = nn.Linear(feature_dim, num_classes) if classify else None
+        self.twin = nn.Linear(feature_dim, num_classes) if twin else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                 classes: bool = False):
-        """One logit per image; with `classes`, (logits, class logits [N, num_classes])."""
+        """One logit per image; with `classes`, (logits, class logits [N, num_classes], twin
+        class logits [N, num_classes] or None)."""
         h = self.body(x).flatten(1)
         logit = self.head(h).squeeze(1)
         if self.project is not None:
             logit = logit + (self.project(labels) * h).sum(dim=1)
-        return (logit, self.classify(h)) if classes else logit
+        if not classes:
+            return logit
+        return logit, self.classify(h), None if self.twin is None else self.twin(h)
 
 
 def _dcgan_d(w: int, p: float) -> tuple[nn.Module, int]:
@@ -186,10 +191,10 @@ def build_generator(arch: str, latent_dim: int, num_classes: int, g_width: int) 
 
 
 def build_discriminator(arch: str, num_classes: int, d_width: int, d_dropout: float,
-                        classify: bool = False) -> Discriminator:
+                        classify: bool = False, twin: bool = False) -> Discriminator:
     spec = ARCHS[arch]
     body, feature_dim = spec.discriminator_body(d_width, d_dropout)
-    d = Discriminator(body, feature_dim, num_classes, classify)
+    d = Discriminator(body, feature_dim, num_classes, classify, twin)
     if spec.init:
         d.apply(spec.init)
     return d

@@ -251,3 +251,20 @@ def test_the_auxiliary_class_loss_trains_a_class_head_on_d(tmp_path):
 def test_the_auxiliary_class_loss_needs_a_conditional_model():
     with pytest.raises(ValueError, match="needs --conditional"):
         tiny_config("unused", aux_class_weight=1.0).resolved()
+
+
+def test_the_twin_class_head_learns_from_fakes_and_pushes_back_on_g(tmp_path):
+    # TAC-GAN: a second class head on D's features, trained on fakes; G's loss subtracts its
+    # loss, so with the same seed G ends somewhere else than plain AC-GAN's.
+    twin = checkpoints.load(train(tiny_config(tmp_path / "twin", conditional=True, steps=5,
+                                              aux_class_weight=1.0, aux_twin=True)))
+    acgan = checkpoints.load(train(tiny_config(tmp_path / "acgan", conditional=True, steps=5,
+                                               aux_class_weight=1.0)))
+    assert any(k.startswith("twin.") for k in twin["discriminator"])
+    assert not any(k.startswith("twin.") for k in acgan["discriminator"])
+    assert not _weights_equal(twin["generator"], acgan["generator"])
+
+
+def test_the_twin_class_head_needs_the_auxiliary_class_loss():
+    with pytest.raises(ValueError, match="--aux-twin needs --aux-class-weight"):
+        tiny_config("unused", conditional=True, aux_twin=True).resolved()
