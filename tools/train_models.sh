@@ -12,11 +12,12 @@ COMMON=(--data-dir "$DATA" --threads 1 --no-progress --checkpoint-every 500 --ev
 case "${1:-default}" in
   default)
     # The bundled models: the class-conditional dcgan preset (the recipe of
-    # docs/benchmarks/recipe-ablation.md), 16 epochs (960k images). The two ran side by side.
+    # docs/benchmarks/recipe-ablation.md) with TAC-GAN's class heads (issue #41's third
+    # round), 16 epochs (960k images). The two ran side by side.
     dcgan-train train --dataset mnist --arch dcgan --conditional --epochs 16 \
-        --out "$RUNS/mnist-v2" "${COMMON[@]}"
+        --aux-class-weight 1 --aux-twin --out "$RUNS/mnist-v3" "${COMMON[@]}"
     dcgan-train train --dataset fashion-mnist --arch dcgan --conditional --epochs 16 \
-        --out "$RUNS/fashion-mnist-v2" "${COMMON[@]}"
+        --aux-class-weight 1 --aux-twin --out "$RUNS/fashion-mnist-v3" "${COMMON[@]}"
     ;;
   comparison)
     # Each architecture, unconditional, for the same budget of 3 epochs (180k images), with

@@ -57,7 +57,8 @@ class TrainConfig:
                                       "for class fidelity: docs/benchmarks/recipe-ablation.md")
     aux_twin: bool = setting(False, "TAC-GAN (Gong et al., 2019): with --aux-class-weight, a "
                              "twin class head learns the classes of fakes and G works against "
-                             "it, meant to win back the variety AC-GAN costs")
+                             "it, which wins back the variety AC-GAN costs; the bundled models "
+                             "use it with weight 1")
     lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
                                       "the first half of the run, then down to 0)",
                                       choices=("constant", "linear"), shown_default=P)

@@ -81,3 +81,38 @@ def test_each_card_states_the_hyper_parameters_its_file_was_trained_with(entry):
                  f"`{trained['arch']}` preset", f"D width {trained['d_width']}",
                  f"G width {trained['g_width']}", f"schedule {trained['lr_schedule']}"):
         assert text in row, text
+    # Issue #41's class heads: named on the card exactly when the file was trained with them.
+    weight = trained.get("aux_class_weight", 0.0)
+    assert (f"--aux-class-weight {weight:g}" in row) == bool(weight)
+    assert ("--aux-twin" in row) == bool(trained.get("aux_twin"))
+
+
+def test_the_readmes_training_command_trains_the_default_models_recipe():
+    """The README's "Train your own" command, parsed by dcgan-train's own parser and resolved
+    against its preset, is the recipe the default model's file records: every setting of what
+    to train, for how long and how to optimise (the ones before "where and how")."""
+    import dataclasses
+    import shlex
+
+    from service.settings import from_args
+    from training.cli import build_parser
+    from training.config import TrainConfig
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Train your own"):].split("\n## ")[0]
+    [line] = [line for line in section.splitlines() if "dcgan-train train " in line]
+    argv = shlex.split(line)[1:]
+    cfg = from_args(TrainConfig, build_parser().parse_args(argv)).resolved()
+    default_model = onnx.load(str(ROOT / "models" / ENTRIES[0]["file"]))
+    props = {p.key: p.value for p in default_model.metadata_props}
+    trained = json.loads(props["dcgan.train_config"])
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    recipe = names[:names.index("data_dir")]
+    for name in recipe:
+        if name in ("steps", "epochs"):
+            continue
+        default = dataclasses.fields(TrainConfig)[names.index(name)].default
+        assert getattr(cfg, name) == trained.get(name, default), name
+    # The file records steps; a command may say epochs of the 60,000-image train split.
+    steps = cfg.steps or int(cfg.epochs * (60_000 // cfg.batch_size))
+    assert steps == trained["steps"]
