@@ -5,7 +5,9 @@ committed 1,000-image test subset, so they run on a fresh clone too)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 
 import onnx
 import pytest
@@ -13,7 +15,10 @@ import pytest
 from service.process.config import bundled_models
 from service.contract import MetadataKey, ModelMetadata
 from service.runtime import OnnxGenerator
+from service.settings import from_args
 from tests.conftest import ROOT, SUBSET_DIR
+from training.cli import build_parser
+from training.config import TrainConfig
 from training.evaluation import evaluate
 
 ENTRIES = json.loads((ROOT / "models" / "default_models.json").read_text())["models"]
@@ -91,28 +96,18 @@ def test_the_readmes_training_command_trains_the_default_models_recipe():
     """The README's "Train your own" command, parsed by dcgan-train's own parser and resolved
     against its preset, is the recipe the default model's file records: every setting of what
     to train, for how long and how to optimise (the ones before "where and how")."""
-    import dataclasses
-    import shlex
-
-    from service.settings import from_args
-    from training.cli import build_parser
-    from training.config import TrainConfig
-
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Train your own"):].split("\n## ")[0]
     [line] = [line for line in section.splitlines() if "dcgan-train train " in line]
-    argv = shlex.split(line)[1:]
-    cfg = from_args(TrainConfig, build_parser().parse_args(argv)).resolved()
+    cfg = from_args(TrainConfig, build_parser().parse_args(shlex.split(line)[1:])).resolved()
     default_model = onnx.load(str(ROOT / "models" / ENTRIES[0]["file"]))
     props = {p.key: p.value for p in default_model.metadata_props}
     trained = json.loads(props["dcgan.train_config"])
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    recipe = names[:names.index("data_dir")]
-    for name in recipe:
-        if name in ("steps", "epochs"):
-            continue
-        default = dataclasses.fields(TrainConfig)[names.index(name)].default
-        assert getattr(cfg, name) == trained.get(name, default), name
+    fields = dataclasses.fields(TrainConfig)
+    recipe = fields[:[f.name for f in fields].index("data_dir")]
+    for field in recipe:
+        if field.name not in ("steps", "epochs"):
+            assert getattr(cfg, field.name) == trained.get(field.name, field.default), field.name
     # The file records steps; a command may say epochs of the 60,000-image train split.
     steps = cfg.steps or int(cfg.epochs * (60_000 // cfg.batch_size))
     assert steps == trained["steps"]
