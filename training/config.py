@@ -59,6 +59,9 @@ class TrainConfig:
                              "twin class head learns the classes of fakes and G works against "
                              "it, which wins back the variety AC-GAN costs; the bundled models "
                              "use it with weight 1")
+    aux_twin_weight: float = setting(1.0, "with --aux-twin, the twin's term in G's loss as a "
+                                     "share of the class term: 1 = TAC-GAN as published; "
+                                     "below 1 keeps part of AC-GAN's pull toward the asked class")
     lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
                                       "the first half of the run, then down to 0)",
                                       choices=("constant", "linear"), shown_default=P)
@@ -128,6 +131,8 @@ class TrainConfig:
             problems.append(f"--aux-class-weight must be >= 0, got {self.aux_class_weight}")
         if self.aux_class_weight and not self.conditional:
             problems.append("--aux-class-weight needs --conditional (it is about classes)")
+        if not 0 <= self.aux_twin_weight <= 1:
+            problems.append(f"--aux-twin-weight must be in [0, 1], got {self.aux_twin_weight}")
         if self.aux_twin and not self.aux_class_weight:
             problems.append("--aux-twin needs --aux-class-weight (it is its twin head's weight)")
         if self.latent_dim <= 0:

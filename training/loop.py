@@ -338,7 +338,8 @@ def _train_step(m: _Models, real, real_labels, z, fake_labels, cfg: TrainConfig,
             loss_g = loss_g + aux * F.cross_entropy(fake_classes.float(), fake_labels)
         if aux and fake_twins is not None:  # but not so that the twin finds them easy: the
             # AC-GAN term alone pulls each class toward its easiest images (Gong et al.)
-            loss_g = loss_g - aux * F.cross_entropy(fake_twins.float(), fake_labels)
+            loss_g = loss_g - (aux * cfg.aux_twin_weight
+                               * F.cross_entropy(fake_twins.float(), fake_labels))
     m.opt_g.zero_grad(set_to_none=True)
     m.scaler_g.scale(loss_g).backward()
     m.scaler_g.step(m.opt_g)
