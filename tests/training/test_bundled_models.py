@@ -90,6 +90,8 @@ def test_each_card_states_the_hyper_parameters_its_file_was_trained_with(entry):
     weight = trained.get("aux_class_weight", 0.0)
     assert (f"--aux-class-weight {weight:g}" in row) == bool(weight)
     assert ("--aux-twin" in row) == bool(trained.get("aux_twin"))
+    share = trained.get("aux_twin_weight", 1.0)
+    assert (f"--aux-twin-weight {share:g}" in row) == (share != 1.0)
 
 
 def test_the_readmes_training_command_trains_the_default_models_recipe():
