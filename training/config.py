@@ -133,6 +133,8 @@ class TrainConfig:
             problems.append("--aux-class-weight needs --conditional (it is about classes)")
         if not 0 <= self.aux_twin_weight <= 1:
             problems.append(f"--aux-twin-weight must be in [0, 1], got {self.aux_twin_weight}")
+        if self.aux_twin_weight != 1 and not self.aux_twin:
+            problems.append("--aux-twin-weight needs --aux-twin (it is the twin's share)")
         if self.aux_twin and not self.aux_class_weight:
             problems.append("--aux-twin needs --aux-class-weight (it is its twin head's weight)")
         if self.latent_dim <= 0:

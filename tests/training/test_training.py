@@ -268,14 +268,14 @@ def test_the_twin_class_head_learns_from_fakes_and_pushes_back_on_g(tmp_path):
 def test_g_works_against_the_twin_by_the_share_asked(tmp_path):
     # After the same first D step (the twin's share does not enter D's loss), G's loss is
     # AC-GAN's less share x the twin's cross-entropy: 0.5 lands halfway between 0 and 1.
-    def first_loss_g(share: float) -> float:
+    def first_losses(share: float) -> tuple[float, float]:
         run = train(tiny_config(tmp_path / str(share), conditional=True, steps=1,
                                 aux_class_weight=1.0, aux_twin=True, aux_twin_weight=share))
         with open(run / "metrics.csv") as f:
             row = next(csv.DictReader(f))
         return float(row["loss_d"]), float(row["loss_g"])
 
-    (d0, g0), (d_half, g_half), (d1, g1) = map(first_loss_g, (0.0, 0.5, 1.0))
+    (d0, g0), (d_half, g_half), (d1, g1) = map(first_losses, (0.0, 0.5, 1.0))
     assert d0 == d_half == d1
     assert g0 - g1 > 0.5  # the twin's cross-entropy over 10 classes starts near ln 10
     assert g_half == pytest.approx((g0 + g1) / 2, abs=2e-5)
@@ -287,3 +287,6 @@ def test_the_twin_class_head_needs_the_auxiliary_class_loss():
     with pytest.raises(ValueError, match="--aux-twin-weight must be in"):
         tiny_config("unused", conditional=True, aux_class_weight=1.0, aux_twin=True,
                     aux_twin_weight=1.5).resolved()
+    with pytest.raises(ValueError, match="--aux-twin-weight needs --aux-twin"):
+        tiny_config("unused", conditional=True, aux_class_weight=1.0,
+                    aux_twin_weight=0.8).resolved()
