@@ -62,7 +62,8 @@ class TrainConfig:
     aux_twin_weight: float = setting(1.0, "with --aux-twin, the twin's term in G's loss as a "
                                      "share of the class term: 1 = TAC-GAN as published; "
                                      "below 1 keeps part of AC-GAN's pull toward the asked "
-                                     "class (the bundled MNIST model: 0.8)")
+                                     "class (the bundled models: MNIST 0.8, Fashion-MNIST "
+                                     "0.84)")
     lr_schedule: str | None = setting(None, "learning rates: constant, or linear (constant for "
                                       "the first half of the run, then down to 0)",
                                       choices=("constant", "linear"), shown_default=P)
